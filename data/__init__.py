@@ -1,0 +1,46 @@
+"""Datasets: ``get_dataset(name, split, root, **options)``; items are ``(frames [T, C, H, W] in [0, 1], labels)``."""
+import functools
+import inspect
+
+from .bair import BAIR
+from .common import DataError, data_root
+from .kth import KTH
+from .moving_mnist import MovingMNIST
+from .mug import MUG
+from .pendulum import Pendulum
+from .sprites import Sprites
+from .sprites_dsa import SpritesDSA
+
+__all__ = ["get_dataset", "DATASETS", "DataError", "data_root"]
+
+
+DATASETS = {
+    "sprites": Sprites,
+    "sprites-dsa": SpritesDSA,
+    "smmnist": MovingMNIST,
+    "mmnist": functools.partial(MovingMNIST, deterministic=True),
+    "pendulum": Pendulum,
+    "mug": MUG,
+    "kth": KTH,
+    "bair": BAIR,
+}
+
+
+def get_dataset(name, split="train", root=None, **options):
+    """Build dataset ``name`` (one of ``DATASETS``) for ``split`` ("train" or "test").
+
+    ``root`` is the data root for downloads and caches (default ``$VDSM_DATA_ROOT`` or
+    ``./data_cache``); ``options`` go to the dataset (e.g. ``sprites_layers``, ``seq_len``).
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
+    factory = DATASETS[name]
+    accepted = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise DataError(f"dataset {name!r} takes no option {', '.join(unknown)}: it takes "
+                            f"{', '.join(k for k in accepted if k not in ('split', 'root'))}")
+    return factory(split, root, **options)

@@ -1,0 +1,49 @@
+"""Helpers shared by the dataset modules: errors, data root, image I/O, frame format."""
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["DataError", "data_root", "load_rgba", "frames_to_tensor", "check_length"]
+
+
+class DataError(ValueError):
+    """Bad or missing data; the message is one line that names the path or option and the fix."""
+
+
+def data_root(root=None):
+    """The folder where downloads and generated caches live.
+
+    Order: the ``root`` argument, ``$VDSM_DATA_ROOT``, ``./data_cache``.
+    """
+    return Path(root or os.environ.get("VDSM_DATA_ROOT") or "data_cache").expanduser()
+
+
+def load_rgba(path, option_hint=""):
+    """Read a PNG as an RGBA uint8 array [H, W, 4] with a clear error when it is missing or broken."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"missing image file {path}{option_hint}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGBA"))
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"cannot read image {path} ({err}); the file is truncated or not a PNG: "
+                        f"delete it and download or copy it again") from None
+
+
+def frames_to_tensor(frames_uint8, scale=1.0 / 255.0):
+    """uint8 frames [T, H, W, C] -> float tensor [T, C, H, W] in [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames_uint8)).permute(0, 3, 1, 2)
+    return x.float().mul_(scale)
+
+
+def check_length(seq_len, available, name):
+    """Fail clearly when a requested sequence length exceeds what the data has."""
+    if seq_len is not None and (seq_len < 1 or seq_len > available):
+        raise DataError(f"seq_len={seq_len} is out of range for {name}, which has {available} frames "
+                        f"per sequence: choose 1..{available}")

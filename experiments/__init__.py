@@ -1,0 +1,1 @@
+"""Runner, configs, evaluation and benchmarks."""

@@ -1,0 +1,26 @@
+from setuptools import setup
+
+setup(
+    name="vdsm",
+    version="0.1.0",
+    description="Disentangled sequential generative models of video (VDSM, SVG) on Pyro",
+    python_requires=">=3.9",
+    packages=["vdsm", "vdsm.nets", "vdsm.metrics", "models", "guides", "data", "experiments", "experiments.configs"],
+    package_data={"experiments.configs": ["*.json"]},
+    install_requires=[
+        "torch>=2.1,<3",
+        "torchvision>=0.16,<1",
+        "pyro-ppl>=1.8.6,<2",
+        "numpy>=1.24,<3",
+        "natsort>=8,<9",
+        "imageio>=2.28,<3",
+        "scikit-learn>=1.3,<2",
+        "antialiased-cnns>=0.3,<1",
+        "tqdm>=4.60,<5",
+        "pillow>=9,<14",
+        "tensorboard>=2.12,<3",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "scikit-image>=0.21", "nbclient>=0.8", "nbformat>=5.9", "ipykernel>=6"],
+    },
+)
