@@ -1,0 +1,273 @@
+"""Train VDSM (stage 1, then stage 2), evaluate, and write a run folder.
+
+    python -m experiments.run --dataset sprites [--preset cpu|paper] [--out DIR] ...
+
+The run folder holds config.json, checkpoints/, tensorboard/, reconstructions.png,
+samples.gif, identity_swap.png, action_transfer.png and metrics.json.
+"""
+import argparse
+import dataclasses
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import data
+from models.vdsm import VDSMConfig
+from vdsm.annealing import Schedule
+from vdsm.api import VDSM
+from vdsm.checkpoint import CheckpointError, load_checkpoint
+from vdsm.train import infinite_batches, train_stage
+from vdsm.viz import save_gif, save_grid, sequence_strip
+
+from .configs import PRESETS, load_preset
+
+log = logging.getLogger("experiments.run")
+MODELS = ("vdsm",)
+DATA_OPTIONS = {"sprites": "sprites_layers", "sprites-dsa": "lpc_layers", "smmnist": "mnist", "mug": "mug"}
+
+
+class UsageError(ValueError):
+    """Bad command-line input: reported in one line with exit code 2."""
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", required=True, help=f"one of {', '.join(data.DATASETS)}")
+    p.add_argument("--model", default="vdsm", help=f"one of {', '.join(MODELS)}")
+    p.add_argument("--stage", default="both", choices=["1", "2", "both"], help="which training stage(s) to run")
+    p.add_argument("--preset", default=None, help="cpu or paper (default: paper on a GPU, cpu otherwise)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.add_argument("--steps", type=int, help="steps of each stage (overrides the preset)")
+    p.add_argument("--stage1-steps", type=int)
+    p.add_argument("--stage2-steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seq-len", type=int, help="frames per sequence (stage 1 pairs two of them)")
+    p.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<time>)")
+    p.add_argument("--resume", default=None, help="continue the run in this folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=1, help="DataLoader worker processes")
+    p.add_argument("--data-root", default=None, help="downloads and caches (default $VDSM_DATA_ROOT or ./data_cache)")
+    p.add_argument("--sprites-layers", default=None, help="folder of Sprites layer sheets")
+    p.add_argument("--lpc-layers", default=None, help="folder of LPC layers for sprites-dsa")
+    p.add_argument("--mnist", default=None, help="MNIST .npz or torchvision folder")
+    p.add_argument("--mug", default=None, help="MUG .npz")
+    p.add_argument("--eval-sequences", type=int, default=256, help="test sequences used for metrics.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    model = p.add_argument_group("model hyperparameters (override the preset)")
+    for f in dataclasses.fields(VDSMConfig):
+        kind = type(f.default)
+        if kind is tuple:
+            model.add_argument("--" + f.name.replace("_", "-"), type=int, nargs="+")
+        else:
+            model.add_argument("--" + f.name.replace("_", "-"), type=kind)
+    sched = p.add_argument_group("annealing schedules (override the preset), per stage")
+    for stage in ("stage1", "stage2"):
+        for f in dataclasses.fields(Schedule):
+            sched.add_argument(f"--{stage}-{f.name.replace('_', '-')}", type=float, dest=f"{stage}_{f.name}")
+    return p
+
+
+def resolve_config(args):
+    """Preset plus command-line overrides, as plain data."""
+    if args.model not in MODELS:
+        raise UsageError(f"unknown model {args.model!r}: choose one of {', '.join(MODELS)}")
+    if args.dataset not in data.DATASETS:
+        raise UsageError(f"unknown dataset {args.dataset!r}: choose one of {', '.join(data.DATASETS)}")
+    preset = args.preset or ("paper" if torch.cuda.is_available() else "cpu")
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}: choose {' or '.join(PRESETS)}")
+    try:
+        config = load_preset(args.dataset, preset)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    config["preset"], config["dataset"], config["seed"] = preset, args.dataset, args.seed
+    for f in dataclasses.fields(VDSMConfig):
+        value = getattr(args, f.name)
+        if value is not None:
+            config["model"][f.name] = list(value) if isinstance(value, list) else value
+    for stage in ("stage1", "stage2"):
+        for key in ("steps", "batch_size", "lr", "seq_len"):
+            value = getattr(args, f"{stage}_steps" if key == "steps" and getattr(args, f"{stage}_steps") else key)
+            if value is not None:
+                config[stage][key] = value
+        for f in dataclasses.fields(Schedule):
+            value = getattr(args, f"{stage}_{f.name}")
+            if value is not None:
+                config[stage]["schedule"][f.name] = value
+        for key in ("steps", "batch_size", "seq_len"):
+            if config[stage][key] < 1:
+                raise UsageError(f"--{key.replace('_', '-')}={config[stage][key]} must be at least 1")
+        if config[stage]["lr"] <= 0:
+            raise UsageError(f"--lr={config[stage]['lr']} must be positive")
+    try:
+        VDSMConfig.from_dict(config["model"]).check()
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"bad model hyperparameter: {err}") from None
+    return config
+
+
+def dataset_options(args, config, stage):
+    options = {"seq_len": config[stage]["seq_len"]}
+    if config[stage].get("pair_actions"):
+        options["pair_actions"] = True
+    key = DATA_OPTIONS.get(args.dataset)
+    if key and getattr(args, key) is not None:
+        options[key] = getattr(args, key)
+    return options
+
+
+def make_loader(args, config, stage, device):
+    ds = data.get_dataset(args.dataset, "train", args.data_root, **dataset_options(args, config, stage))
+    return torch.utils.data.DataLoader(
+        ds, batch_size=config[stage]["batch_size"], shuffle=True, drop_last=True, num_workers=args.num_workers,
+        persistent_workers=args.num_workers > 0, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(args.seed))
+
+
+def check_frames(x, config):
+    nc = config["model"]["nc"]
+    if x.shape[-3:] != (nc, 64, 64):
+        raise UsageError(f"dataset frames are {tuple(x.shape[-3:])} but the model expects ({nc}, 64, 64): "
+                         f"pass --nc {x.shape[-3]} or resize the data to 64x64")
+
+
+def run_stage(vdsm, stage, args, config, run_dir, device, writer):
+    model, guide = (vdsm.model1, vdsm.guide1) if stage == "stage1" else (vdsm.model2, vdsm.guide2)
+    ckpt_path = run_dir / "checkpoints" / f"{stage}.pt"
+    start, optimizer_state = 0, None
+    if ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path, device)
+        if state["config"] != config["model"]:
+            raise UsageError(f"checkpoint {ckpt_path} was trained with another model config: "
+                             f"resume without changing model hyperparameters")
+        model.load_state_dict(state["model"])
+        guide.load_state_dict(state["guide"])
+        start, optimizer_state = state["step"], state["optimizer"]
+        torch.set_rng_state(state["rng"])
+        if start >= config[stage]["steps"]:
+            log.info("%s already finished (%d steps), skipped", stage, start)
+            return state.get("stats", {})
+    if stage == "stage2":  # stage-1 networks are frozen: no gradients, not in the optimiser
+        for net in (vdsm.model1.decoder, vdsm.guide1.encoder):
+            net.requires_grad_(False)
+    loader = make_loader(args, config, stage, device)
+    batches = infinite_batches(loader)
+    first = next(batches)
+    check_frames(first, config)
+    batches = _prepend(first, batches)
+    stats = train_stage(model, guide, batches, steps=config[stage]["steps"],
+                        schedule=Schedule(**config[stage]["schedule"]), lr=config[stage]["lr"], device=device,
+                        checkpoint_path=ckpt_path, start_step=start, optimizer_state=optimizer_state,
+                        extra_state={"config": config["model"], "stage": stage}, writer=writer, tag=stage,
+                        progress=not args.no_progress)
+    return stats
+
+
+def _prepend(first, rest):
+    yield first
+    yield from rest
+
+
+@torch.no_grad()
+def evaluate_and_draw(vdsm, args, config, run_dir, device):
+    """Test-set reconstruction error and the run folder's pictures."""
+    vdsm.eval()
+    seq_len = config["stage2"]["seq_len"]
+    options = {k: v for k, v in dataset_options(args, config, "stage2").items()}
+    test = data.get_dataset(args.dataset, "test", args.data_root, **options)
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(1234))
+    n_eval = min(args.eval_sequences, len(test))
+    bce = mse = frames = 0.0
+    for chunk in order[:n_eval].split(32):
+        x = torch.stack([test[int(i)][0] for i in chunk]).to(device)
+        recon = vdsm.reconstruct(x).clamp(1e-6, 1 - 1e-6)
+        bce += -(x * recon.log() + (1 - x) * (1 - recon).log()).sum().item()
+        mse += ((x - recon) ** 2).sum().item()
+        frames += x.shape[0] * x.shape[1]
+    pixels = frames * x[0, 0].numel()
+    metrics = {"test_sequences": n_eval, "recon_bce_per_frame": bce / frames, "recon_mse_per_pixel": mse / pixels}
+
+    n = 8
+    x = torch.stack([test[int(i)][0] for i in order[:n]]).to(device)
+    save_grid(sequence_strip(x, vdsm.reconstruct(x)), run_dir / "reconstructions.png", nrow=seq_len)
+    save_gif(vdsm.generate(16, seq_len), run_dir / "samples.gif")
+    # identity swap grid: top row identity sources, left column pose sources, cell = mid frame
+    k, mid = 6, seq_len // 2
+    pose, ident = x[:k], x[k:] if len(x) >= 2 * k else x[:k].flip(0)
+    ident = torch.stack([test[int(i)][0] for i in order[n:n + k]]).to(device)
+    cells = [torch.zeros_like(x[0, 0])] + [ident[j, mid] for j in range(k)]
+    for i in range(k):
+        swapped = vdsm.swap_identity(pose[i:i + 1].expand(k, *pose.shape[1:]), ident)
+        cells += [pose[i, mid]] + [swapped[j, mid] for j in range(k)]
+    save_grid(torch.stack(cells), run_dir / "identity_swap.png", nrow=k + 1)
+    # action transfer: rows of (action source, identity source, transfer) sequences
+    transfer = vdsm.transfer_action(pose, ident)
+    save_grid(sequence_strip(pose, ident, transfer), run_dir / "action_transfer.png", nrow=seq_len)
+    save_gif(torch.cat([pose, ident, transfer], -1), run_dir / "action_transfer.gif")
+    return metrics
+
+
+def run(args):
+    config = resolve_config(args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: no CUDA device here; use --device cpu")
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.json").is_file():
+            raise UsageError(f"--resume {run_dir}: no config.json there; pass a run folder of experiments.run")
+        saved = json.loads((run_dir / "config.json").read_text())
+        if saved["model"] != config["model"] or saved["dataset"] != config["dataset"]:
+            diff = sorted(k for k in config["model"] if saved["model"].get(k) != config["model"][k])
+            raise UsageError(f"--resume {run_dir}: the saved run differs in dataset or model ({', '.join(diff) or 'dataset'}); "
+                             f"repeat the original options")
+        config = saved
+    else:
+        run_dir = Path(args.out or f"runs/{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    vdsm = VDSM(VDSMConfig.from_dict(config["model"]), Schedule(**config["stage2"]["schedule"]), device)
+    metrics, started = {"dataset": args.dataset, "preset": config["preset"], "device": str(device)}, time.time()
+    stages = {"1": ["stage1"], "2": ["stage2"], "both": ["stage1", "stage2"]}[args.stage]
+    if stages == ["stage2"]:  # stage 2 needs a trained stage 1 in the same folder
+        state = load_checkpoint(run_dir / "checkpoints" / "stage1.pt", device)
+        vdsm.model1.load_state_dict(state["model"])
+        vdsm.guide1.load_state_dict(state["guide"])
+    for stage in stages:
+        metrics[stage] = run_stage(vdsm, stage, args, config, run_dir, device, writer)
+    vdsm.has_stage2 = "stage2" in stages
+    metrics["evaluation"] = evaluate_and_draw(vdsm, args, config, run_dir, device)
+    metrics["wall_seconds"] = time.time() - started
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    writer.close()
+    log.info("run folder: %s", run_dir)
+    return run_dir
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (UsageError, data.DataError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,4 @@
+"""Pyro guides, importable on their own; each takes the same arguments as its model."""
+from .vdsm import VDSMStage1Guide, VDSMStage2Guide
+
+__all__ = ["VDSMStage1Guide", "VDSMStage2Guide"]

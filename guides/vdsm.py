@@ -1,0 +1,77 @@
+"""Guides for VDSM stage 1 and stage 2 (sites as documented in ``models.vdsm``)."""
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pyro import poutine
+
+from vdsm.nets import BlurPoolEncoder, Combiner
+
+__all__ = ["VDSMStage1Guide", "VDSMStage2Guide"]
+
+
+class VDSMStage1Guide(nn.Module):
+    """q(identity | x) q(z | x): the BlurPool encoder, frames independent; identity = mean over frames."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.encoder = BlurPoolEncoder(config.nc, config.z_dim, config.n_experts, config.encoder_widths,
+                                       config.encoder_features)
+
+    def forward(self, x, *, factors, **unused):
+        z_loc, z_scale, id_loc, id_scale = self.encoder.encode_sequences(x)
+        with pyro.plate("sequences", x.shape[0], dim=-1):
+            with poutine.scale(scale=factors["identity"]):
+                pyro.sample("identity", dist.Normal(id_loc, id_scale).to_event(1))
+            with poutine.scale(scale=factors["z"]):
+                pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(2))
+
+
+class VDSMStage2Guide(nn.Module):
+    """q(identity | x) q(d | x) prod_t q(z_t | z_{t-1}, h_t, d).
+
+    The (frozen) frame encoder gives pose means; a bidirectional LSTM over them gives d.
+    d sets the initial state of a unidirectional LSTM run over T steps from a learned
+    input (one ``nn.LSTM`` call, since its inputs do not depend on samples); the DMM
+    combiner then samples z_t step by step from (z_{t-1}, h_t, d).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        c = self.config = config
+        self.encoder = BlurPoolEncoder(c.nc, c.z_dim, c.n_experts, c.encoder_widths, c.encoder_features)
+        dropout = c.rnn_dropout if c.rnn_layers > 1 else 0.0
+        self.birnn = nn.LSTM(c.z_dim, c.rnn_dim, c.rnn_layers, batch_first=True, bidirectional=True,
+                             dropout=dropout)
+        self.d_loc = nn.Linear(2 * c.rnn_layers * c.rnn_dim, c.dynamics_dim)
+        self.d_scale = nn.Linear(2 * c.rnn_layers * c.rnn_dim, c.dynamics_dim)
+        self.d_to_state = nn.Linear(c.dynamics_dim, 2 * c.rnn_layers * c.rnn_dim)
+        self.rnn = nn.LSTM(c.rnn_dim, c.rnn_dim, c.rnn_layers, batch_first=True, dropout=dropout)
+        self.rnn_input = nn.Parameter(torch.zeros(c.rnn_dim))
+        self.z_q_0 = nn.Parameter(torch.zeros(c.z_dim))
+        self.combiner = Combiner(c.z_dim, c.rnn_dim, c.dynamics_dim)
+
+    def dynamics_params(self, z_means):
+        _, (h_n, _) = self.birnn(z_means)
+        h = h_n.transpose(0, 1).flatten(1)                        # [B, layers * 2 * rnn_dim]
+        return F.leaky_relu(self.d_loc(h), 0.2), F.softplus(self.d_scale(h)) + 1e-4
+
+    def forward(self, x, *, factors, **unused):
+        c = self.config
+        b, t = x.shape[:2]
+        z_means, _, id_loc, id_scale = self.encoder.encode_sequences(x)
+        d_loc, d_scale = self.dynamics_params(z_means)
+        with pyro.plate("sequences", b, dim=-1):
+            with poutine.scale(scale=factors["identity"]):
+                pyro.sample("identity", dist.Normal(id_loc, id_scale).to_event(1))
+            with poutine.scale(scale=factors["dynamics"]):
+                d = pyro.sample("dynamics", dist.Normal(d_loc, d_scale).to_event(1))
+            h0, c0 = torch.tanh(self.d_to_state(d)).reshape(b, 2, c.rnn_layers, c.rnn_dim).permute(1, 2, 0, 3)
+            h_seq, _ = self.rnn(self.rnn_input.expand(b, t, c.rnn_dim), (h0.contiguous(), c0.contiguous()))
+            z_prev = self.z_q_0.expand(b, c.z_dim)
+            with poutine.scale(scale=factors["z"]):
+                for k in pyro.markov(range(1, t + 1)):
+                    loc, scale = self.combiner(z_prev, h_seq[:, k - 1], d)
+                    z_prev = pyro.sample(f"z_{k}", dist.Normal(loc, scale).to_event(1))

@@ -1,0 +1,98 @@
+"""The hierarchical state-space family of video models, as one Pyro model with hooks.
+
+Generative process for a batch of sequences x[b, t]:
+
+    s ~ p(s)                        static latent, site "identity" (hook ``static_prior``)
+    d ~ p(d)                        dynamics latent, site "dynamics" (hook ``dynamics_prior``)
+    z ~ p(z_1:T | d)                per-frame latents, hook ``frame_prior_kind``:
+                                      "normal": one site "z" [B, T, z_dim], N(0, I)
+                                      "markov": sites "z_1".."z_T", z_t ~ N(transition(z_{t-1}, d))
+    x ~ p(x | z, s)                 site "obs" [B, T, C, H, W] (hook ``emit``)
+
+One batch plate ("sequences", dim -1) holds every site; time and pixels are event
+dimensions, so the number of sites never depends on the batch size. Each latent group's
+KL is annealed with ``poutine.scale`` by ``factors[group]`` (the guide applies the same
+factor). A configuration (VDSM stage 1 or 2) fills in the hooks.
+"""
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn as nn
+from pyro import poutine
+
+__all__ = ["StateSpaceVideoModel", "emission_distribution"]
+
+
+def emission_distribution(kind, logits, scale=0.1):
+    """Pixel likelihood over frames [B, T, C, H, W] (4 event dims).
+
+    "bernoulli" (the reference; pixels in [0, 1] are treated as soft targets, hence no
+    support check), "normal" or "laplace" around ``sigmoid(logits)`` with a fixed ``scale``.
+    """
+    if kind == "bernoulli":
+        return dist.Bernoulli(logits=logits, validate_args=False).to_event(4)
+    mean = torch.sigmoid(logits)
+    if kind == "normal":
+        return dist.Normal(mean, scale).to_event(4)
+    if kind == "laplace":
+        return dist.Laplace(mean, scale).to_event(4)
+    raise ValueError(f"unknown emission {kind!r}: use bernoulli, normal or laplace")
+
+
+class StateSpaceVideoModel(nn.Module):
+    """Base class: owns the plate and the order of sample sites; subclasses fill the hooks.
+
+    Hooks: ``static_prior(batch, x_like)`` and ``dynamics_prior(batch, x_like)`` return a
+    distribution (event dim 1) or None; ``frame_prior_kind`` is "normal" or "markov";
+    ``transition(z_prev, d)`` returns (loc, scale) for "markov"; ``emit(z, s, factors)``
+    returns the distribution of the frames.
+
+    ``forward(x, *, factors, batch_size=None, seq_len=None)``: with ``x=None`` the model
+    samples (give ``batch_size`` and ``seq_len``).
+    """
+
+    z_dim = None
+    frame_prior_kind = "normal"
+
+    def static_prior(self, batch, ref):
+        return None
+
+    def dynamics_prior(self, batch, ref):
+        return None
+
+    def transition(self, z_prev, d):
+        raise NotImplementedError
+
+    def emit(self, z, s, factors):
+        raise NotImplementedError
+
+    def forward(self, x=None, *, factors, batch_size=None, seq_len=None):
+        ref = x if x is not None else next(self.parameters())
+        b, t = (x.shape[0], x.shape[1]) if x is not None else (batch_size, seq_len)
+        with pyro.plate("sequences", b, dim=-1):
+            s = d = None
+            prior = self.static_prior(b, ref)
+            if prior is not None:
+                with poutine.scale(scale=factors["identity"]):
+                    s = pyro.sample("identity", prior)
+            prior = self.dynamics_prior(b, ref)
+            if prior is not None:
+                with poutine.scale(scale=factors["dynamics"]):
+                    d = pyro.sample("dynamics", prior)
+            with poutine.scale(scale=factors["z"]):
+                z = self.sample_frames(b, t, d, ref)
+            return pyro.sample("obs", self.emit(z, s, factors), obs=x)
+
+    def sample_frames(self, b, t, d, ref):
+        zeros = ref.new_zeros(b, t, self.z_dim)
+        if self.frame_prior_kind == "normal":
+            return pyro.sample("z", dist.Normal(zeros, 1.0).to_event(2))
+        zs, z_prev = [], None
+        for k in pyro.markov(range(1, t + 1)):
+            if z_prev is None:
+                loc, scale = zeros[:, 0], torch.ones_like(zeros[:, 0])
+            else:
+                loc, scale = self.transition(z_prev, d)
+            z_prev = pyro.sample(f"z_{k}", dist.Normal(loc, scale).to_event(1))
+            zs.append(z_prev)
+        return torch.stack(zs, 1)

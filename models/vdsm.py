@@ -1,0 +1,97 @@
+"""VDSM (Vowels et al., CVPR 2021) as two configurations of the state-space family.
+
+Sites (stable names for custom guides): "identity" [B, n_experts], "dynamics"
+[B, dynamics_dim] (stage 2), "z" [B, T, z_dim] (stage 1) or "z_1".."z_T" [B, z_dim]
+(stage 2), "obs" [B, T, C, 64, 64].
+"""
+from dataclasses import asdict, dataclass, field
+
+import pyro.distributions as dist
+import torch
+
+from vdsm.nets import GatedTransition, MixtureOfExpertsDecoder
+
+from .family import StateSpaceVideoModel, emission_distribution
+
+__all__ = ["VDSMConfig", "VDSMStage1Model", "VDSMStage2Model"]
+
+
+@dataclass
+class VDSMConfig:
+    """Network sizes of VDSM (defaults: the reference's Sprites config)."""
+
+    nc: int = 3
+    z_dim: int = 30
+    n_experts: int = 40
+    encoder_widths: tuple = (32, 32, 64, 64)
+    encoder_features: int = 256
+    decoder_widths: tuple = (512, 256, 128, 64)
+    dynamics_dim: int = 50
+    trans_dim: int = 64
+    rnn_dim: int = 512
+    rnn_layers: int = 3
+    rnn_dropout: float = 0.2
+    emission: str = "bernoulli"
+    emission_scale: float = 0.1
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        for k in ("encoder_widths", "decoder_widths"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    def check(self):
+        for name in ("nc", "z_dim", "n_experts", "dynamics_dim", "trans_dim", "rnn_dim", "rnn_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if not 0 <= self.rnn_dropout < 1:
+            raise ValueError(f"rnn_dropout={self.rnn_dropout} must be in [0, 1)")
+        if self.emission not in ("bernoulli", "normal", "laplace"):
+            raise ValueError(f"emission={self.emission!r}: use bernoulli, normal or laplace")
+
+
+class VDSMStage1Model(StateSpaceVideoModel):
+    """Stage 1: identity ~ N(0, 1/n_experts), z_t ~ N(0, I) iid, x_t from the mixture-of-experts decoder."""
+
+    frame_prior_kind = "normal"
+
+    def __init__(self, config: VDSMConfig):
+        super().__init__()
+        self.config, self.z_dim = config, config.z_dim
+        self.decoder = MixtureOfExpertsDecoder(config.z_dim, config.n_experts, config.nc, config.decoder_widths)
+
+    def static_prior(self, batch, ref):
+        n = self.config.n_experts
+        return dist.Normal(ref.new_zeros(batch, n), 1.0 / n).to_event(1)
+
+    def mixture(self, identity, factors):
+        return torch.softmax(factors["temp_id"] * identity, -1)
+
+    def emit(self, z, s, factors):
+        logits = self.decoder(z, self.mixture(s, factors))
+        return emission_distribution(self.config.emission, logits, self.config.emission_scale)
+
+
+class VDSMStage2Model(VDSMStage1Model):
+    """Stage 2: adds dynamics d ~ N(0, 1/dynamics_dim) and z_t ~ N(GatedTransition(z_{t-1}, d)).
+
+    The decoder comes from stage 1 and is frozen by the runner.
+    """
+
+    frame_prior_kind = "markov"
+
+    def __init__(self, config: VDSMConfig):
+        super().__init__(config)
+        self.trans = GatedTransition(config.z_dim, config.dynamics_dim, config.trans_dim)
+
+    def dynamics_prior(self, batch, ref):
+        n = self.config.dynamics_dim
+        return dist.Normal(ref.new_zeros(batch, n), 1.0 / n).to_event(1)
+
+    def transition(self, z_prev, d):
+        return self.trans(z_prev, d)

@@ -1,0 +1,63 @@
+"""Annealing schedules as pure functions of training progress in [0, 1]."""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["cosine_ramp", "spline4", "Schedule"]
+
+Z_KL_CLIP = (0.005, 80.0)
+
+
+def cosine_ramp(start, end, frac, progress):
+    """From ``start`` to ``end`` along a half cosine over the first ``1/frac`` of training, then ``end``."""
+    p = min(1.0, max(0.0, progress) * frac)
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def spline4(points, progress, clip=Z_KL_CLIP):
+    """Quadratic interpolating spline through 4 ``(progress, value)`` points, clipped to ``clip``.
+
+    The quadratic spline with not-a-knot ends, i.e. scipy's ``interp1d(kind="quadratic")``
+    that the reference applies per epoch.
+    """
+    from scipy.interpolate import make_interp_spline
+
+    xs, ys = zip(*points)
+    value = float(make_interp_spline(xs, ys, k=2)(min(1.0, max(0.0, progress))))
+    return float(np.clip(value, *clip))
+
+
+@dataclass
+class Schedule:
+    """The annealing factors of one stage; ``factors(progress)`` gives the dict passed to model and guide.
+
+    Keys of the result: ``temp_id`` (identity softmax temperature), ``identity``,
+    ``dynamics``, ``z`` (KL scales of each latent group, applied with ``poutine.scale``).
+    """
+
+    temp_id_start: float = 1.0
+    temp_id_end: float = 10.0
+    temp_id_frac: float = 2.0
+    anneal_start_id: float = 0.1
+    anneal_end_id: float = 1.0
+    anneal_frac_id: float = 3.0
+    anneal_start_dynamics: float = 0.1
+    anneal_end_dynamics: float = 1.0
+    anneal_frac_dynamics: float = 3.0
+    start_t: float = 30.0
+    mid_t1: float = 0.2
+    mid_t2: float = 0.4
+    end_t: float = 1.0
+    midfrac1: float = 0.5
+    midfrac2: float = 0.8
+
+    def factors(self, progress):
+        z_points = [(0.0, self.start_t), (self.midfrac1, self.mid_t1), (self.midfrac2, self.mid_t2), (1.0, self.end_t)]
+        return {
+            "temp_id": cosine_ramp(self.temp_id_start, self.temp_id_end, self.temp_id_frac, progress),
+            "identity": cosine_ramp(self.anneal_start_id, self.anneal_end_id, self.anneal_frac_id, progress),
+            "dynamics": cosine_ramp(self.anneal_start_dynamics, self.anneal_end_dynamics,
+                                    self.anneal_frac_dynamics, progress),
+            "z": spline4(z_points, progress),
+        }

@@ -1,0 +1,136 @@
+"""Library API for a trained VDSM run: load, reconstruct, generate, swap identity, transfer action."""
+import json
+from pathlib import Path
+
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+
+from guides.vdsm import VDSMStage1Guide, VDSMStage2Guide
+from models.vdsm import VDSMConfig, VDSMStage1Model, VDSMStage2Model
+
+from .annealing import Schedule
+from .checkpoint import CheckpointError, load_checkpoint
+
+__all__ = ["VDSM", "use_means"]
+
+
+class use_means(Messenger):
+    """Effect handler: every unobserved sample site takes its distribution's mean."""
+
+    def _pyro_sample(self, msg):
+        if msg["is_observed"] or msg["value"] is not None:
+            return
+        try:
+            mean = msg["fn"].mean
+        except (AttributeError, NotImplementedError):  # e.g. a plate's subsample site
+            return
+        msg["value"], msg["done"] = mean, True
+
+
+def _mean_of_obs(trace):
+    return trace.nodes["obs"]["fn"].mean
+
+
+class VDSM:
+    """A trained (or freshly built) VDSM: stage-1 and stage-2 model/guide pairs on one device.
+
+    All methods take frames [B, T, C, 64, 64] in [0, 1], work on the whole batch at once
+    under ``torch.no_grad()``, and return frames of the same layout.
+
+    Example::
+
+        vdsm = VDSM.load("runs/sprites")
+        swapped = vdsm.swap_identity(pose_x, identity_x)
+    """
+
+    def __init__(self, config: VDSMConfig, schedule2: Schedule = None, device="cpu"):
+        self.config, self.device = config, torch.device(device)
+        self.model1, self.guide1 = VDSMStage1Model(config), VDSMStage1Guide(config)
+        self.model2, self.guide2 = VDSMStage2Model(config), VDSMStage2Guide(config)
+        # stage 2 reuses stage 1's networks (frozen during stage-2 training)
+        self.model2.decoder = self.model1.decoder
+        self.guide2.encoder = self.guide1.encoder
+        for m in (self.model1, self.guide1, self.model2, self.guide2):
+            m.to(self.device)
+        self.schedule2 = schedule2 or Schedule()
+        self.has_stage2 = False
+
+    @classmethod
+    def load(cls, run_dir, device="cpu"):
+        run_dir = Path(run_dir)
+        config_path = run_dir / "config.json"
+        if not config_path.is_file():
+            raise CheckpointError(f"{run_dir} has no config.json: pass a run folder written by experiments.run")
+        config = json.loads(config_path.read_text())
+        vdsm = cls(VDSMConfig.from_dict(config["model"]), Schedule(**config["stage2"]["schedule"]), device)
+        state = load_checkpoint(run_dir / "checkpoints" / "stage1.pt", vdsm.device)
+        vdsm.model1.load_state_dict(state["model"])
+        vdsm.guide1.load_state_dict(state["guide"])
+        stage2 = run_dir / "checkpoints" / "stage2.pt"
+        if stage2.is_file():
+            state = load_checkpoint(stage2, vdsm.device)
+            vdsm.model2.load_state_dict(state["model"])
+            vdsm.guide2.load_state_dict(state["guide"])
+            vdsm.has_stage2 = True
+        return vdsm
+
+    def eval(self):
+        for m in (self.model1, self.guide1, self.model2, self.guide2):
+            m.eval()
+        return self
+
+    def _pair(self):
+        return (self.model2, self.guide2) if self.has_stage2 else (self.model1, self.guide1)
+
+    def factors(self):
+        return self.schedule2.factors(1.0)
+
+    def posterior(self, x):
+        """Guide trace with every latent at its posterior mean (autoregressively for stage 2)."""
+        _, guide = self._pair()
+        with use_means():
+            return poutine.trace(guide).get_trace(x.to(self.device), factors=self.factors())
+
+    def _decode(self, condition, batch_size, seq_len):
+        model, _ = self._pair()
+        with use_means():
+            conditioned = poutine.condition(model, data=condition)
+            trace = poutine.trace(conditioned).get_trace(None, factors=self.factors(), batch_size=batch_size,
+                                                         seq_len=seq_len)
+        return _mean_of_obs(trace)
+
+    @staticmethod
+    def _latents(trace, keep=lambda name: True):
+        return {n: site["value"] for n, site in trace.nodes.items()
+                if site["type"] == "sample" and not site["is_observed"] and keep(n)}
+
+    @torch.no_grad()
+    def reconstruct(self, x):
+        trace = self.posterior(x)
+        return self._decode(self._latents(trace), x.shape[0], x.shape[1])
+
+    @torch.no_grad()
+    def generate(self, batch_size, seq_len):
+        """Sequences drawn from the prior (identity, dynamics, z sampled; frames at their mean)."""
+        model, _ = self._pair()
+        trace = poutine.trace(model).get_trace(None, factors=self.factors(), batch_size=batch_size,
+                                               seq_len=seq_len)
+        return _mean_of_obs(trace)
+
+    @torch.no_grad()
+    def swap_identity(self, pose_x, identity_x):
+        """Poses (all per-frame latents, and dynamics) of ``pose_x`` drawn with the identity of ``identity_x``."""
+        latents = self._latents(self.posterior(pose_x), lambda n: n != "identity")
+        latents.update(self._latents(self.posterior(identity_x), lambda n: n == "identity"))
+        return self._decode(latents, pose_x.shape[0], pose_x.shape[1])
+
+    @torch.no_grad()
+    def transfer_action(self, action_x, identity_x):
+        """Dynamics and first pose of ``action_x``, identity of ``identity_x``; later poses follow the
+        learned transition (stage 2). With stage 1 only this equals ``swap_identity``."""
+        if not self.has_stage2:
+            return self.swap_identity(action_x, identity_x)
+        latents = self._latents(self.posterior(action_x), lambda n: n in ("dynamics", "z_1"))
+        latents.update(self._latents(self.posterior(identity_x), lambda n: n == "identity"))
+        return self._decode(latents, action_x.shape[0], action_x.shape[1])

@@ -1,0 +1,56 @@
+"""VDSM's mixture-of-experts decoder, one grouped transposed convolution per layer for the whole batch."""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["MixtureOfExpertsDecoder"]
+
+
+class MixtureOfExpertsDecoder(nn.Module):
+    """Pose ``z_t`` and identity mixture weights -> Bernoulli logits of a 64x64 frame.
+
+    Five transposed convs (k4; strides 1, 2, 2, 2, 2; 1x1 -> 64x64) with LeakyReLU
+    between. Every layer has ``n_experts`` weight and bias tensors; sequence b uses the
+    weighted sum ``sum_e mix[b, e] * W_e``. The per-sequence weights are stacked along the
+    channel axis and all sequences run as one grouped convolution (groups = batch), frames
+    of a sequence along the convolution's batch axis. The mixture weights are also
+    concatenated to ``z_t`` as input, as in the reference.
+
+    :param widths: hidden widths (reference 512, 256, 128, 64).
+
+    Example::
+
+        dec = MixtureOfExpertsDecoder(z_dim=30, n_experts=40, nc=3)
+        mix = torch.softmax(torch.randn(4, 40), -1)
+        logits = dec(torch.randn(4, 8, 30), mix)   # [4, 8, 3, 64, 64]
+    """
+
+    def __init__(self, z_dim, n_experts, nc, widths=(512, 256, 128, 64)):
+        super().__init__()
+        chans = [z_dim + n_experts, *widths, nc]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            w = torch.empty(n_experts, c_in, c_out, 4, 4)
+            bound = 1 / math.sqrt(c_out * 16)  # PyTorch's ConvTranspose2d default init, per expert
+            nn.init.uniform_(w, -bound, bound)
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.empty(n_experts, c_out).uniform_(-bound, bound)))
+        self.strides = [1] + [2] * len(widths)
+
+    def forward(self, z, mix):
+        """z [B, T, z_dim], mix [B, n_experts] (rows sum to 1) -> logits [B, T, nc, 64, 64]."""
+        b, t = z.shape[:2]
+        h = torch.cat([z, mix.unsqueeze(1).expand(b, t, mix.shape[-1])], -1)
+        h = h.transpose(0, 1).reshape(t, -1, 1, 1)          # [T, B * C, 1, 1]
+        for k, (w, bias, stride) in enumerate(zip(self.weights, self.biases, self.strides)):
+            c_in, c_out = w.shape[1], w.shape[2]
+            w_mixed = (mix @ w.flatten(1)).reshape(b * c_in, c_out, 4, 4)  # one matmul for the batch
+            bias_mixed = (mix @ bias).reshape(b * c_out)
+            h = F.conv_transpose2d(h, w_mixed, bias_mixed, stride=stride, padding=0 if stride == 1 else 1,
+                                   groups=b)
+            if k < len(self.weights) - 1:
+                h = F.leaky_relu(h, 0.2)
+        return h.reshape(t, b, -1, *h.shape[-2:]).transpose(0, 1)

@@ -1,0 +1,59 @@
+"""VDSM's frame encoder: a conv stack with anti-aliased (BlurPool) downsampling."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from antialiased_cnns import BlurPool
+
+__all__ = ["BlurPoolEncoder"]
+
+
+class BlurPoolEncoder(nn.Module):
+    """64x64 frames -> per-frame pose ``z`` and identity parameters.
+
+    conv(k4,s1,p1) + LeakyReLU + BlurPool(stride 2) four times (64 -> 4), then conv(k4)
+    to a ``feature_dim`` vector. Heads: pose loc/scale (``z_dim``); identity via
+    linear -> 128 -> LeakyReLU -> linear to loc/scale (``n_experts``), then the two "ID
+    layers" (LeakyReLU on loc, softplus on scale) as in the reference.
+
+    :param nc: image channels.
+    :param widths: the four conv widths (reference 32, 32, 64, 64).
+    :param feature_dim: final conv width (reference 256).
+
+    Example::
+
+        enc = BlurPoolEncoder(3, z_dim=30, n_experts=40)
+        z_loc, z_scale, id_loc, id_scale = enc(torch.rand(10, 3, 64, 64))
+    """
+
+    def __init__(self, nc, z_dim, n_experts, widths=(32, 32, 64, 64), feature_dim=256):
+        super().__init__()
+        layers, c_in = [], nc
+        for w in widths:
+            layers += [nn.Conv2d(c_in, w, 4, 1, 1), nn.LeakyReLU(0.2), BlurPool(w, stride=2)]
+            c_in = w
+        layers += [nn.Conv2d(c_in, feature_dim, 4), nn.LeakyReLU(0.2)]
+        self.features = nn.Sequential(*layers)
+        self.z_loc = nn.Linear(feature_dim, z_dim)
+        self.z_scale = nn.Linear(feature_dim, z_dim)
+        self.id_hidden = nn.Sequential(nn.Linear(feature_dim, 128), nn.LeakyReLU(0.2))
+        self.id_loc = nn.Linear(128, n_experts)
+        self.id_scale = nn.Linear(128, n_experts)
+        self.id_loc_layer = nn.Linear(n_experts, n_experts)      # the reference's "ID layers"
+        self.id_scale_layer = nn.Linear(n_experts, n_experts)
+
+    def forward(self, frames):
+        """frames [N, C, 64, 64] -> z_loc, z_scale [N, z_dim], id_loc, id_scale [N, n_experts]."""
+        h = self.features(frames).flatten(1)
+        z_loc, z_scale = self.z_loc(h), F.softplus(self.z_scale(h)) + 1e-4
+        g = self.id_hidden(h)
+        id_loc = F.leaky_relu(self.id_loc_layer(self.id_loc(g)), 0.2)
+        id_scale = F.softplus(self.id_scale_layer(self.id_scale(g))) + 1e-4
+        return z_loc, z_scale, id_loc, id_scale
+
+    def encode_sequences(self, x):
+        """x [B, T, C, H, W] -> z_loc, z_scale [B, T, z_dim] and the sequence identity
+        loc, scale [B, n_experts] (mean of the per-frame identity parameters)."""
+        b, t = x.shape[:2]
+        z_loc, z_scale, id_loc, id_scale = self(x.reshape(b * t, *x.shape[2:]))
+        return (z_loc.reshape(b, t, -1), z_scale.reshape(b, t, -1),
+                id_loc.reshape(b, t, -1).mean(1), id_scale.reshape(b, t, -1).mean(1))
