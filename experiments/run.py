@@ -20,7 +20,7 @@ import torch
 import data
 from models.vdsm import VDSMConfig
 from vdsm.annealing import Schedule
-from vdsm.api import VDSM
+from vdsm.api import VDSM, guide_factory
 from vdsm.checkpoint import CheckpointError, load_checkpoint
 from vdsm.train import infinite_batches, train_stage
 from vdsm.viz import save_gif, save_grid, sequence_strip
@@ -52,6 +52,8 @@ def build_parser():
     p.add_argument("--seq-len", type=int, help="frames per sequence (stage 1 pairs two of them)")
     p.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<time>)")
     p.add_argument("--resume", default=None, help="continue the run in this folder")
+    p.add_argument("--guide2", default=None, metavar="MODULE:FACTORY",
+                   help="custom stage-2 guide: a factory taking the VDSM object (see guides/examples.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-workers", type=int, default=1, help="DataLoader worker processes")
     p.add_argument("--data-root", default=None, help="downloads and caches (default $VDSM_DATA_ROOT or ./data_cache)")
@@ -89,6 +91,12 @@ def resolve_config(args):
     except ValueError as err:
         raise UsageError(str(err)) from None
     config["preset"], config["dataset"], config["seed"] = preset, args.dataset, args.seed
+    config["guide2"] = args.guide2
+    if args.guide2:
+        try:
+            guide_factory(args.guide2)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     for f in dataclasses.fields(VDSMConfig):
         value = getattr(args, f.name)
         if value is not None:
@@ -126,6 +134,7 @@ def dataset_options(args, config, stage):
 
 def make_loader(args, config, stage, device):
     ds = data.get_dataset(args.dataset, "train", args.data_root, **dataset_options(args, config, stage))
+    check_frames(ds[0][0], config)
     return torch.utils.data.DataLoader(
         ds, batch_size=config[stage]["batch_size"], shuffle=True, drop_last=True, num_workers=args.num_workers,
         persistent_workers=args.num_workers > 0, pin_memory=device.type == "cuda",
@@ -158,22 +167,13 @@ def run_stage(vdsm, stage, args, config, run_dir, device, writer):
     if stage == "stage2":  # stage-1 networks are frozen: no gradients, not in the optimiser
         for net in (vdsm.model1.decoder, vdsm.guide1.encoder):
             net.requires_grad_(False)
-    loader = make_loader(args, config, stage, device)
-    batches = infinite_batches(loader)
-    first = next(batches)
-    check_frames(first, config)
-    batches = _prepend(first, batches)
+    batches = infinite_batches(make_loader(args, config, stage, device))
     stats = train_stage(model, guide, batches, steps=config[stage]["steps"],
                         schedule=Schedule(**config[stage]["schedule"]), lr=config[stage]["lr"], device=device,
                         checkpoint_path=ckpt_path, start_step=start, optimizer_state=optimizer_state,
                         extra_state={"config": config["model"], "stage": stage}, writer=writer, tag=stage,
                         progress=not args.no_progress)
     return stats
-
-
-def _prepend(first, rest):
-    yield first
-    yield from rest
 
 
 @torch.no_grad()
@@ -215,22 +215,39 @@ def evaluate_and_draw(vdsm, args, config, run_dir, device):
     return metrics
 
 
+def resume_config(args):
+    """The saved config of ``--resume DIR``; model flags given now must agree with it."""
+    run_dir = Path(args.resume)
+    if not (run_dir / "config.json").is_file():
+        raise UsageError(f"--resume {run_dir}: no config.json there; pass a run folder of experiments.run")
+    config = json.loads((run_dir / "config.json").read_text())
+    if config["dataset"] != args.dataset:
+        raise UsageError(f"--resume {run_dir}: that run trained on {config['dataset']!r}, not {args.dataset!r}")
+    differ = [f.name for f in dataclasses.fields(VDSMConfig) if getattr(args, f.name) is not None
+              and _plain(getattr(args, f.name)) != config["model"][f.name]]
+    if differ:
+        raise UsageError(f"--resume {run_dir}: the run was trained with other {', '.join(differ)}; "
+                         f"drop those flags to continue it")
+    return run_dir, config
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def run(args):
-    config = resolve_config(args)
+    if args.resume:
+        run_dir, config = resume_config(args)
+    else:
+        run_dir, config = None, resolve_config(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: no CUDA device here; use --device cpu")
-    if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.json").is_file():
-            raise UsageError(f"--resume {run_dir}: no config.json there; pass a run folder of experiments.run")
-        saved = json.loads((run_dir / "config.json").read_text())
-        if saved["model"] != config["model"] or saved["dataset"] != config["dataset"]:
-            diff = sorted(k for k in config["model"] if saved["model"].get(k) != config["model"][k])
-            raise UsageError(f"--resume {run_dir}: the saved run differs in dataset or model ({', '.join(diff) or 'dataset'}); "
-                             f"repeat the original options")
-        config = saved
-    else:
+    stages = {"1": ["stage1"], "2": ["stage2"], "both": ["stage1", "stage2"]}[args.stage]
+    # fail on bad data before anything is written
+    check_frames(data.get_dataset(args.dataset, "train", args.data_root,
+                                  **dataset_options(args, config, stages[0]))[0][0], config)
+    if run_dir is None:
         run_dir = Path(args.out or f"runs/{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config, indent=1))
@@ -242,8 +259,9 @@ def run(args):
 
     writer = SummaryWriter(str(run_dir / "tensorboard"))
     vdsm = VDSM(VDSMConfig.from_dict(config["model"]), Schedule(**config["stage2"]["schedule"]), device)
+    if config.get("guide2"):
+        vdsm.use_guide2(config["guide2"])
     metrics, started = {"dataset": args.dataset, "preset": config["preset"], "device": str(device)}, time.time()
-    stages = {"1": ["stage1"], "2": ["stage2"], "both": ["stage1", "stage2"]}[args.stage]
     if stages == ["stage2"]:  # stage 2 needs a trained stage 1 in the same folder
         state = load_checkpoint(run_dir / "checkpoints" / "stage1.pt", device)
         vdsm.model1.load_state_dict(state["model"])

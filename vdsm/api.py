@@ -1,4 +1,5 @@
 """Library API for a trained VDSM run: load, reconstruct, generate, swap identity, transfer action."""
+import importlib
 import json
 from pathlib import Path
 
@@ -12,7 +13,16 @@ from models.vdsm import VDSMConfig, VDSMStage1Model, VDSMStage2Model
 from .annealing import Schedule
 from .checkpoint import CheckpointError, load_checkpoint
 
-__all__ = ["VDSM", "use_means"]
+__all__ = ["VDSM", "use_means", "guide_factory"]
+
+
+def guide_factory(spec):
+    """``"package.module:factory"`` -> the factory callable (it takes a VDSM, returns a guide)."""
+    module_name, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"cannot import guide factory {spec!r} ({err}): use --guide2 package.module:factory") from None
 
 
 class use_means(Messenger):
@@ -64,6 +74,9 @@ class VDSM:
             raise CheckpointError(f"{run_dir} has no config.json: pass a run folder written by experiments.run")
         config = json.loads(config_path.read_text())
         vdsm = cls(VDSMConfig.from_dict(config["model"]), Schedule(**config["stage2"]["schedule"]), device)
+        if config.get("guide2"):
+            vdsm.use_guide2(config["guide2"], batch_size=config["stage2"]["batch_size"],
+                            seq_len=config["stage2"]["seq_len"])
         state = load_checkpoint(run_dir / "checkpoints" / "stage1.pt", vdsm.device)
         vdsm.model1.load_state_dict(state["model"])
         vdsm.guide1.load_state_dict(state["guide"])
@@ -74,6 +87,16 @@ class VDSM:
             vdsm.guide2.load_state_dict(state["guide"])
             vdsm.has_stage2 = True
         return vdsm
+
+    def use_guide2(self, spec, batch_size=None, seq_len=None):
+        """Replace the stage-2 guide by ``guide_factory(spec)(self)``; with a batch shape, run it once
+        so that lazily created parameters (Pyro autoguides) exist before a state dict is loaded."""
+        self.guide2 = guide_factory(spec)(self).to(self.device)
+        if batch_size:
+            x = torch.zeros(batch_size, seq_len, self.config.nc, 64, 64, device=self.device)
+            with torch.no_grad(), poutine.block():
+                self.guide2(x, factors=self.factors())
+        return self
 
     def eval(self):
         for m in (self.model1, self.guide1, self.model2, self.guide2):

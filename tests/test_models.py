@@ -1,0 +1,125 @@
+import pyro
+import pyro.optim
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO
+
+from guides import VDSMStage1Guide, VDSMStage2Guide
+from guides.examples import autonormal_identity, mean_field
+from models import VDSMConfig, VDSMStage1Model, VDSMStage2Model
+from vdsm.annealing import Schedule
+from vdsm.api import VDSM
+from vdsm.nets import MixtureOfExpertsDecoder
+from vdsm.train import train_stage
+
+TINY = VDSMConfig(nc=3, z_dim=6, n_experts=4, encoder_widths=(4, 4, 8, 8), encoder_features=16,
+                  decoder_widths=(16, 8, 8, 4), dynamics_dim=5, trans_dim=8, rnn_dim=8, rnn_layers=2, rnn_dropout=0.1)
+FACTORS = Schedule().factors(0.3)
+PAIRS = [(VDSMStage1Model, VDSMStage1Guide), (VDSMStage2Model, VDSMStage2Guide)]
+
+
+def frames(b, t, nc=3):
+    return torch.rand(b, t, nc, 64, 64)
+
+
+def registered(module):
+    """Model/guide callable that registers the module's parameters with Pyro's param store (for SVI)."""
+    def fn(*args, **kwargs):
+        pyro.module(type(module).__name__, module)
+        return module(*args, **kwargs)
+    return fn
+
+
+@pytest.mark.parametrize("model_cls,guide_cls", PAIRS)
+@pytest.mark.parametrize("emission", ["bernoulli", "normal", "laplace"])
+def test_one_svi_step_under_validation(model_cls, guide_cls, emission):
+    config = VDSMConfig(**{**TINY.to_dict(), "emission": emission})
+    model, guide = model_cls(config), guide_cls(config)
+    svi = SVI(registered(model), registered(guide), pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+    x = frames(3, 5)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = svi.step(x, factors=FACTORS)
+    assert torch.isfinite(torch.tensor(loss))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    guide_trace = poutine.trace(guide).get_trace(x, factors=FACTORS)
+    trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, factors=FACTORS)
+    trace.compute_log_prob()
+    assert trace.nodes["identity"]["value"].shape == (3, 4)
+    assert trace.nodes["obs"]["fn"].mean.shape == (3, 5, 3, 64, 64)
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and name != "sequences":
+            assert site["log_prob"].shape == (3,), name  # one batch plate, everything else is event
+    if model_cls is VDSMStage1Model:
+        assert trace.nodes["z"]["value"].shape == (3, 5, 6)
+    else:
+        assert trace.nodes["dynamics"]["value"].shape == (3, 5)
+        assert [n for n in trace.nodes if n.startswith("z_")] == [f"z_{t}" for t in range(1, 6)]
+
+
+@pytest.mark.parametrize("model_cls,guide_cls", PAIRS)
+def test_sites_do_not_depend_on_batch_size(model_cls, guide_cls):
+    model, guide = model_cls(TINY), guide_cls(TINY)
+
+    def sites(b):
+        x = frames(b, 4)
+        g = poutine.trace(guide).get_trace(x, factors=FACTORS)
+        m = poutine.trace(poutine.replay(model, trace=g)).get_trace(x, factors=FACTORS)
+        return [n for n, s in m.nodes.items() if s["type"] == "sample"], \
+               [n for n, s in g.nodes.items() if s["type"] == "sample"]
+
+    assert sites(2) == sites(7)
+
+
+def test_annealing_scales_model_and_guide_sites_alike():
+    model, guide = VDSMStage2Model(TINY), VDSMStage2Guide(TINY)
+    factors = {"temp_id": 3.0, "identity": 0.25, "dynamics": 0.5, "z": 2.0}
+    x = frames(2, 3)
+    g = poutine.trace(guide).get_trace(x, factors=factors)
+    m = poutine.trace(poutine.replay(model, trace=g)).get_trace(x, factors=factors)
+    for name, want in [("identity", 0.25), ("dynamics", 0.5), ("z_1", 2.0), ("z_3", 2.0)]:
+        assert g.nodes[name]["scale"] == want and m.nodes[name]["scale"] == want
+    assert m.nodes["obs"]["scale"] == 1.0
+
+
+def test_grouped_decoder_equals_a_loop_over_sequences():
+    dec = MixtureOfExpertsDecoder(z_dim=5, n_experts=3, nc=2, widths=(8, 6, 4, 4))
+    z, mix = torch.randn(4, 3, 5), torch.softmax(torch.randn(4, 3), -1)
+    batched = dec(z, mix)
+    for b in range(4):
+        h = torch.cat([z[b], mix[b].expand(3, 3)], -1)[:, :, None, None]
+        for k, (w, bias, stride) in enumerate(zip(dec.weights, dec.biases, dec.strides)):
+            w_b = torch.einsum("e,eiohw->iohw", mix[b], w)
+            h = F.conv_transpose2d(h, w_b, mix[b] @ bias, stride=stride, padding=0 if stride == 1 else 1)
+            h = F.leaky_relu(h, 0.2) if k < 4 else h
+        assert torch.allclose(batched[b], h, atol=1e-5)
+
+
+def _batches(b, t):
+    while True:
+        yield frames(b, t)
+
+
+@pytest.mark.parametrize("factory", [mean_field, autonormal_identity])
+def test_custom_stage2_guides_train_with_the_library_loop(factory):
+    vdsm = VDSM(TINY)
+    vdsm.use_guide2(f"guides.examples:{factory.__name__}")
+    vdsm.model1.decoder.requires_grad_(False)
+    vdsm.guide1.encoder.requires_grad_(False)
+    stats = train_stage(vdsm.model2, vdsm.guide2, _batches(3, 4), steps=3, schedule=Schedule(), lr=1e-2,
+                        device="cpu", progress=False)
+    assert stats["skipped_steps"] == 0 and stats["final_loss_per_frame"] > 0
+    trained = [p for p in vdsm.guide2.parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None for p in trained)
+    assert all(p.grad is None for p in vdsm.guide1.encoder.parameters())  # frozen stage-1 encoder
+
+
+def test_api_methods_are_batched_and_shaped():
+    vdsm = VDSM(TINY).eval()
+    vdsm.has_stage2 = True
+    a, b = frames(3, 4), frames(3, 4)
+    for out in (vdsm.reconstruct(a), vdsm.swap_identity(a, b), vdsm.transfer_action(a, b), vdsm.generate(3, 4)):
+        assert out.shape == (3, 4, 3, 64, 64) and 0 <= out.min() and out.max() <= 1
+    # swapping identity with itself is the reconstruction
+    assert torch.allclose(vdsm.swap_identity(a, a), vdsm.reconstruct(a), atol=1e-6)

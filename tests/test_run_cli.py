@@ -1,0 +1,95 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vdsm.api import VDSM
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_FLAGS = ["--z-dim", "4", "--n-experts", "3", "--encoder-widths", "4", "4", "4", "4", "--encoder-features", "8",
+              "--decoder-widths", "8", "8", "4", "4", "--dynamics-dim", "3", "--trans-dim", "4", "--rnn-dim", "8",
+              "--rnn-layers", "1", "--batch-size", "2", "--steps", "2", "--eval-sequences", "4", "--num-workers", "0",
+              "--no-progress"]
+OUTPUTS = ["config.json", "checkpoints/stage1.pt", "checkpoints/stage2.pt", "reconstructions.png", "samples.gif",
+           "identity_swap.png", "action_transfer.png", "action_transfer.gif", "metrics.json", "tensorboard"]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "experiments.run", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, data_dirs):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--out", out, *TINY_FLAGS)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_tiny_end_to_end_run_writes_every_output(tiny_run):
+    for name in OUTPUTS:
+        assert (tiny_run / name).exists(), name
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["stage1"]["steps"] == 2 and metrics["stage2"]["steps"] == 2
+    assert metrics["evaluation"]["recon_mse_per_pixel"] > 0
+    assert list((tiny_run / "tensorboard").iterdir())
+
+
+def test_trained_run_loads_through_the_api(tiny_run, data_dirs):
+    import data
+    vdsm = VDSM.load(tiny_run).eval()
+    assert vdsm.has_stage2
+    x = torch.stack([data.get_dataset("sprites", "test", sprites_layers=data_dirs.sprites)[i][0] for i in range(2)])
+    assert vdsm.transfer_action(x, x.flip(0)).shape == x.shape
+
+
+def test_resume_of_a_finished_run_skips_training(tiny_run, data_dirs):
+    before = (tiny_run / "checkpoints" / "stage1.pt").stat().st_mtime_ns
+    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", tiny_run, *TINY_FLAGS)
+    assert result.returncode == 0, result.stderr
+    assert (tiny_run / "checkpoints" / "stage1.pt").stat().st_mtime_ns == before
+
+
+def test_custom_guide_through_the_runner(tmp_path, data_dirs):
+    out = tmp_path / "custom"
+    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--out", out,
+                     "--guide2", "guides.examples:mean_field", *TINY_FLAGS)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "config.json").read_text())["guide2"] == "guides.examples:mean_field"
+    assert VDSM.load(out).guide2.__class__.__name__ == "MeanFieldStage2Guide"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset", "nope"], "unknown dataset"),
+    (["--dataset", "sprites", "--model", "gan"], "unknown model"),
+    (["--dataset", "sprites", "--preset", "huge"], "unknown preset"),
+    (["--dataset", "sprites", "--sprites-layers", "/nonexistent"], "--sprites-layers"),
+    (["--dataset", "sprites", "--z-dim", "0"], "z_dim=0"),
+    (["--dataset", "sprites", "--batch-size", "0"], "--batch-size=0"),
+    (["--dataset", "sprites", "--resume", "/nonexistent/run"], "--resume"),
+    (["--dataset", "sprites", "--guide2", "no.such:thing"], "guide factory"),
+    (["--dataset", "kth"], "no VDSM config"),
+])
+def test_bad_input_returns_2_with_one_line(args, message, tmp_path, capsys):
+    from experiments.run import main
+    assert main([*map(str, args), "--out", str(tmp_path / "bad")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "bad").exists()  # nothing is created before the input is checked
+
+
+def test_bad_input_from_the_shell_exits_2_without_traceback(tmp_path):
+    result = run_cli("--dataset", "sprites", "--sprites-layers", tmp_path / "missing", "--out", tmp_path / "bad")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_help_lists_the_main_options():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for flag in ("--dataset", "--preset", "--device", "--resume", "--stage", "--z-dim", "--stage1-temp-id-start"):
+        assert flag in result.stdout
