@@ -7,7 +7,6 @@ the original generators used), which keeps memory small (a few MB of cropped she
 and is fast enough to feed training from a couple of workers.
 """
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -62,6 +61,7 @@ class LayeredSprites(Dataset):
         self.scale = scale
         self.sequence_labels = sequence_labels
         self.pair_actions = pair_actions
+        self.seed, self.epoch = 0, 0  # per-item randomness depends only on (seed, epoch, index)
         cells = [(row, col) for row, cols in sequences for col in cols]
         self.layer_strips = {name: [_strip(load_rgba(p, option_hint), cells) for p in paths]
                              for name, paths in attribute_layers.items()}
@@ -99,8 +99,10 @@ class LayeredSprites(Dataset):
         labels = dict(self.attribute_classes(character), **self.sequence_labels(sequence))
         labels["character"] = int(character)
         if self.pair_actions:
-            # A different sequence of the same character; torch's RNG is seeded per DataLoader worker.
-            other = (sequence + 1 + int(torch.randint(self.num_sequences - 1, ()))) % self.num_sequences
+            # A different sequence of the same character, drawn from (seed, epoch, index) so that
+            # the data order is reproducible whatever the number of workers (exact resume).
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            other = (sequence + 1 + int(rng.integers(self.num_sequences - 1))) % self.num_sequences
             frames = np.concatenate([frames, self.compose(character, other)[: self.seq_len]])
             labels.update({f"{k}_b": v for k, v in self.sequence_labels(other).items()})
         return frames_to_tensor(frames, self.scale), labels

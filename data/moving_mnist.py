@@ -64,12 +64,12 @@ def render(digits, positions):
 class MovingMNIST(Dataset):
     """Moving MNIST; item = ``(frames [T, 1, 64, 64], labels)``, labels ``digit0``(, ``digit1``): digit classes.
 
-    :param split: "train" (fresh random sequences every access) or "test" (fixed, seeded).
+    :param split: "train" (new random sequences every epoch: set ``epoch``) or "test" (fixed, seeded).
     :param seq_len: frames per sequence (default 25 test / 20 train; any length).
     :param num_digits: 1 or 2.
     :param deterministic: flip velocity at walls (``mmnist``) instead of SVG's random bounce.
     :param num_sequences: epoch length for train; test-set size (default 5000).
-    :param seed: seed of the fixed test set.
+    :param seed: seed of the fixed test set and of the training sequences.
     :param mnist: local MNIST ``.npz`` or torchvision folder (default ``$MNIST_PATH``/download).
     """
 
@@ -80,6 +80,8 @@ class MovingMNIST(Dataset):
         if seq_len is not None and seq_len < 1:
             raise DataError(f"seq_len={seq_len} must be at least 1")
         self.split, self.num_digits, self.deterministic = split, num_digits, deterministic
+        self.epoch = 0  # training items are a function of (seed, epoch, index): new every epoch, reproducible
+        self.seed = seed
         if split == "train":
             self.seq_len = seq_len or 20
             self.num_sequences = num_sequences or 60000
@@ -117,8 +119,7 @@ class MovingMNIST(Dataset):
         if self.split == "test":
             digits, positions, classes = self._digits[i], self._positions[i], self._labels[i]
         else:
-            # torch's generator is seeded per DataLoader worker, so workers draw different sequences.
-            rng = np.random.default_rng(int(torch.randint(2 ** 62, ())))
+            rng = np.random.default_rng([self.seed, self.epoch, i])
             ids = rng.integers(len(self._mnist), size=self.num_digits)
             digits, classes = resize_digits(self._mnist[ids]), self._mnist_labels[ids]
             positions = simulate_positions(rng, self.seq_len, self.num_digits, self.deterministic)

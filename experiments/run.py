@@ -21,8 +21,9 @@ import data
 from models.vdsm import VDSMConfig
 from vdsm.annealing import Schedule
 from vdsm.api import VDSM, guide_factory
-from vdsm.checkpoint import CheckpointError, load_checkpoint
-from vdsm.train import infinite_batches, train_stage
+from vdsm.batches import ResumableBatches
+from vdsm.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+from vdsm.train import TrainOptions, train_stage
 from vdsm.viz import save_gif, save_grid, sequence_strip
 
 from .configs import PRESETS, load_preset
@@ -63,6 +64,15 @@ def build_parser():
     p.add_argument("--mug", default=None, help="MUG .npz")
     p.add_argument("--eval-sequences", type=int, default=256, help="test sequences used for metrics.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    safety = p.add_argument_group("checkpoints and fault handling")
+    safety.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    safety.add_argument("--checkpoint-minutes", type=float, default=10.0, help="minutes between checkpoints")
+    safety.add_argument("--keep-last", type=int, default=3, help="periodic checkpoints kept per stage")
+    safety.add_argument("--clip-norm", type=float, default=10.0, help="gradient norm clip")
+    safety.add_argument("--max-bad-steps", type=int, default=5,
+                        help="non-finite steps in a row before rolling back to the last checkpoint")
+    safety.add_argument("--lr-drop", type=float, default=0.5, help="learning-rate factor at each rollback")
+    safety.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     model = p.add_argument_group("model hyperparameters (override the preset)")
     for f in dataclasses.fields(VDSMConfig):
         kind = type(f.default)
@@ -132,13 +142,12 @@ def dataset_options(args, config, stage):
     return options
 
 
-def make_loader(args, config, stage, device):
+def train_dataset(args, config, stage):
     ds = data.get_dataset(args.dataset, "train", args.data_root, **dataset_options(args, config, stage))
     check_frames(ds[0][0], config)
-    return torch.utils.data.DataLoader(
-        ds, batch_size=config[stage]["batch_size"], shuffle=True, drop_last=True, num_workers=args.num_workers,
-        persistent_workers=args.num_workers > 0, pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(args.seed))
+    if hasattr(ds, "seed"):
+        ds.seed = args.seed
+    return ds
 
 
 def check_frames(x, config):
@@ -148,32 +157,33 @@ def check_frames(x, config):
                          f"pass --nc {x.shape[-3]} or resize the data to 64x64")
 
 
-def run_stage(vdsm, stage, args, config, run_dir, device, writer):
+def run_stage(vdsm, stage, args, config, run_dir, device, writer, rank=0, world_size=1):
     model, guide = (vdsm.model1, vdsm.guide1) if stage == "stage1" else (vdsm.model2, vdsm.guide2)
-    ckpt_path = run_dir / "checkpoints" / f"{stage}.pt"
-    start, optimizer_state = 0, None
-    if ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, device)
-        if state["config"] != config["model"]:
-            raise UsageError(f"checkpoint {ckpt_path} was trained with another model config: "
+    checkpoints = CheckpointManager(run_dir / "checkpoints", stage, every_steps=args.checkpoint_every,
+                                    every_minutes=args.checkpoint_minutes, keep_last=args.keep_last)
+    resume = None
+    if checkpoints.latest.is_file():
+        resume = load_checkpoint(checkpoints.latest, device)
+        if resume["config"] != config["model"]:
+            raise UsageError(f"checkpoint {checkpoints.latest} was trained with another model config: "
                              f"resume without changing model hyperparameters")
-        model.load_state_dict(state["model"])
-        guide.load_state_dict(state["guide"])
-        start, optimizer_state = state["step"], state["optimizer"]
-        torch.set_rng_state(state["rng"])
-        if start >= config[stage]["steps"]:
-            log.info("%s already finished (%d steps), skipped", stage, start)
-            return state.get("stats", {})
+        if resume["step"] >= config[stage]["steps"]:
+            log.info("%s already finished (%d steps), skipped", stage, resume["step"])
+            model.load_state_dict(resume["model"])
+            guide.load_state_dict(resume["guide"])
+            return resume.get("stats", {"steps": resume["step"], "resumed": "already finished"})
     if stage == "stage2":  # stage-1 networks are frozen: no gradients, not in the optimiser
         for net in (vdsm.model1.decoder, vdsm.guide1.encoder):
             net.requires_grad_(False)
-    batches = infinite_batches(make_loader(args, config, stage, device))
-    stats = train_stage(model, guide, batches, steps=config[stage]["steps"],
-                        schedule=Schedule(**config[stage]["schedule"]), lr=config[stage]["lr"], device=device,
-                        checkpoint_path=ckpt_path, start_step=start, optimizer_state=optimizer_state,
-                        extra_state={"config": config["model"], "stage": stage}, writer=writer, tag=stage,
-                        progress=not args.no_progress)
-    return stats
+    batches = ResumableBatches(train_dataset(args, config, stage), config[stage]["batch_size"], seed=args.seed,
+                               num_workers=args.num_workers, rank=rank, world_size=world_size,
+                               pin_memory=device.type == "cuda")
+    options = TrainOptions(steps=config[stage]["steps"], lr=config[stage]["lr"], clip_norm=args.clip_norm,
+                           max_bad_steps=args.max_bad_steps, lr_drop=args.lr_drop, amp=args.amp,
+                           progress=not args.no_progress)
+    return train_stage(model, guide, batches, options=options, schedule=Schedule(**config[stage]["schedule"]),
+                       device=device, checkpoints=checkpoints if rank == 0 else None, resume=resume,
+                       extra_state={"config": config["model"], "stage": stage}, writer=writer, tag=stage)
 
 
 @torch.no_grad()
@@ -235,45 +245,83 @@ def _plain(value):
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
+def init_distributed(args):
+    """(rank, world_size, device) from torchrun's environment; a plain run is rank 0 of 1."""
+    import os
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    wants_cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if wants_cuda and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: no CUDA device here; use --device cpu")
+    if world_size == 1:
+        return 0, 1, torch.device(args.device or ("cuda" if wants_cuda else "cpu"))
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dist.init_process_group(backend="nccl" if wants_cuda else "gloo")
+    device = torch.device(f"cuda:{local_rank}") if wants_cuda else torch.device("cpu")
+    if wants_cuda:
+        torch.cuda.set_device(device)
+    return dist.get_rank(), world_size, device
+
+
+def check_safety_options(args):
+    for name in ("checkpoint_every", "keep_last", "max_bad_steps", "num_workers", "eval_sequences"):
+        minimum = 0 if name == "num_workers" else 1
+        if getattr(args, name) < minimum:
+            raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least {minimum}")
+    if not 0 < args.lr_drop < 1:
+        raise UsageError(f"--lr-drop={args.lr_drop} must be between 0 and 1")
+    if args.clip_norm <= 0 or args.checkpoint_minutes <= 0:
+        raise UsageError("--clip-norm and --checkpoint-minutes must be positive")
+
+
 def run(args):
+    check_safety_options(args)
     if args.resume:
         run_dir, config = resume_config(args)
     else:
         run_dir, config = None, resolve_config(args)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device}: no CUDA device here; use --device cpu")
+    rank, world_size, device = init_distributed(args)
     stages = {"1": ["stage1"], "2": ["stage2"], "both": ["stage1", "stage2"]}[args.stage]
-    # fail on bad data before anything is written
-    check_frames(data.get_dataset(args.dataset, "train", args.data_root,
-                                  **dataset_options(args, config, stages[0]))[0][0], config)
+    train_dataset(args, config, stages[0])  # fail on bad data before anything is written
     if run_dir is None:
         run_dir = Path(args.out or f"runs/{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+        if rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+    if world_size > 1:
+        torch.distributed.barrier()
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from torch.utils.tensorboard import SummaryWriter
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.ERROR, format="%(message)s")
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
     vdsm = VDSM(VDSMConfig.from_dict(config["model"]), Schedule(**config["stage2"]["schedule"]), device)
     if config.get("guide2"):
         vdsm.use_guide2(config["guide2"])
-    metrics, started = {"dataset": args.dataset, "preset": config["preset"], "device": str(device)}, time.time()
+    metrics, started = {"dataset": args.dataset, "preset": config["preset"], "device": str(device),
+                        "world_size": world_size}, time.time()
     if stages == ["stage2"]:  # stage 2 needs a trained stage 1 in the same folder
         state = load_checkpoint(run_dir / "checkpoints" / "stage1.pt", device)
         vdsm.model1.load_state_dict(state["model"])
         vdsm.guide1.load_state_dict(state["guide"])
     for stage in stages:
-        metrics[stage] = run_stage(vdsm, stage, args, config, run_dir, device, writer)
+        metrics[stage] = run_stage(vdsm, stage, args, config, run_dir, device, writer, rank, world_size)
     vdsm.has_stage2 = "stage2" in stages
-    metrics["evaluation"] = evaluate_and_draw(vdsm, args, config, run_dir, device)
-    metrics["wall_seconds"] = time.time() - started
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    writer.close()
-    log.info("run folder: %s", run_dir)
+    if rank == 0:
+        metrics["evaluation"] = evaluate_and_draw(vdsm, args, config, run_dir, device)
+        metrics["wall_seconds"] = time.time() - started
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        writer.close()
+        log.info("run folder: %s", run_dir)
+    if world_size > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return run_dir
 
 

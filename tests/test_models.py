@@ -12,7 +12,7 @@ from models import VDSMConfig, VDSMStage1Model, VDSMStage2Model
 from vdsm.annealing import Schedule
 from vdsm.api import VDSM
 from vdsm.nets import MixtureOfExpertsDecoder
-from vdsm.train import train_stage
+from vdsm.train import TrainOptions, train_stage
 
 TINY = VDSMConfig(nc=3, z_dim=6, n_experts=4, encoder_widths=(4, 4, 8, 8), encoder_features=16,
                   decoder_widths=(16, 8, 8, 4), dynamics_dim=5, trans_dim=8, rnn_dim=8, rnn_layers=2, rnn_dropout=0.1)
@@ -107,11 +107,12 @@ def test_custom_stage2_guides_train_with_the_library_loop(factory):
     vdsm.use_guide2(f"guides.examples:{factory.__name__}")
     vdsm.model1.decoder.requires_grad_(False)
     vdsm.guide1.encoder.requires_grad_(False)
-    stats = train_stage(vdsm.model2, vdsm.guide2, _batches(3, 4), steps=3, schedule=Schedule(), lr=1e-2,
-                        device="cpu", progress=False)
+    stats = train_stage(vdsm.model2, vdsm.guide2, _batches(3, 4), schedule=Schedule(), device="cpu",
+                        options=TrainOptions(steps=3, lr=1e-2, progress=False))
     assert stats["skipped_steps"] == 0 and stats["final_loss_per_frame"] > 0
-    trained = [p for p in vdsm.guide2.parameters() if p.requires_grad]
+    trained = [p for m in (vdsm.model2, vdsm.guide2) for p in m.parameters() if p.requires_grad]
     assert trained and all(p.grad is not None for p in trained)
+    assert stats["trained_tensors"] == len({id(p) for p in trained})  # lazily created ones included
     assert all(p.grad is None for p in vdsm.guide1.encoder.parameters())  # frozen stage-1 encoder
 
 

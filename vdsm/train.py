@@ -1,91 +1,211 @@
-"""The SVI loop: Trace_ELBO, annealing factors per step, progress bar, TensorBoard, checkpoints."""
+"""The SVI loop: Trace_ELBO with annealing factors, NaN guard and rollback, checkpoints, DDP.
+
+One step: factors = schedule.factors(step / steps) go to model and guide; the loss is
+``Trace_ELBO().differentiable_loss`` (the SVI estimator) and Adam updates every
+parameter that requires a gradient (frozen stage-1 networks are left out).
+
+Faults: a non-finite loss or gradient skips the step (weights untouched). After
+``max_bad_steps`` such steps in a row the run rolls back to its newest checkpoint and
+multiplies the learning rate by ``lr_drop``; every event is logged and returned.
+
+Distributed: when ``torch.distributed`` is initialised, the ELBO is wrapped in
+``DistributedDataParallel``; each rank's loss is multiplied by the world size so that
+the averaged gradient equals the gradient of the combined batch's ELBO.
+"""
 import itertools
 import logging
 import math
+import random
 import time
+from dataclasses import dataclass
 
+import numpy as np
+import pyro
 import torch
+import torch.distributed as dist
+import torch.nn as nn
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
-from .checkpoint import save_checkpoint
+from .checkpoint import load_checkpoint
 
-__all__ = ["train_stage", "infinite_batches"]
+__all__ = ["TrainOptions", "train_stage", "ELBOLoss", "rng_state", "set_rng_state"]
 
 log = logging.getLogger(__name__)
 
 
-def infinite_batches(loader):
-    """Frames of every batch of ``loader``, epoch after epoch."""
-    for epoch in itertools.count():
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        for x, _ in loader:
-            yield x
+@dataclass
+class TrainOptions:
+    """Optimisation and fault-handling settings of one stage."""
+
+    steps: int
+    lr: float = 1e-3
+    clip_norm: float = 10.0      # gradient norm clip
+    max_bad_steps: int = 5       # consecutive non-finite steps before a rollback
+    lr_drop: float = 0.5         # learning-rate factor applied at each rollback
+    max_rollbacks: int = 10
+    amp: bool = False            # bf16 autocast (CUDA)
+    progress: bool = True
 
 
-def train_stage(model, guide, batches, *, steps, schedule, lr, device, checkpoint_path=None,
-                checkpoint_every=200, clip_norm=10.0, start_step=0, optimizer_state=None, extra_state=None,
-                writer=None, tag="stage", progress=True):
-    """Optimise the ELBO of ``model``/``guide`` for ``steps`` steps; returns a dict of statistics.
+class ELBOLoss(nn.Module):
+    """The negative ELBO of a model/guide pair as a module (so that DDP can wrap it)."""
 
-    Parameters with ``requires_grad=False`` (frozen stage-1 nets) are not optimised.
-    ``schedule.factors(progress)`` gives the annealing factors of each step; they go to
-    model and guide alike. Non-finite losses skip the step. A checkpoint (model, guide,
-    optimiser, step) is written every ``checkpoint_every`` steps and at the end.
+    def __init__(self, model, guide):
+        super().__init__()
+        self.model, self.guide = model, guide
+        self.elbo = Trace_ELBO()
+
+    def forward(self, x, factors):
+        return self.elbo.differentiable_loss(self.model, self.guide, x, factors=factors)
+
+
+def rng_state():
+    """Every RNG the loop touches, as plain data (loadable with ``weights_only=True``)."""
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": random.getstate()}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def train_stage(model, guide, batches, *, options, schedule, device, checkpoints=None, resume=None,
+                extra_state=None, writer=None, tag="stage", fault_injector=None):
+    """Optimise the ELBO of ``model``/``guide`` for ``options.steps`` steps; returns statistics.
+
+    :param batches: a :class:`vdsm.batches.ResumableBatches` (or any iterator of frame batches;
+        exact resume needs ``state()``/``load_state()``).
+    :param checkpoints: a :class:`vdsm.checkpoint.CheckpointManager` or None.
+    :param resume: a checkpoint dict written by this function, to continue from.
+    :param fault_injector: ``f(step, loss) -> loss`` used by tests to inject faults.
     """
-    elbo = Trace_ELBO()
-    x = next(batches).to(device)
-    # one call creates any lazily built parameters of a custom guide (e.g. a Pyro autoguide)
-    elbo.differentiable_loss(model, guide, x, factors=schedule.factors(0.0))
-    params = [p for p in itertools.chain(model.parameters(), guide.parameters()) if p.requires_grad]
-    seen, unique = set(), []
-    for p in params:
-        if id(p) not in seen:
-            seen.add(id(p))
-            unique.append(p)
-    optimizer = torch.optim.Adam(unique, lr=lr)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+    device = torch.device(device)
+    world = dist.get_world_size() if _distributed() else 1
+    rank = dist.get_rank() if _distributed() else 0
+    loss_module = ELBOLoss(model, guide)
+    # One call on zeros creates lazily built parameters (e.g. of a Pyro autoguide) without
+    # consuming data or the global RNG, so a resumed run sees the same random numbers.
+    if hasattr(batches, "dataset"):
+        shape = (batches.batch_size, *batches.dataset[0][0].shape)
+    else:  # a plain iterator: peek at its first batch and put it back
+        first = next(batches)
+        batches, shape = itertools.chain([first], batches), first.shape
+    with torch.random.fork_rng(devices=[]):
+        loss_module(torch.zeros(shape, device=device), schedule.factors(0.0))
+    params = list({id(p): p for p in loss_module.parameters() if p.requires_grad}.values())
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
 
-    def checkpoint(step):
-        if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, dict(extra_state or {}, model=model.state_dict(),
-                                                  guide=guide.state_dict(), optimizer=optimizer.state_dict(),
-                                                  step=step, steps=steps, rng=torch.get_rng_state()))
+        loss_module = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.Adam(params, lr=options.lr)
+    start, lr_scale, smoothed = 0, 1.0, None
 
-    losses, skipped, started = [], 0, time.perf_counter()
-    bar = tqdm(range(start_step, steps), desc=tag, disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        if step > start_step:
-            x = next(batches).to(device)
-        factors = schedule.factors(step / max(1, steps))
-        loss = elbo.differentiable_loss(model, guide, x, factors=factors)
-        frames = x.shape[0] * x.shape[1]
-        if not torch.isfinite(loss):
-            skipped += 1
-            log.warning("%s step %d: non-finite loss, step skipped", tag, step)
-            continue
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(unique, clip_norm)
-        if not torch.isfinite(grad_norm):
-            skipped += 1
-            log.warning("%s step %d: non-finite gradient, step skipped", tag, step)
+    def state(step):
+        return dict(extra_state or {}, model=model.state_dict(), guide=guide.state_dict(),
+                    optimizer=optimizer.state_dict(), step=step, steps=options.steps, lr_scale=lr_scale,
+                    loss=smoothed, data=batches.state() if hasattr(batches, "state") else None, rng=rng_state(),
+                    param_store={k: v.detach().cpu() for k, v in pyro.get_param_store().named_parameters()})
+
+    def restore(saved):
+        model.load_state_dict(saved["model"])
+        guide.load_state_dict(saved["guide"])
+        optimizer.load_state_dict(saved["optimizer"])
+        for group in optimizer.param_groups:
+            group["lr"] = options.lr * saved["lr_scale"]
+        return saved["step"], saved["lr_scale"], saved["loss"]
+
+    if resume is not None:
+        start, lr_scale, smoothed = restore(resume)
+        if resume.get("data") is not None and hasattr(batches, "load_state"):
+            batches.load_state(resume["data"])
+        set_rng_state(resume["rng"])
+
+    events, losses, bad, rollbacks = [], [], 0, 0
+    started = time.perf_counter()
+    bar = tqdm(total=options.steps, initial=start, desc=tag, disable=not options.progress or rank != 0,
+               dynamic_ncols=True)
+    step = start
+    while step < options.steps:
+        x = next(batches).to(device, non_blocking=True)
+        factors = schedule.factors(step / options.steps)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.amp):
+            loss = loss_module(x, factors)
+        if fault_injector is not None:
+            loss = fault_injector(step, loss)
+        ok = torch.isfinite(loss.detach()).float()
+        if world > 1:  # every rank skips together, or DDP's gradient all-reduce would hang
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        grad_norm = None
+        if ok.item():
+            optimizer.zero_grad(set_to_none=True)
+            (loss * world).backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, options.clip_norm)
+            ok = torch.isfinite(grad_norm)
+        if not ok:
+            bad += 1
+            events.append({"step": step, "event": "non-finite loss or gradient: step skipped"})
+            log.warning("%s step %d: non-finite loss or gradient, step skipped (%d in a row)", tag, step, bad)
+            if bad >= options.max_bad_steps:
+                step, lr_scale, smoothed, bad = _roll_back(checkpoints, restore, optimizer, options, lr_scale, step,
+                                                           tag, events, device)
+                rollbacks += 1
+                if rollbacks > options.max_rollbacks:
+                    raise RuntimeError(f"{tag}: {rollbacks} rollbacks without recovering; lower --lr and resume")
+                bar.n = step
             continue
         optimizer.step()
-        per_frame = loss.item() / frames
+        bad = 0
+        per_frame = loss.item() / (x.shape[0] * x.shape[1])
+        smoothed = per_frame if smoothed is None else 0.98 * smoothed + 0.02 * per_frame
         losses.append(per_frame)
-        bar.set_postfix(loss_per_frame=f"{per_frame:.1f}", **{k: f"{v:.3g}" for k, v in factors.items()})
-        if writer is not None:
-            writer.add_scalar(f"{tag}/loss_per_frame", per_frame, step)
-            for k, v in factors.items():
-                writer.add_scalar(f"{tag}/factor_{k}", v, step)
-        if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-            checkpoint(step + 1)
-    checkpoint(steps)
+        step += 1
+        bar.update(1)
+        if rank == 0:
+            bar.set_postfix(loss_per_frame=f"{per_frame:.1f}", **{k: f"{v:.3g}" for k, v in factors.items()})
+            if writer is not None:
+                writer.add_scalar(f"{tag}/loss_per_frame", per_frame, step)
+                writer.add_scalar(f"{tag}/grad_norm", float(grad_norm), step)
+                writer.add_scalar(f"{tag}/lr", optimizer.param_groups[0]["lr"], step)
+                for k, v in factors.items():
+                    writer.add_scalar(f"{tag}/factor_{k}", v, step)
+            if checkpoints is not None and step < options.steps and checkpoints.due(step, time.monotonic()):
+                checkpoints.save(step, state(step), smoothed)
+    bar.close()
+    if rank == 0 and checkpoints is not None:
+        checkpoints.save(options.steps, state(options.steps), smoothed)
     seconds = time.perf_counter() - started
-    done = max(1, steps - start_step)
     tail = losses[-max(1, len(losses) // 10):] if losses else [math.nan]
-    return {"steps": steps, "seconds": seconds, "seconds_per_step": seconds / done, "skipped_steps": skipped,
-            "final_loss_per_frame": sum(tail) / len(tail)}
+    return {"steps": options.steps, "seconds": seconds, "seconds_per_step": seconds / max(1, len(losses)),
+            "skipped_steps": sum(e["event"].endswith("skipped") for e in events), "rollbacks": rollbacks,
+            "events": events, "final_loss_per_frame": sum(tail) / len(tail), "lr_scale": lr_scale,
+            "trained_tensors": len(params), "losses": losses}
+
+
+def _roll_back(checkpoints, restore, optimizer, options, lr_scale, step, tag, events, device):
+    """Back to the newest checkpoint (if any) with the learning rate lowered by ``lr_drop``."""
+    if checkpoints is not None and checkpoints.latest.is_file():
+        saved = load_checkpoint(checkpoints.latest, device)
+        step, _, smoothed = restore(saved)
+        where = f"checkpoint of step {step}"
+    else:
+        smoothed, where = None, "current weights (no checkpoint yet)"
+    lr_scale *= options.lr_drop
+    for group in optimizer.param_groups:
+        group["lr"] = options.lr * lr_scale
+    events.append({"step": step, "event": f"rolled back to {where}, lr x{lr_scale:g}"})
+    log.warning("%s: rolled back to %s, learning rate now %g", tag, where, options.lr * lr_scale)
+    return step, lr_scale, smoothed, 0

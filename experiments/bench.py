@@ -1,0 +1,185 @@
+"""Benchmarks: data-loading throughput and seconds per SVI step (with peak memory).
+
+    python -m experiments.bench                  # everything, JSON to bench.json + a table
+    python -m experiments.bench --only data      # data loading only
+    python -m experiments.bench --only steps --batch-sizes 5 10 --device cuda
+
+Every step configuration runs in its own subprocess so that its peak RSS is its own.
+Seconds per step are the median of ``--repeats`` steps after ``--warmup`` steps; the
+"nets" column times the forward + backward of the same networks on the same batch
+without Pyro, so ``overhead = step / nets`` is what Pyro and the ELBO add.
+"""
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+STEP_CONFIGS = {
+    # name: (stage, model overrides, seq_len, pair)
+    "stage1-reference": ("stage1", {}, 16),
+    "stage2-reference": ("stage2", {}, 8),
+    "stage2-small": ("stage2", {"rnn_dim": 64, "rnn_layers": 1, "n_experts": 8, "dynamics_dim": 16}, 8),
+    "stage1-cpu": ("stage1", "cpu", 16),
+    "stage2-cpu": ("stage2", "cpu", 8),
+}
+
+
+def bench_data(dataset="sprites", batch_size=20, num_workers=2, batches=100, sprites_layers=None, **options):
+    import data
+
+    opts = dict(options)
+    if sprites_layers:
+        opts["sprites_layers"] = sprites_layers
+    ds = data.get_dataset(dataset, "train", **opts)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                                         persistent_workers=num_workers > 0)
+    it = iter(loader)
+    next(it)  # start the workers
+    started, n = time.perf_counter(), 0
+    for _ in range(batches):
+        x, _ = next(it)
+        n += x.shape[0]
+    seconds = time.perf_counter() - started
+    return {"dataset": dataset, "options": options, "num_workers": num_workers, "batch_size": batch_size,
+            "sequences_per_second": n / seconds}
+
+
+def _model_config(overrides):
+    from experiments.configs import load_preset
+    from models.vdsm import VDSMConfig
+
+    if overrides == "cpu":
+        return VDSMConfig.from_dict(load_preset("sprites", "cpu")["model"])
+    return VDSMConfig(**overrides)
+
+
+def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10):
+    """Seconds per SVI step (Trace_ELBO + Adam) of one configuration, and of its nets without Pyro."""
+    from pyro import poutine
+    from pyro.infer import Trace_ELBO
+
+    from vdsm.annealing import Schedule
+    from vdsm.api import VDSM
+
+    stage, overrides, seq_len = STEP_CONFIGS[name]
+    config = _model_config(overrides)
+    vdsm = VDSM(config, device=device)
+    model, guide = (vdsm.model1, vdsm.guide1) if stage == "stage1" else (vdsm.model2, vdsm.guide2)
+    if stage == "stage2":
+        vdsm.model1.decoder.requires_grad_(False)
+        vdsm.guide1.encoder.requires_grad_(False)
+    params = [p for m in (model, guide) for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-4)
+    x = torch.rand(batch_size, seq_len, config.nc, 64, 64, device=device)
+    factors = Schedule().factors(0.5)
+    elbo = Trace_ELBO()
+
+    def sync():
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+
+    def svi_step():
+        loss = elbo.differentiable_loss(model, guide, x, factors=factors)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def nets_step():  # the same networks, no Pyro: reparameterised samples, a plain loss
+        z_loc, z_scale, id_loc, id_scale = guide.encoder.encode_sequences(x)
+        identity = id_loc + id_scale * torch.randn_like(id_loc)
+        if stage == "stage1":
+            z = z_loc + z_scale * torch.randn_like(z_loc)
+        else:
+            d_loc, d_scale = guide.dynamics_params(z_loc)
+            d = d_loc + d_scale * torch.randn_like(d_loc)
+            b, c = batch_size, config
+            h0, c0 = torch.tanh(guide.d_to_state(d)).reshape(b, 2, c.rnn_layers, c.rnn_dim).permute(1, 2, 0, 3)
+            h_seq, _ = guide.rnn(guide.rnn_input.expand(b, seq_len, c.rnn_dim), (h0.contiguous(), c0.contiguous()))
+            zs, z_prev = [], guide.z_q_0.expand(b, c.z_dim)
+            for t in range(seq_len):
+                loc, scale = guide.combiner(z_prev, h_seq[:, t], d)
+                z_prev = loc + scale * torch.randn_like(loc)
+                zs.append(z_prev)
+            z = torch.stack(zs, 1)
+            model.transition(z[:, :-1], d.unsqueeze(1).expand(-1, seq_len - 1, -1))[0].sum()
+        logits = model.decoder(z, torch.softmax(factors["temp_id"] * identity, -1))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def timed(fn):
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    step = timed(svi_step)
+    nets = timed(nets_step)
+    trace = poutine.trace(poutine.replay(model, trace=poutine.trace(guide).get_trace(x, factors=factors)))
+    sites = sum(1 for s in trace.get_trace(x, factors=factors).nodes.values()
+                if s["type"] == "sample" and s["name"] != "sequences")
+    peak = (torch.cuda.max_memory_allocated() if torch.device(device).type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"config": name, "batch_size": batch_size, "seq_len": seq_len, "device": device,
+            "seconds_per_step": step, "nets_seconds": nets, "overhead": step / nets,
+            "peak_memory_gb": peak / 1e9, "sample_sites": sites}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--only", choices=["data", "steps"], default=None)
+    p.add_argument("--configs", nargs="+", default=list(STEP_CONFIGS), choices=list(STEP_CONFIGS))
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[5, 10, 20, 40])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--sprites-layers", default=None)
+    p.add_argument("--json", default="bench.json", help="where to write the results")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one step config
+    args = p.parse_args(argv)
+    if args.one:
+        name, batch_size = args.one.split(":")
+        print(json.dumps(bench_step(name, int(batch_size), args.device, args.warmup, args.repeats)))
+        return 0
+    results = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if args.only in (None, "data"):
+        results["data"] = [bench_data(num_workers=w, sprites_layers=args.sprites_layers, pair_actions=pair)
+                           for w in (0, 1, 2) for pair in (False, True)]
+        print(f"{'data':<28}{'workers':>8}{'pairs':>7}{'seq/s':>10}")
+        for r in results["data"]:
+            print(f"{r['dataset']:<28}{r['num_workers']:>8}{str(r['options'].get('pair_actions')):>7}"
+                  f"{r['sequences_per_second']:>10.0f}")
+    if args.only in (None, "steps"):
+        results["steps"] = []
+        print(f"{'config':<20}{'batch':>6}{'s/step':>9}{'nets s':>9}{'ratio':>7}{'peak GB':>9}{'sites':>7}")
+        for name in args.configs:
+            for b in args.batch_sizes:
+                out = subprocess.run([sys.executable, "-m", "experiments.bench", "--one", f"{name}:{b}",
+                                      "--device", args.device, "--repeats", str(args.repeats),
+                                      "--warmup", str(args.warmup)], capture_output=True, text=True)
+                if out.returncode != 0:
+                    print(f"{name} bs {b}: failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                    continue
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                results["steps"].append(r)
+                print(f"{name:<20}{b:>6}{r['seconds_per_step']:>9.3f}{r['nets_seconds']:>9.3f}"
+                      f"{r['overhead']:>7.2f}{r['peak_memory_gb']:>9.2f}{r['sample_sites']:>7}")
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
