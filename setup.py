@@ -21,6 +21,7 @@ setup(
         "tensorboard>=2.12,<3",
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-image>=0.21", "nbclient>=0.8", "nbformat>=5.9", "ipykernel>=6"],
+        "test": ["pytest>=7", "scikit-image>=0.21", "nbclient>=0.8", "nbformat>=5.9", "ipykernel>=6", "matplotlib>=3.6"],
+        "notebooks": ["jupyter", "matplotlib>=3.6"],
     },
 )

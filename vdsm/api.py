@@ -26,10 +26,14 @@ def guide_factory(spec):
 
 
 class use_means(Messenger):
-    """Effect handler: every unobserved sample site takes its distribution's mean."""
+    """Effect handler: every unobserved sample site (except those named in ``skip``) takes its mean."""
+
+    def __init__(self, skip=()):
+        super().__init__()
+        self.skip = set(skip)
 
     def _pyro_sample(self, msg):
-        if msg["is_observed"] or msg["value"] is not None:
+        if msg["is_observed"] or msg["value"] is not None or msg["name"] in self.skip:
             return
         try:
             mean = msg["fn"].mean
@@ -157,3 +161,27 @@ class VDSM:
         latents = self._latents(self.posterior(action_x), lambda n: n in ("dynamics", "z_1"))
         latents.update(self._latents(self.posterior(identity_x), lambda n: n == "identity"))
         return self._decode(latents, action_x.shape[0], action_x.shape[1])
+
+    @torch.no_grad()
+    def fix_dynamics(self, x):
+        """Keep the dynamics of ``x`` (posterior means: "dynamics" and "z_1" in stage 2, every
+        pose with stage 1 only), draw a new identity from the prior."""
+        keep = (lambda n: n in ("dynamics", "z_1")) if self.has_stage2 else (lambda n: n != "identity")
+        latents = self._latents(self.posterior(x), keep)
+        return self._decode_sampling(latents, {"identity"}, x.shape[0], x.shape[1])
+
+    @torch.no_grad()
+    def fix_identity(self, x):
+        """Keep the identity of ``x`` (posterior mean), draw new dynamics (and first pose) from the prior."""
+        latents = self._latents(self.posterior(x), lambda n: n == "identity")
+        fresh = {"dynamics", "z_1"} if self.has_stage2 else {"z"}
+        return self._decode_sampling(latents, fresh, x.shape[0], x.shape[1])
+
+    def _decode_sampling(self, condition, sampled, batch_size, seq_len):
+        """Like ``_decode`` but the sites in ``sampled`` are drawn from the prior (others at their mean)."""
+        model, _ = self._pair()
+        conditioned = poutine.condition(model, data=condition)
+        with use_means(skip=sampled):
+            trace = poutine.trace(conditioned).get_trace(None, factors=self.factors(), batch_size=batch_size,
+                                                         seq_len=seq_len)
+        return _mean_of_obs(trace)

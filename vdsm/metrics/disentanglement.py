@@ -1,0 +1,37 @@
+"""Judge-based metrics of the Sprites/MUG protocol: accuracy, IS, H(y|x), H(y)."""
+import torch
+
+__all__ = ["accuracy", "inception_score", "mean_entropy", "entropy_of_mean", "prediction_summary"]
+
+_EPS = 1e-12
+
+
+def accuracy(probs, labels):
+    """Share of rows whose arg-max class equals ``labels``."""
+    return (probs.argmax(-1) == labels).float().mean().item()
+
+
+def mean_entropy(probs):
+    """H(y|x): the mean entropy of the predictive distributions (nats)."""
+    return -(probs * (probs + _EPS).log()).sum(-1).mean().item()
+
+
+def entropy_of_mean(probs):
+    """H(y): the entropy of the mean prediction (nats; at most ln(num classes))."""
+    p = probs.mean(0)
+    return -(p * (p + _EPS).log()).sum().item()
+
+
+def inception_score(probs):
+    """IS = exp(E_x KL(p(y|x) || p(y))), with p(y) the mean prediction over ``probs``."""
+    p_y = probs.mean(0, keepdim=True)
+    kl = (probs * ((probs + _EPS).log() - (p_y + _EPS).log())).sum(-1)
+    return torch.exp(kl.mean()).item()
+
+
+def prediction_summary(probs, labels=None):
+    """All four numbers for one batch of predictions [N, classes]."""
+    out = {"IS": inception_score(probs), "H(y|x)": mean_entropy(probs), "H(y)": entropy_of_mean(probs)}
+    if labels is not None:
+        out["accuracy"] = accuracy(probs, labels)
+    return out
