@@ -14,6 +14,7 @@ import torch.nn as nn
 import data
 from models import VDSMConfig
 from vdsm.annealing import Schedule
+from tests_helpers import tiny_run_flags
 from vdsm.api import VDSM, use_means
 from vdsm.batches import ResumableBatches
 from vdsm.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
@@ -126,10 +127,7 @@ def test_checkpoints_refuse_pickled_objects_and_damage(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
-TINY_FLAGS = ["--z-dim", "4", "--n-experts", "3", "--encoder-widths", "4", "4", "4", "4", "--encoder-features", "8",
-              "--decoder-widths", "8", "8", "4", "4", "--dynamics-dim", "3", "--trans-dim", "4", "--rnn-dim", "8",
-              "--rnn-layers", "1", "--batch-size", "2", "--eval-sequences", "2", "--num-workers", "0",
-              "--no-progress", "--checkpoint-every", "1", "--keep-last", "2"]
+TINY_FLAGS = [*tiny_run_flags(), "--checkpoint-every", "1", "--keep-last", "2"]
 
 
 def test_sigkill_never_leaves_a_broken_checkpoint(tmp_path, data_dirs):
@@ -151,9 +149,8 @@ def test_sigkill_never_leaves_a_broken_checkpoint(tmp_path, data_dirs):
             state = load_checkpoint(path)  # every file that exists is complete
             assert state["stage"] == "stage1"
         assert load_checkpoint(latest)["step"] >= before + 2  # at most the work since the last checkpoint is lost
-    result = subprocess.run(cmd[:-len(TINY_FLAGS)] + ["--stage1-steps", str(load_checkpoint(latest)["step"] + 2),
-                                                      *TINY_FLAGS, "--resume", str(out)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    finish = cmd + ["--stage1-steps", str(load_checkpoint(latest)["step"] + 2), "--resume", str(out)]
+    result = subprocess.run(finish, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "metrics.json").read_text())["stage1"]["steps"] >= 3
 

@@ -6,13 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests_helpers import tiny_run_flags
 from vdsm.api import VDSM
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_FLAGS = ["--z-dim", "4", "--n-experts", "3", "--encoder-widths", "4", "4", "4", "4", "--encoder-features", "8",
-              "--decoder-widths", "8", "8", "4", "4", "--dynamics-dim", "3", "--trans-dim", "4", "--rnn-dim", "8",
-              "--rnn-layers", "1", "--batch-size", "2", "--steps", "2", "--eval-sequences", "4", "--num-workers", "0",
-              "--no-progress"]
+TINY_FLAGS = tiny_run_flags()
 OUTPUTS = ["config.json", "checkpoints/stage1.pt", "checkpoints/stage2.pt", "reconstructions.png", "samples.gif",
            "identity_swap.png", "action_transfer.png", "action_transfer.gif", "metrics.json", "tensorboard"]
 

@@ -83,12 +83,21 @@ def judge_accuracy(judge, dataset, device="cpu", max_sequences=None, batch_size=
 
 
 def train_judge(dataset_name, *, root=None, steps=1500, batch_size=32, lr=2e-3, device="cpu", seed=0,
-                num_workers=1, progress=False, **data_options):
-    """Train a judge on real training sequences of ``dataset_name``; returns (judge, test accuracy)."""
+                num_workers=1, progress=False, max_train=None, max_test=None, **data_options):
+    """Train a judge on real training sequences of ``dataset_name``; returns (judge, test accuracy).
+
+    ``max_train`` / ``max_test`` restrict training / scoring to a seeded random subset.
+    """
     heads = JUDGE_HEADS[dataset_name]
     torch.manual_seed(seed)
     train = get_dataset(dataset_name, "train", root, **data_options)
     test = get_dataset(dataset_name, "test", root, **data_options)
+    if max_train:
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:max_train]
+        train = torch.utils.data.Subset(train, pick.tolist())
+    if max_test:
+        pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed + 1))[:max_test]
+        test = torch.utils.data.Subset(test, pick.tolist())
     nc = train[0][0].shape[1]
     judge = Judge(nc, heads).to(device)
     optimizer = torch.optim.Adam(judge.parameters(), lr=lr)
