@@ -19,9 +19,11 @@ setup(
         "tqdm>=4.60,<5",
         "pillow>=9,<14",
         "tensorboard>=2.12,<3",
+        "matplotlib>=3.6,<4",
+        "scipy>=1.10,<2",
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-image>=0.21", "nbclient>=0.8", "nbformat>=5.9", "ipykernel>=6", "matplotlib>=3.6"],
+        "test": ["pytest>=7", "scikit-image>=0.21", "nbclient>=0.8", "nbformat>=5.9", "ipykernel>=6"],
         "notebooks": ["jupyter", "matplotlib>=3.6"],
     },
 )

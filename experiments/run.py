@@ -22,19 +22,17 @@ from models.vdsm import VDSMConfig
 from vdsm.annealing import Schedule
 from vdsm.api import VDSM, guide_factory
 from vdsm.batches import ResumableBatches
-from vdsm.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+from vdsm.checkpoint import CheckpointManager, load_checkpoint
 from vdsm.train import TrainOptions, train_stage
 from vdsm.viz import save_gif, save_grid, sequence_strip
 
+from .cli import UsageError, cli_main
 from .configs import PRESETS, load_preset
+from .run_svg import without_losses, add_svg_arguments, run_svg
 
 log = logging.getLogger("experiments.run")
-MODELS = ("vdsm",)
+MODELS = ("vdsm", "svg-lp", "svg-fp")
 DATA_OPTIONS = {"sprites": "sprites_layers", "sprites-dsa": "lpc_layers", "smmnist": "mnist", "mug": "mug"}
-
-
-class UsageError(ValueError):
-    """Bad command-line input: reported in one line with exit code 2."""
 
 
 def build_parser():
@@ -62,6 +60,8 @@ def build_parser():
     p.add_argument("--lpc-layers", default=None, help="folder of LPC layers for sprites-dsa")
     p.add_argument("--mnist", default=None, help="MNIST .npz or torchvision folder")
     p.add_argument("--mug", default=None, help="MUG .npz")
+    p.add_argument("--kth", default=None, help="KTH frame folders")
+    p.add_argument("--bair", default=None, help="BAIR frame folders")
     p.add_argument("--eval-sequences", type=int, default=256, help="test sequences used for metrics.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     safety = p.add_argument_group("checkpoints and fault handling")
@@ -80,6 +80,7 @@ def build_parser():
             model.add_argument("--" + f.name.replace("_", "-"), type=int, nargs="+")
         else:
             model.add_argument("--" + f.name.replace("_", "-"), type=kind)
+    add_svg_arguments(p, {f.name for f in dataclasses.fields(VDSMConfig)})
     sched = p.add_argument_group("annealing schedules (override the preset), per stage")
     for stage in ("stage1", "stage2"):
         for f in dataclasses.fields(Schedule):
@@ -191,8 +192,7 @@ def evaluate_and_draw(vdsm, args, config, run_dir, device):
     """Test-set reconstruction error and the run folder's pictures."""
     vdsm.eval()
     seq_len = config["stage2"]["seq_len"]
-    options = {k: v for k, v in dataset_options(args, config, "stage2").items()}
-    test = data.get_dataset(args.dataset, "test", args.data_root, **options)
+    test = data.get_dataset(args.dataset, "test", args.data_root, **dataset_options(args, config, "stage2"))
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(1234))
     n_eval = min(args.eval_sequences, len(test))
     bce = mse = frames = 0.0
@@ -211,7 +211,7 @@ def evaluate_and_draw(vdsm, args, config, run_dir, device):
     save_gif(vdsm.generate(16, seq_len), run_dir / "samples.gif")
     # identity swap grid: top row identity sources, left column pose sources, cell = mid frame
     k, mid = 6, seq_len // 2
-    pose, ident = x[:k], x[k:] if len(x) >= 2 * k else x[:k].flip(0)
+    pose = x[:k]
     ident = torch.stack([test[int(i)][0] for i in order[n:n + k]]).to(device)
     cells = [torch.zeros_like(x[0, 0])] + [ident[j, mid] for j in range(k)]
     for i in range(k):
@@ -278,6 +278,15 @@ def check_safety_options(args):
 
 def run(args):
     check_safety_options(args)
+    if args.model not in MODELS:
+        raise UsageError(f"unknown model {args.model!r}: choose one of {', '.join(MODELS)}")
+    if args.dataset not in data.DATASETS:
+        raise UsageError(f"unknown dataset {args.dataset!r}: choose one of {', '.join(data.DATASETS)}")
+    if args.model.startswith("svg"):
+        if args.resume and not (Path(args.resume) / "config.json").is_file():
+            raise UsageError(f"--resume {args.resume}: no config.json there; pass a run folder of experiments.run")
+        rank, world_size, device = init_distributed(args)
+        return run_svg(args, device, rank, world_size)
     if args.resume:
         run_dir, config = resume_config(args)
     else:
@@ -311,7 +320,8 @@ def run(args):
         vdsm.model1.load_state_dict(state["model"])
         vdsm.guide1.load_state_dict(state["guide"])
     for stage in stages:
-        metrics[stage] = run_stage(vdsm, stage, args, config, run_dir, device, writer, rank, world_size)
+        metrics[stage] = without_losses(run_stage(vdsm, stage, args, config, run_dir, device, writer, rank,
+                                                   world_size))
     vdsm.has_stage2 = "stage2" in stages
     if rank == 0:
         metrics["evaluation"] = evaluate_and_draw(vdsm, args, config, run_dir, device)
@@ -326,13 +336,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (UsageError, data.DataError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Pyro guides, importable on their own; each takes the same arguments as its model."""
+from .svg import SVGGuide
 from .vdsm import VDSMStage1Guide, VDSMStage2Guide
 
-__all__ = ["VDSMStage1Guide", "VDSMStage2Guide"]
+__all__ = ["VDSMStage1Guide", "VDSMStage2Guide", "SVGGuide"]

@@ -1,5 +1,7 @@
 """Pyro models of the hierarchical state-space family."""
 from .family import StateSpaceVideoModel
+from .svg import SVGConfig, SVGModel, SVGNets
 from .vdsm import VDSMConfig, VDSMStage1Model, VDSMStage2Model
 
-__all__ = ["StateSpaceVideoModel", "VDSMConfig", "VDSMStage1Model", "VDSMStage2Model"]
+__all__ = ["StateSpaceVideoModel", "VDSMConfig", "VDSMStage1Model", "VDSMStage2Model", "SVGConfig", "SVGNets",
+           "SVGModel"]

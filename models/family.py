@@ -4,10 +4,12 @@ Generative process for a batch of sequences x[b, t]:
 
     s ~ p(s)                        static latent, site "identity" (hook ``static_prior``)
     d ~ p(d)                        dynamics latent, site "dynamics" (hook ``dynamics_prior``)
-    z ~ p(z_1:T | d)                per-frame latents, hook ``frame_prior_kind``:
-                                      "normal": one site "z" [B, T, z_dim], N(0, I)
+    z ~ p(z_1:T | d, x)             per-frame latents, hook ``frame_prior_kind``:
+                                      "normal": one site "z" [B, T', z_dim], N(0, I)
                                       "markov": sites "z_1".."z_T", z_t ~ N(transition(z_{t-1}, d))
-    x ~ p(x | z, s)                 site "obs" [B, T, C, H, W] (hook ``emit``)
+                                      "learned": one site "z", z_t ~ N(learned_prior(x_<t))
+    x ~ p(x | z, s, x_<t)           site "obs" (hook ``emit``; ``observed(x)`` picks the frames
+                                    that are scored, e.g. all but the first for SVG)
 
 One batch plate ("sequences", dim -1) holds every site; time and pixels are event
 dimensions, so the number of sites never depends on the batch size. Each latent group's
@@ -44,8 +46,9 @@ class StateSpaceVideoModel(nn.Module):
 
     Hooks: ``static_prior(batch, x_like)`` and ``dynamics_prior(batch, x_like)`` return a
     distribution (event dim 1) or None; ``frame_prior_kind`` is "normal" or "markov";
-    ``transition(z_prev, d)`` returns (loc, scale) for "markov"; ``emit(z, s, factors)``
-    returns the distribution of the frames.
+    ``transition(z_prev, d)`` returns (loc, scale) for "markov"; ``learned_prior(x)`` returns
+    (loc, scale) [B, T', z_dim] for "learned"; ``num_latent_frames(t)`` is T' (default T);
+    ``emit(z, s, factors, x)`` returns the distribution of ``observed(x)``.
 
     ``forward(x, *, factors, batch_size=None, seq_len=None)``: with ``x=None`` the model
     samples (give ``batch_size`` and ``seq_len``).
@@ -53,6 +56,7 @@ class StateSpaceVideoModel(nn.Module):
 
     z_dim = None
     frame_prior_kind = "normal"
+    kl_scale = 1.0  # a constant factor on the per-frame KL (SVG's beta * C * H * W)
 
     def static_prior(self, batch, ref):
         return None
@@ -63,7 +67,16 @@ class StateSpaceVideoModel(nn.Module):
     def transition(self, z_prev, d):
         raise NotImplementedError
 
-    def emit(self, z, s, factors):
+    def learned_prior(self, x):
+        raise NotImplementedError
+
+    def num_latent_frames(self, t):
+        return t
+
+    def observed(self, x):
+        return x
+
+    def emit(self, z, s, factors, x=None):
         raise NotImplementedError
 
     def forward(self, x=None, *, factors, batch_size=None, seq_len=None):
@@ -79,14 +92,18 @@ class StateSpaceVideoModel(nn.Module):
             if prior is not None:
                 with poutine.scale(scale=factors["dynamics"]):
                     d = pyro.sample("dynamics", prior)
-            with poutine.scale(scale=factors["z"]):
-                z = self.sample_frames(b, t, d, ref)
-            return pyro.sample("obs", self.emit(z, s, factors), obs=x)
+            with poutine.scale(scale=factors["z"] * self.kl_scale):
+                z = self.sample_frames(b, self.num_latent_frames(t), d, ref, x)
+            obs = None if x is None else self.observed(x)
+            return pyro.sample("obs", self.emit(z, s, factors, x), obs=obs)
 
-    def sample_frames(self, b, t, d, ref):
+    def sample_frames(self, b, t, d, ref, x=None):
         zeros = ref.new_zeros(b, t, self.z_dim)
         if self.frame_prior_kind == "normal":
             return pyro.sample("z", dist.Normal(zeros, 1.0).to_event(2))
+        if self.frame_prior_kind == "learned":
+            loc, scale = self.learned_prior(x)
+            return pyro.sample("z", dist.Normal(loc, scale).to_event(2))
         zs, z_prev = [], None
         for k in pyro.markov(range(1, t + 1)):
             if z_prev is None:

@@ -4,7 +4,7 @@ Sites (stable names for custom guides): "identity" [B, n_experts], "dynamics"
 [B, dynamics_dim] (stage 2), "z" [B, T, z_dim] (stage 1) or "z_1".."z_T" [B, z_dim]
 (stage 2), "obs" [B, T, C, 64, 64].
 """
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import pyro.distributions as dist
 import torch
@@ -72,7 +72,7 @@ class VDSMStage1Model(StateSpaceVideoModel):
     def mixture(self, identity, factors):
         return torch.softmax(factors["temp_id"] * identity, -1)
 
-    def emit(self, z, s, factors):
+    def emit(self, z, s, factors, x=None):
         logits = self.decoder(z, self.mixture(s, factors))
         return emission_distribution(self.config.emission, logits, self.config.emission_scale)
 

@@ -1,5 +1,4 @@
 """Every notebook runs headless, top to bottom, on a tiny model."""
-import os
 from pathlib import Path
 
 import nbformat

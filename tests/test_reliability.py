@@ -1,6 +1,5 @@
 """Checkpoints, exact resume, SIGKILL safety, NaN recovery and distributed equivalence."""
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-__all__ = ["load_preset", "PRESETS"]
+__all__ = ["load_preset", "load_svg_preset", "PRESETS"]
 
 PRESETS = ("cpu", "paper")
 _HERE = Path(__file__).parent
@@ -17,3 +17,13 @@ def load_preset(dataset, preset):
         known = sorted(p.stem for p in _HERE.glob("*.json"))
         raise ValueError(f"no VDSM config for dataset {dataset!r}: choose one of {', '.join(known)}")
     return json.loads(path.read_text())[preset]
+
+
+def load_svg_preset(dataset, preset):
+    """SVG's config dict of ``preset`` for ``dataset``: {"model", "train", "eval"}."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: choose {' or '.join(PRESETS)}")
+    configs = json.loads((_HERE / "svg.json").read_text())
+    if dataset not in configs:
+        raise ValueError(f"no SVG config for dataset {dataset!r}: choose one of {', '.join(configs)}")
+    return configs[dataset][preset]

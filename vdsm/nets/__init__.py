@@ -1,6 +1,7 @@
 """Plain nn.Modules (no Pyro inside): encoders, decoders, recurrent cells."""
-from .decoders import MixtureOfExpertsDecoder
-from .encoders import BlurPoolEncoder
-from .recurrent import Combiner, GatedTransition
+from .decoders import DCGANDecoder, MixtureOfExpertsDecoder, VGGDecoder
+from .encoders import BlurPoolEncoder, DCGANEncoder, VGGEncoder
+from .recurrent import Combiner, GatedTransition, SequenceLSTM
 
-__all__ = ["BlurPoolEncoder", "MixtureOfExpertsDecoder", "GatedTransition", "Combiner"]
+__all__ = ["BlurPoolEncoder", "DCGANEncoder", "VGGEncoder", "MixtureOfExpertsDecoder", "DCGANDecoder", "VGGDecoder",
+           "GatedTransition", "Combiner", "SequenceLSTM"]

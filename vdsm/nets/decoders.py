@@ -54,3 +54,49 @@ class MixtureOfExpertsDecoder(nn.Module):
             if k < len(self.weights) - 1:
                 h = F.leaky_relu(h, 0.2)
         return h.reshape(t, b, -1, *h.shape[-2:]).transpose(0, 1)
+
+
+def _upconv_bn(c_in, c_out):
+    return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2))
+
+
+class DCGANDecoder(nn.Module):
+    """SVG's DCGAN-64 decoder with U-Net skips: each block sees its input concatenated with the
+    encoder skip of the same size; sigmoid output in [0, 1]."""
+
+    def __init__(self, nc, dim=128, nf=64):
+        super().__init__()
+        self.inp = nn.Sequential(nn.ConvTranspose2d(dim, 8 * nf, 4, 1, 0), nn.BatchNorm2d(8 * nf), nn.LeakyReLU(0.2))
+        self.blocks = nn.ModuleList([_upconv_bn(16 * nf, 4 * nf), _upconv_bn(8 * nf, 2 * nf), _upconv_bn(4 * nf, nf)])
+        self.out = nn.ConvTranspose2d(2 * nf, nc, 4, 2, 1)
+
+    def forward(self, g, skips):
+        h = self.inp(g[:, :, None, None])
+        for block, skip in zip(self.blocks, reversed(skips[1:])):
+            h = block(torch.cat([h, skip], 1))
+        return torch.sigmoid(self.out(torch.cat([h, skips[0]], 1)))
+
+
+def _vgg_up(c_in, c_out):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2))
+
+
+class VGGDecoder(nn.Module):
+    """SVG's VGG-64 decoder: upsampling plus 3x3 conv blocks, with the VGG encoder's skips."""
+
+    def __init__(self, nc, dim=128):
+        super().__init__()
+        self.inp = nn.Sequential(nn.ConvTranspose2d(dim, 512, 4, 1, 0), nn.BatchNorm2d(512), nn.LeakyReLU(0.2))
+        self.blocks = nn.ModuleList([
+            nn.Sequential(_vgg_up(1024, 512), _vgg_up(512, 512), _vgg_up(512, 256)),   # 8
+            nn.Sequential(_vgg_up(512, 256), _vgg_up(256, 256), _vgg_up(256, 128)),    # 16
+            nn.Sequential(_vgg_up(256, 128), _vgg_up(128, 64)),                        # 32
+        ])
+        self.last = nn.Sequential(_vgg_up(128, 64), nn.ConvTranspose2d(64, nc, 3, 1, 1))  # 64
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+
+    def forward(self, g, skips):
+        h = self.up(self.inp(g[:, :, None, None]))                      # 8
+        for block, skip in zip(self.blocks, reversed(skips[1:])):
+            h = self.up(block(torch.cat([h, skip], 1)))
+        return torch.sigmoid(self.last(torch.cat([h, skips[0]], 1)))

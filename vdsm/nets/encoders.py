@@ -1,5 +1,4 @@
 """VDSM's frame encoder: a conv stack with anti-aliased (BlurPool) downsampling."""
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from antialiased_cnns import BlurPool
@@ -57,3 +56,53 @@ class BlurPoolEncoder(nn.Module):
         z_loc, z_scale, id_loc, id_scale = self(x.reshape(b * t, *x.shape[2:]))
         return (z_loc.reshape(b, t, -1), z_scale.reshape(b, t, -1),
                 id_loc.reshape(b, t, -1).mean(1), id_scale.reshape(b, t, -1).mean(1))
+
+
+def _conv_bn(c_in, c_out):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2))
+
+
+class DCGANEncoder(nn.Module):
+    """SVG's DCGAN-64 frame encoder: four conv(k4, s2)+BN+LeakyReLU blocks, then conv(k4)+BN+tanh.
+
+    Returns the ``dim``-vector and the four block outputs (skips for the decoder, 32 to 4 px).
+    """
+
+    def __init__(self, nc, dim=128, nf=64):
+        super().__init__()
+        self.blocks = nn.ModuleList([_conv_bn(nc, nf), _conv_bn(nf, 2 * nf), _conv_bn(2 * nf, 4 * nf),
+                                     _conv_bn(4 * nf, 8 * nf)])
+        self.out = nn.Sequential(nn.Conv2d(8 * nf, dim, 4, 1, 0), nn.BatchNorm2d(dim), nn.Tanh())
+
+    def forward(self, frames):
+        skips, h = [], frames
+        for block in self.blocks:
+            h = block(h)
+            skips.append(h)
+        return self.out(h).flatten(1), skips
+
+
+def _vgg_layer(c_in, c_out):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2))
+
+
+class VGGEncoder(nn.Module):
+    """SVG's VGG-64 frame encoder: blocks of 3x3 conv+BN+LeakyReLU with max-pooling, skips as in DCGAN-64."""
+
+    def __init__(self, nc, dim=128):
+        super().__init__()
+        self.blocks = nn.ModuleList([
+            nn.Sequential(_vgg_layer(nc, 64), _vgg_layer(64, 64)),                              # 64
+            nn.Sequential(_vgg_layer(64, 128), _vgg_layer(128, 128)),                           # 32
+            nn.Sequential(_vgg_layer(128, 256), _vgg_layer(256, 256), _vgg_layer(256, 256)),    # 16
+            nn.Sequential(_vgg_layer(256, 512), _vgg_layer(512, 512), _vgg_layer(512, 512)),    # 8
+        ])
+        self.out = nn.Sequential(nn.Conv2d(512, dim, 4, 1, 0), nn.BatchNorm2d(dim), nn.Tanh())
+        self.pool = nn.MaxPool2d(2, 2)
+
+    def forward(self, frames):
+        skips, h = [], frames
+        for k, block in enumerate(self.blocks):
+            h = block(h if k == 0 else self.pool(h))
+            skips.append(h)
+        return self.out(self.pool(h)).flatten(1), skips

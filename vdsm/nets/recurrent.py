@@ -44,3 +44,32 @@ class Combiner(nn.Module):
     def forward(self, z_prev, h_rnn, d):
         h = 0.5 * (torch.tanh(self.z_to_hidden(torch.cat([z_prev, d], -1))) + h_rnn)
         return self.to_loc(h), F.softplus(self.to_scale(h)) + 1e-4
+
+
+class SequenceLSTM(nn.Module):
+    """SVG's LSTM: linear embedding -> stacked LSTM -> output head, run over a whole sequence at once.
+
+    ``kind="deterministic"``: head linear -> BatchNorm -> tanh (the frame predictor).
+    ``kind="gaussian"``: heads for loc and scale (the posterior and learned prior).
+    ``forward(inputs [B, T, in], state=None)`` returns (output(s), state); stepping frame by
+    frame with the returned state gives the same result as one call over the sequence.
+    """
+
+    def __init__(self, input_dim, output_dim, hidden_dim, num_layers, kind):
+        super().__init__()
+        self.kind = kind
+        self.embed = nn.Linear(input_dim, hidden_dim)
+        self.lstm = nn.LSTM(hidden_dim, hidden_dim, num_layers, batch_first=True)
+        if kind == "gaussian":
+            self.loc = nn.Linear(hidden_dim, output_dim)
+            self.log_var = nn.Linear(hidden_dim, output_dim)
+        else:
+            self.out = nn.Linear(hidden_dim, output_dim)
+            self.norm = nn.BatchNorm1d(output_dim)
+
+    def forward(self, inputs, state=None):
+        h, state = self.lstm(self.embed(inputs), state)
+        if self.kind == "gaussian":
+            return (self.loc(h), torch.exp(0.5 * self.log_var(h)) + 1e-5), state
+        b, t = h.shape[:2]
+        return torch.tanh(self.norm(self.out(h).reshape(b * t, -1)).reshape(b, t, -1)), state

@@ -1,0 +1,185 @@
+"""SVG-LP / SVG-FP (Denton & Fergus, ICML 2018) as a configuration of the state-space family.
+
+How it maps onto the family (``models.family``): no static and no dynamics latent; one
+per-frame latent site "z" [B, T-1, z_dim] for the frames after the first, with a learned
+prior p(z_t | x_<t) from an LSTM over the previous frames' encodings ("learned"; SVG-LP)
+or N(0, I) ("normal"; SVG-FP); a deterministic state g_t = predictor([enc(x_{t-1}), z_t])
+(an LSTM); emission "obs" = frames 1..T-1, Normal(dec(g_t, skips), 1/sqrt(2)).
+
+With teacher forcing every LSTM input is known, so the prior, the posterior (in
+``guides.svg``) and the predictor each run as one ``nn.LSTM`` call over the sequence; frames
+are encoded once per step (the model and guide share one cached encoding). Generation
+(``predict``) steps frame by frame.
+
+Objective: the reference minimises sum_t MSE_mean + beta * sum_t KL / batch. With the pixel
+scale 1/sqrt(2) and the KL scaled by beta * C * H * W, -ELBO = B * C * H * W * (that loss)
++ const: the same optimum and, for Adam, the same updates.
+
+Skips: as in the reference code, target frame t uses the encoder skips of frame t-1 while
+t < n_past (or always, with ``last_frame_skip``) and afterwards keeps those of frame n_past-2.
+"""
+import math
+from dataclasses import asdict, dataclass
+
+import pyro.distributions as dist
+import torch
+import torch.nn as nn
+
+from vdsm.nets import DCGANDecoder, DCGANEncoder, SequenceLSTM, VGGDecoder, VGGEncoder
+
+from .family import StateSpaceVideoModel
+
+__all__ = ["SVGConfig", "SVGNets", "SVGModel"]
+
+
+@dataclass
+class SVGConfig:
+    """SVG sizes (defaults: the reference's SM-MNIST config)."""
+
+    nc: int = 1
+    arch: str = "dcgan"            # "dcgan" or "vgg"
+    nf: int = 64                   # DCGAN width
+    g_dim: int = 128
+    z_dim: int = 10
+    rnn_size: int = 256
+    prior_rnn_layers: int = 1
+    posterior_rnn_layers: int = 1
+    predictor_rnn_layers: int = 2
+    learned_prior: bool = True     # SVG-LP; False = SVG-FP
+    last_frame_skip: bool = False
+    beta: float = 1e-4
+    n_past: int = 5
+    pixel_scale: float = 1 / math.sqrt(2)
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**d)
+
+    def check(self):
+        if self.arch not in ("dcgan", "vgg"):
+            raise ValueError(f"arch={self.arch!r}: use dcgan or vgg")
+        for name in ("nc", "nf", "g_dim", "z_dim", "rnn_size", "prior_rnn_layers", "posterior_rnn_layers",
+                     "predictor_rnn_layers", "n_past"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.beta <= 0:
+            raise ValueError(f"beta={self.beta} must be positive")
+
+
+class SVGNets(nn.Module):
+    """The networks of SVG, shared by model and guide; ``encode`` is cached per input tensor."""
+
+    def __init__(self, c: SVGConfig):
+        super().__init__()
+        self.config = c
+        if c.arch == "dcgan":
+            self.encoder, self.decoder = DCGANEncoder(c.nc, c.g_dim, c.nf), DCGANDecoder(c.nc, c.g_dim, c.nf)
+        else:
+            self.encoder, self.decoder = VGGEncoder(c.nc, c.g_dim), VGGDecoder(c.nc, c.g_dim)
+        self.posterior = SequenceLSTM(c.g_dim, c.z_dim, c.rnn_size, c.posterior_rnn_layers, "gaussian")
+        self.prior = SequenceLSTM(c.g_dim, c.z_dim, c.rnn_size, c.prior_rnn_layers, "gaussian") \
+            if c.learned_prior else None
+        self.predictor = SequenceLSTM(c.g_dim + c.z_dim, c.g_dim, c.rnn_size, c.predictor_rnn_layers,
+                                      "deterministic")
+        self._cache = (None, None)
+
+    def encode(self, x):
+        """x [B, T, C, H, W] -> h [B, T, g_dim] and skips (list of [B, T, ...]); one encoder call,
+        reused when model and guide ask for the same tensor within one step."""
+        if self._cache[0] is x and torch.is_grad_enabled() == self._cache[1][2]:
+            return self._cache[1][:2]
+        b, t = x.shape[:2]
+        h, skips = self.encoder(x.reshape(b * t, *x.shape[2:]))
+        out = (h.reshape(b, t, -1), [s.reshape(b, t, *s.shape[1:]) for s in skips], torch.is_grad_enabled())
+        self._cache = (x, out)
+        return out[:2]
+
+    def skip_sources(self, t):
+        """Index of the frame whose skips decode target frames 1..t-1 (reference behaviour)."""
+        n_past, last = self.config.n_past, self.config.last_frame_skip
+        return [k - 1 if (last or k < n_past) else max(n_past - 2, 0) for k in range(1, t)]
+
+    def decode(self, g, skips):
+        """g [B, T', g_dim], skips per level [B, T', ...] -> frames [B, T', C, H, W]."""
+        b, t = g.shape[:2]
+        out = self.decoder(g.reshape(b * t, -1), [s.reshape(b * t, *s.shape[2:]) for s in skips])
+        return out.reshape(b, t, *out.shape[1:])
+
+
+class SVGModel(StateSpaceVideoModel):
+    """p(z | x) p(x_1: | z, x_0:) of SVG-LP/FP; sites "z" and "obs" (see the module docstring).
+
+    Example::
+
+        nets = SVGNets(SVGConfig())
+        model, guide = SVGModel(nets), SVGGuide(nets)    # guides.svg.SVGGuide
+        loss = Trace_ELBO().differentiable_loss(model, guide, x, factors={"z": 1.0})
+    """
+
+    def __init__(self, nets: SVGNets):
+        super().__init__()
+        self.nets, c = nets, nets.config
+        self.z_dim = c.z_dim
+        self.frame_prior_kind = "learned" if c.learned_prior else "normal"
+        self.kl_scale = None  # set from the frame size on first use: beta * C * H * W
+
+    def num_latent_frames(self, t):
+        return t - 1
+
+    def observed(self, x):
+        return x[:, 1:]
+
+    def learned_prior(self, x):
+        h, _ = self.nets.encode(x)
+        (loc, scale), _ = self.nets.prior(h[:, :-1])
+        return loc, scale
+
+    def forward(self, x=None, *, factors, **kwargs):
+        if x is None:
+            raise ValueError("SVG generates conditioned on past frames: use predict(x_past, n_future)")
+        self.kl_scale = self.nets.config.beta * x[0, 0].numel()
+        return super().forward(x, factors=factors, **kwargs)
+
+    def emit(self, z, s, factors, x=None):
+        h, skips = self.nets.encode(x)
+        g, _ = self.nets.predictor(torch.cat([h[:, :-1], z], -1))
+        src = self.nets.skip_sources(x.shape[1])
+        mean = self.nets.decode(g, [level[:, src] for level in skips])
+        return dist.Normal(mean, self.nets.config.pixel_scale).to_event(4)
+
+    @torch.no_grad()
+    def predict(self, x_past, n_future, guide=None):
+        """Sample futures: frames [B, n_past + n_future, C, H, W] whose first n_past are ``x_past``.
+
+        Conditioning frames advance every LSTM with posterior samples (as the reference does);
+        future frames use the prior and feed each prediction back in.
+        """
+        nets, c = self.nets, self.nets.config
+        b, n_past = x_past.shape[:2]
+        frames, x_in = [x_past[:, 0]], x_past[:, :1]
+        post_state = prior_state = pred_state = None
+        skips = None
+        for t in range(1, n_past + n_future):
+            h, sk = nets.encode(x_in)
+            if c.last_frame_skip or t < n_past or skips is None:
+                skips = sk
+            if t < n_past:
+                target, _ = nets.encode(x_past[:, t:t + 1])
+                (loc, scale), post_state = nets.posterior(target, post_state)
+            if nets.prior is not None:
+                (p_loc, p_scale), prior_state = nets.prior(h, prior_state)
+            else:
+                p_loc, p_scale = torch.zeros_like(h[..., :c.z_dim]), torch.ones_like(h[..., :c.z_dim])
+            if t >= n_past:
+                loc, scale = p_loc, p_scale
+            z = loc + scale * torch.randn_like(loc)
+            g, pred_state = nets.predictor(torch.cat([h, z], -1), pred_state)
+            if t < n_past:
+                x_in = x_past[:, t:t + 1]
+            else:
+                x_in = nets.decode(g, skips)
+            frames.append(x_in[:, 0])
+        return torch.stack(frames, 1)

@@ -1,0 +1,112 @@
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from tests_helpers import tiny_run_flags
+from vdsm.metrics.frechet import frechet_distance, frechet_from_features
+from vdsm.metrics.prediction import best_of_n, mean_with_interval, psnr, ssim
+
+REPO = Path(__file__).resolve().parents[1]
+SVG_TINY = ["--nf", "4", "--g-dim", "8", "--z-dim", "2", "--rnn-size", "8", "--batch-size", "2", "--steps", "2",
+            "--n-future", "3", "--eval-samples", "2", "--eval-sequences", "3", "--num-workers", "0", "--no-progress"]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_psnr_and_ssim_agree_with_scikit_image(channels):
+    rng = np.random.default_rng(0)
+    a = rng.random((4, channels, 64, 64)).astype(np.float32)
+    b = np.clip(a + 0.1 * rng.standard_normal(a.shape), 0, 1).astype(np.float32)
+    ours_p = psnr(torch.from_numpy(a), torch.from_numpy(b))
+    ours_s = ssim(torch.from_numpy(a), torch.from_numpy(b))
+    for i in range(4):
+        assert ours_p[i].item() == pytest.approx(peak_signal_noise_ratio(b[i], a[i], data_range=1.0), rel=1e-4)
+        ref = structural_similarity(a[i], b[i], data_range=1.0, channel_axis=0, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False)
+        assert ours_s[i].item() == pytest.approx(ref, abs=2e-4)
+    assert ssim(torch.from_numpy(a), torch.from_numpy(a)).allclose(torch.ones(4))
+
+
+def test_best_of_n_picks_the_closest_sample_per_sequence():
+    target = torch.rand(3, 4, 1, 64, 64)
+    samples = torch.stack([target + 0.3 * torch.randn_like(target) for _ in range(5)]).clamp(0, 1)
+    samples[2, 1] = target[1]  # sample 2 is exact for sequence 1
+    best = best_of_n(samples, target)
+    assert best["best_psnr_sample"][1] == 2 and best["best_ssim_sample"][1] == 2
+    assert best["psnr"].shape == (3, 4) and torch.allclose(best["ssim"][1], torch.ones(4))
+    mean, half = mean_with_interval(torch.tensor([1.0, 2.0, 3.0]))
+    assert mean.item() == 2.0 and half.item() == pytest.approx(1.96 * 1.0 / math.sqrt(3))
+
+
+def test_frechet_of_gaussians_matches_the_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((20000, 3))
+    b = rng.standard_normal((20000, 3)) * 2 + 1
+    # ||mu||^2 = 3, Tr(I + 4I - 2 * 2I) = 3
+    assert frechet_from_features(a, b) == pytest.approx(6.0, rel=0.05)
+
+
+@pytest.fixture(scope="module")
+def svg_run(tmp_path_factory, data_dirs):
+    out = tmp_path_factory.mktemp("svg") / "run"
+    root = out.parent / "root"
+    cmd = [sys.executable, "-m", "experiments.run", "--dataset", "smmnist", "--model", "svg-lp", "--mnist",
+           str(data_dirs.mnist), "--data-root", str(root), "--out", str(out), *SVG_TINY]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return out, root
+
+
+def test_svg_cli_run_and_evaluation(svg_run, data_dirs):
+    out, root = svg_run
+    for name in ("config.json", "checkpoints/svg.pt", "futures.gif", "metrics.json", "tensorboard"):
+        assert (out / name).exists(), name
+    quick = json.loads((out / "metrics.json").read_text())["quick_prediction"]
+    assert quick["n_past"] == 5 and 0 < quick["ssim"] <= 1
+    result = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--run", str(out), "--mnist",
+                             str(data_dirs.mnist), "--data-root", str(root), "--samples", "2", "--max-sequences",
+                             "6", "--batch-size", "4"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "metrics.json").read_text())["prediction"]
+    assert summary["test_sequences"] == 6 and summary["n_future"] == 20
+    lines = (out / "prediction_per_frame.csv").read_text().splitlines()
+    assert lines[0].startswith("frame,psnr_mean") and len(lines) == 21
+    assert (out / "prediction_per_frame.png").is_file() and (out / "prediction.gif").is_file()
+
+
+def test_svg_fp_trains_through_the_runner(tmp_path, data_dirs):
+    from experiments.run import main
+    out = tmp_path / "fp"
+    assert main(["--dataset", "mmnist", "--model", "svg-fp", "--mnist", str(data_dirs.mnist), "--data-root",
+                 str(tmp_path / "root"), "--out", str(out), *SVG_TINY]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["learned_prior"] is False and config["model_name"] == "svg-fp"
+
+
+def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_noise(svg_run, data_dirs):
+    import data
+    out, root = svg_run
+    test = data.get_dataset("smmnist", "test", root, mnist=data_dirs.mnist, seq_len=25)
+    images = torch.cat([test[i][0] for i in range(12)])          # 300 frames
+    same = frechet_distance(images, images, out)
+    distances = [frechet_distance(images, (images + s * torch.randn_like(images)).clamp(0, 1), out)
+                 for s in (0.05, 0.2, 0.5)]
+    assert abs(same) < 1e-3
+    assert distances[0] < distances[1] < distances[2]
+
+
+def test_frechet_distance_with_a_vdsm_run(tmp_path, data_dirs):
+    import data
+    out = tmp_path / "vdsm"
+    from experiments.run import main
+    assert main(["--dataset", "sprites", "--sprites-layers", str(data_dirs.sprites), "--out", str(out),
+                 *tiny_run_flags()]) == 0
+    frames = torch.cat([data.get_dataset("sprites", "test", sprites_layers=data_dirs.sprites)[i][0] for i in range(20)])
+    assert abs(frechet_distance(frames, frames, out)) < 1e-3
+    assert frechet_distance(frames, frames.flip(-1).roll(7, -2), out) > 0

@@ -1,0 +1,123 @@
+import math
+
+import pyro
+import pyro.optim
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+
+from guides import SVGGuide
+from models import SVGConfig, SVGModel, SVGNets
+
+FACTORS = {"z": 1.0}
+
+
+def tiny(**changes):
+    base = dict(nc=1, nf=4, g_dim=8, z_dim=3, rnn_size=8, n_past=3)
+    base.update(changes)
+    return SVGConfig(**base)
+
+
+def pair(config):
+    nets = SVGNets(config)
+    return nets, SVGModel(nets), SVGGuide(nets)
+
+
+def registered(module, name):
+    def fn(*args, **kwargs):
+        pyro.module(name, module)
+        return module(*args, **kwargs)
+    return fn
+
+
+@pytest.mark.parametrize("learned_prior", [True, False])
+@pytest.mark.parametrize("arch", ["dcgan", "vgg"])
+def test_one_svi_step_and_shapes(learned_prior, arch):
+    nets, model, guide = pair(tiny(learned_prior=learned_prior, arch=arch, nc=3 if arch == "vgg" else 1))
+    x = torch.rand(3, 5, nets.config.nc, 64, 64)
+    svi = SVI(registered(model, "svg"), registered(guide, "svg"), pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+    assert math.isfinite(svi.step(x, factors=FACTORS))
+    g = poutine.trace(guide).get_trace(x, factors=FACTORS)
+    m = poutine.trace(poutine.replay(model, trace=g)).get_trace(x, factors=FACTORS)
+    m.compute_log_prob()
+    assert m.nodes["z"]["value"].shape == (3, 4, 3)
+    assert m.nodes["obs"]["fn"].mean.shape == (3, 4, nets.config.nc, 64, 64)
+    assert m.nodes["z"]["log_prob"].shape == (3,) and m.nodes["obs"]["log_prob"].shape == (3,)
+    assert m.nodes["z"]["scale"] == pytest.approx(1e-4 * nets.config.nc * 64 * 64)
+
+
+def test_sites_do_not_depend_on_batch_size():
+    nets, model, guide = pair(tiny())
+
+    def sites(b):
+        x = torch.rand(b, 6, 1, 64, 64)
+        g = poutine.trace(guide).get_trace(x, factors=FACTORS)
+        m = poutine.trace(poutine.replay(model, trace=g)).get_trace(x, factors=FACTORS)
+        return [n for n, s in m.nodes.items() if s["type"] == "sample"]
+
+    assert sites(2) == sites(7) == ["sequences", "z", "obs"]
+
+
+def reference_loss(nets, x, z):
+    """The reference objective, frame by frame as the original code computes it (eval-mode BN)."""
+    c = nets.config
+    b, t = x.shape[:2]
+    mse = kld = 0.0
+    post = prior = pred = None
+    skip = None
+    for i in range(1, t):
+        h, sk = nets.encoder(x[:, i - 1])
+        h_target, _ = nets.encoder(x[:, i])
+        if c.last_frame_skip or i < c.n_past:
+            skip = sk
+        (mu, sigma), post = nets.posterior(h_target[:, None], post)
+        (mu_p, sigma_p), prior = nets.prior(h[:, None], prior)
+        g, pred = nets.predictor(torch.cat([h, z[:, i - 1]], -1)[:, None], pred)
+        x_pred = nets.decoder(g[:, 0], skip)
+        mse = mse + F.mse_loss(x_pred, x[:, i])
+        logvar, logvar_p = 2 * sigma.log(), 2 * sigma_p.log()
+        kl = (logvar_p - logvar) / 2 + (logvar.exp() + (mu - mu_p) ** 2) / (2 * logvar_p.exp()) - 0.5
+        kld = kld + kl.sum() / b
+    return mse + c.beta * kld
+
+
+def test_elbo_equals_the_reference_objective():
+    torch.manual_seed(0)
+    nets, model, guide = pair(tiny(n_past=3))
+    nets.eval()  # batch statistics differ between one call and per-frame calls; running ones do not
+    x = torch.rand(4, 6, 1, 64, 64)
+    torch.manual_seed(1)
+    z = poutine.trace(guide).get_trace(x, factors=FACTORS).nodes["z"]["value"]
+    torch.manual_seed(1)  # the ELBO draws the same z: its loss is -log p(x | z) + beta * D * analytic KL
+    ours = TraceMeanField_ELBO().differentiable_loss(model, guide, x, factors=FACTORS)
+    d = x[0, 0].numel()
+    n_pixels = x[:, 1:].numel()
+    const = n_pixels * math.log(nets.config.pixel_scale * math.sqrt(2 * math.pi))
+    ref = reference_loss(nets, x, z)
+    assert ours.item() == pytest.approx((4 * d * ref + const).item(), rel=1e-5)
+
+
+def test_predict_keeps_the_past_and_generates_the_future():
+    nets, model, _ = pair(tiny(n_past=3))
+    nets.eval()
+    past = torch.rand(2, 3, 1, 64, 64)
+    out = model.predict(past, n_future=4)
+    assert out.shape == (2, 7, 1, 64, 64)
+    assert torch.equal(out[:, :3], past)
+    assert 0 <= out.min() and out.max() <= 1
+    again = model.predict(past, n_future=4)
+    assert not torch.equal(out[:, 3:], again[:, 3:])  # futures are sampled
+
+
+def test_sequence_lstm_one_call_equals_stepping():
+    nets, _, _ = pair(tiny())
+    nets.eval()
+    inputs = torch.randn(2, 5, 8)
+    (loc, scale), _ = nets.posterior(inputs)
+    state, steps = None, []
+    for t in range(5):
+        (l, _), state = nets.posterior(inputs[:, t:t + 1], state)
+        steps.append(l)
+    assert torch.allclose(loc, torch.cat(steps, 1), atol=1e-6)
