@@ -20,12 +20,14 @@ import time
 import torch
 
 STEP_CONFIGS = {
-    # name: (stage, model overrides, seq_len, pair)
+    # name: (stage, model overrides or preset name, frames per sequence)
     "stage1-reference": ("stage1", {}, 16),
     "stage2-reference": ("stage2", {}, 8),
     "stage2-small": ("stage2", {"rnn_dim": 64, "rnn_layers": 1, "n_experts": 8, "dynamics_dim": 16}, 8),
     "stage1-cpu": ("stage1", "cpu", 16),
     "stage2-cpu": ("stage2", "cpu", 8),
+    "svg-lp-reference": ("svg", "paper", 15),
+    "svg-lp-cpu": ("svg", "cpu", 15),
 }
 
 
@@ -49,13 +51,41 @@ def bench_data(dataset="sprites", batch_size=20, num_workers=2, batches=100, spr
             "sequences_per_second": n / seconds}
 
 
-def _model_config(overrides):
-    from experiments.configs import load_preset
+def _model_config(stage, overrides):
+    from experiments.configs import load_preset, load_svg_preset
+    from models.svg import SVGConfig
     from models.vdsm import VDSMConfig
 
+    if stage == "svg":
+        return SVGConfig.from_dict(load_svg_preset("smmnist", overrides)["model"])
     if overrides == "cpu":
         return VDSMConfig.from_dict(load_preset("sprites", "cpu")["model"])
     return VDSMConfig(**overrides)
+
+
+def _svg_pair(config, device, batch_size, seq_len):
+    """SVG's model/guide and the same networks' forward + backward without Pyro (MSE + analytic KL)."""
+    from vdsm.svg_api import SVG
+
+    svg = SVG(config, device)
+    nets = svg.nets
+    x = torch.rand(batch_size, seq_len, config.nc, 64, 64, device=device)
+
+    def nets_loss():
+        h, skips = nets.encoder(x.flatten(0, 1))
+        h = h.reshape(batch_size, seq_len, -1)
+        skips = [s_.reshape(batch_size, seq_len, *s_.shape[1:]) for s_ in skips]
+        (loc, scale), _ = nets.posterior(h[:, 1:])
+        (p_loc, p_scale), _ = nets.prior(h[:, :-1])
+        z = loc + scale * torch.randn_like(loc)
+        g, _ = nets.predictor(torch.cat([h[:, :-1], z], -1))
+        src = nets.skip_sources(seq_len)
+        mean = nets.decode(g, [level[:, src] for level in skips])
+        kl = torch.distributions.kl_divergence(torch.distributions.Normal(loc, scale),
+                                               torch.distributions.Normal(p_loc, p_scale)).sum()
+        return ((mean - x[:, 1:]) ** 2).sum() + config.beta * x[0, 0].numel() * kl
+
+    return svg.model, svg.guide, x, nets_loss
 
 
 def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10):
@@ -67,16 +97,22 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10):
     from vdsm.api import VDSM
 
     stage, overrides, seq_len = STEP_CONFIGS[name]
-    config = _model_config(overrides)
-    vdsm = VDSM(config, device=device)
-    model, guide = (vdsm.model1, vdsm.guide1) if stage == "stage1" else (vdsm.model2, vdsm.guide2)
-    if stage == "stage2":
-        vdsm.model1.decoder.requires_grad_(False)
-        vdsm.guide1.encoder.requires_grad_(False)
-    params = [p for m in (model, guide) for p in m.parameters() if p.requires_grad]
+    config = _model_config(stage, overrides)
+    if stage == "svg":
+        from vdsm.svg_api import ConstantFactors
+
+        model, guide, x, svg_nets_loss = _svg_pair(config, device, batch_size, seq_len)
+        factors = ConstantFactors().factors(0.5)
+    else:
+        vdsm = VDSM(config, device=device)
+        model, guide = (vdsm.model1, vdsm.guide1) if stage == "stage1" else (vdsm.model2, vdsm.guide2)
+        if stage == "stage2":
+            vdsm.model1.decoder.requires_grad_(False)
+            vdsm.guide1.encoder.requires_grad_(False)
+        x = torch.rand(batch_size, seq_len, config.nc, 64, 64, device=device)
+        factors = Schedule().factors(0.5)
+    params = list({id(p): p for m in (model, guide) for p in m.parameters() if p.requires_grad}.values())
     optimizer = torch.optim.Adam(params, lr=1e-4)
-    x = torch.rand(batch_size, seq_len, config.nc, 64, 64, device=device)
-    factors = Schedule().factors(0.5)
     elbo = Trace_ELBO()
 
     def sync():
@@ -90,6 +126,12 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10):
         optimizer.step()
 
     def nets_step():  # the same networks, no Pyro: reparameterised samples, a plain loss
+        if stage == "svg":
+            loss = svg_nets_loss()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            return
         z_loc, z_scale, id_loc, id_scale = guide.encoder.encode_sequences(x)
         identity = id_loc + id_scale * torch.randn_like(id_loc)
         if stage == "stage1":

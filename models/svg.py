@@ -88,7 +88,8 @@ class SVGNets(nn.Module):
 
     def encode(self, x):
         """x [B, T, C, H, W] -> h [B, T, g_dim] and skips (list of [B, T, ...]); one encoder call,
-        reused when model and guide ask for the same tensor within one step."""
+        reused when guide and model ask for the same tensor within one ELBO evaluation (the
+        model's emission, the last user, calls ``forget``)."""
         if self._cache[0] is x and torch.is_grad_enabled() == self._cache[1][2]:
             return self._cache[1][:2]
         b, t = x.shape[:2]
@@ -96,6 +97,9 @@ class SVGNets(nn.Module):
         out = (h.reshape(b, t, -1), [s.reshape(b, t, *s.shape[1:]) for s in skips], torch.is_grad_enabled())
         self._cache = (x, out)
         return out[:2]
+
+    def forget(self):
+        self._cache = (None, None)
 
     def skip_sources(self, t):
         """Index of the frame whose skips decode target frames 1..t-1 (reference behaviour)."""
@@ -145,6 +149,7 @@ class SVGModel(StateSpaceVideoModel):
 
     def emit(self, z, s, factors, x=None):
         h, skips = self.nets.encode(x)
+        self.nets.forget()  # the next evaluation (even on the same tensor) encodes afresh
         g, _ = self.nets.predictor(torch.cat([h[:, :-1], z], -1))
         src = self.nets.skip_sources(x.shape[1])
         mean = self.nets.decode(g, [level[:, src] for level in skips])

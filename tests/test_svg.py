@@ -121,3 +121,12 @@ def test_sequence_lstm_one_call_equals_stepping():
         (l, _), state = nets.posterior(inputs[:, t:t + 1], state)
         steps.append(l)
     assert torch.allclose(loc, torch.cat(steps, 1), atol=1e-6)
+
+
+def test_the_same_batch_can_be_evaluated_and_stepped_twice():
+    nets, model, guide = pair(tiny())
+    x = torch.rand(2, 5, 1, 64, 64)
+    elbo = Trace_ELBO()
+    for _ in range(2):  # the frame encoding is shared within one evaluation, never across two
+        loss = elbo.differentiable_loss(model, guide, x, factors=FACTORS)
+        loss.backward()
