@@ -166,8 +166,11 @@ def run_stage(vdsm, stage, args, config, run_dir, device, writer, rank=0, world_
     if checkpoints.latest.is_file():
         resume = load_checkpoint(checkpoints.latest, device)
         if resume["config"] != config["model"]:
-            raise UsageError(f"checkpoint {checkpoints.latest} was trained with another model config: "
-                             f"resume without changing model hyperparameters")
+            differ = sorted(k for k in set(config["model"]) | set(resume["config"])
+                            if config["model"].get(k) != resume["config"].get(k))
+            saved = ", ".join(f"{k}={resume['config'].get(k)}" for k in differ)
+            raise UsageError(f"checkpoint {checkpoints.latest} was trained with other {', '.join(differ)} "
+                             f"(checkpoint: {saved}); resume with the run's own config.json")
         if resume["step"] >= config[stage]["steps"]:
             log.info("%s already finished (%d steps), skipped", stage, resume["step"])
             model.load_state_dict(resume["model"])

@@ -91,3 +91,18 @@ def test_help_lists_the_main_options():
     assert result.returncode == 0
     for flag in ("--dataset", "--preset", "--device", "--resume", "--stage", "--z-dim", "--stage1-temp-id-start"):
         assert flag in result.stdout
+
+
+def test_a_checkpoint_from_another_config_is_refused_with_the_difference(tiny_run, tmp_path, data_dirs, capsys):
+    import shutil
+    from experiments.run import main
+    copy = tmp_path / "edited"
+    shutil.copytree(tiny_run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["model"]["z_dim"] = 5
+    config["stage1"]["steps"] = 9   # unfinished, so the checkpoint is loaded
+    (copy / "config.json").write_text(json.dumps(config))
+    assert main(["--dataset", "sprites", "--sprites-layers", str(data_dirs.sprites), "--resume", str(copy),
+                 "--no-progress", "--num-workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "z_dim" in err and "checkpoint: z_dim=4" in err and len(err.strip().splitlines()) == 1
