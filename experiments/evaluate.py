@@ -17,13 +17,13 @@ from vdsm.metrics.judge import JUDGE_HEADS, load_or_train_judge
 from vdsm.metrics.protocol import judge_protocol
 
 from .cli import UsageError, cli_main
+from .judge import DATA_FLAGS
 
 PUBLISHED = {  # REFERENCE.md section 6
     "sprites": {"consistency": [("VDSM (paper, own protocol)", "99.53%")]},
     "mug": {"fix_dynamics": [("DBSE (best reported)", "86.90%", "5.598", "0.041", "1.782")],
             "consistency": [("VDSM (paper, own protocol)", "93.33%")]},
 }
-DATA_FLAGS = {"sprites": "sprites_layers", "sprites-dsa": "lpc_layers", "mug": "mug"}
 
 
 def build_parser():

@@ -128,8 +128,9 @@ def run_svg(args, device, rank=0, world_size=1):
 
 @torch.no_grad()
 def quick_prediction(svg, args, config, run_dir, n_sequences=None, n_samples=None):
-    """Best-of-N PSNR/SSIM on a few test sequences and futures.gif (full protocol: experiments.evaluate)."""
-    n_past, n_future = config["model"]["n_past"], config["eval"]["n_future"]
+    """Best-of-N PSNR/SSIM over the training horizon on a few test sequences, and futures.gif
+    (the full protocol, with the evaluation horizon: ``experiments.evaluate``)."""
+    n_past, n_future = config["model"]["n_past"], config["train"]["n_future"]
     test = data.get_dataset(args.dataset, "test", args.data_root, **_data_options(args, n_past + n_future))
     n_sequences = min(n_sequences or args.eval_sequences, len(test), 64)
     n_samples = n_samples or min(config["eval"]["samples"], 5)

@@ -75,3 +75,15 @@ def test_evaluate_cli_on_a_tiny_run(tmp_path, data_dirs):
     bad = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--run", str(tmp_path / "none")],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_judge_command_trains_once_then_loads_from_the_cache(tmp_path, data_dirs):
+    from experiments.judge import main
+    args = ["--dataset", "sprites", "--steps", "2", "--sprites-layers", str(data_dirs.sprites), "--data-root",
+            str(tmp_path)]
+    assert main(args) == 0
+    cached = list((tmp_path / "judges").glob("sprites-*.pt"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    assert main(args) == 0 and cached[0].stat().st_mtime_ns == stamp
+    assert main(["--dataset", "kth"]) == 2

@@ -110,3 +110,22 @@ def test_frechet_distance_with_a_vdsm_run(tmp_path, data_dirs):
     frames = torch.cat([data.get_dataset("sprites", "test", sprites_layers=data_dirs.sprites)[i][0] for i in range(20)])
     assert abs(frechet_distance(frames, frames, out)) < 1e-3
     assert frechet_distance(frames, frames.flip(-1).roll(7, -2), out) > 0
+
+
+def test_svg_fp_with_vgg_on_kth_frame_folders(tmp_path):
+    from PIL import Image
+
+    from experiments.run import main
+    for person, action in [(2, "walking"), (5, "boxing"), (18, "running")]:
+        video = tmp_path / "kth" / action / f"person{person:02d}_{action}_d1"
+        video.mkdir(parents=True)
+        for k in range(14):
+            Image.new("L", (64, 64), 15 * k).save(video / f"image-{k}.png")
+    out = tmp_path / "run"
+    assert main(["--dataset", "kth", "--model", "svg-fp", "--arch", "vgg", "--kth", str(tmp_path / "kth"),
+                 "--out", str(out), "--n-past", "2", "--n-future", "2", "--z-dim", "2", "--g-dim", "8",
+                 "--rnn-size", "8", "--batch-size", "1", "--steps", "1", "--eval-samples", "1",
+                 "--eval-sequences", "1", "--num-workers", "0", "--no-progress"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["arch"] == "vgg" and config["model"]["last_frame_skip"] is True
+    assert json.loads((out / "metrics.json").read_text())["quick_prediction"]["n_future"] == 2
