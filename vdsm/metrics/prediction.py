@@ -18,28 +18,42 @@ def psnr(pred, target, data_range=1.0):
     return 10 * torch.log10(data_range ** 2 / mse.clamp_min(1e-12))
 
 
-def _gaussian_window(size=11, sigma=1.5, device=None, dtype=None):
+def _gaussian_1d(size, sigma, device, dtype):
     x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
     g = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
+    return g / g.sum()
 
 
-def ssim(pred, target, data_range=1.0, window=11, sigma=1.5):
-    """SSIM per image [..., C, H, W] -> [...]; channels are averaged."""
+def ssim(pred, target, data_range=1.0, window=11, sigma=1.5, chunk=1024):
+    """SSIM per image [..., C, H, W] -> [...]; channels are averaged.
+
+    The Gaussian filter is applied as two 1-D convolutions, over chunks of images, so memory
+    stays small for thousands of frames.
+    """
     shape = pred.shape[:-3]
-    c = pred.shape[-3]
-    p = pred.reshape(-1, c, *pred.shape[-2:]).double()
-    t = target.reshape(-1, c, *target.shape[-2:]).double()
-    w = _gaussian_window(window, sigma, p.device, p.dtype).expand(c, 1, window, window)
-    filt = lambda img: F.conv2d(img, w, groups=c)  # noqa: E731
-    mu_p, mu_t = filt(p), filt(t)
-    var_p = filt(p * p) - mu_p ** 2
-    var_t = filt(t * t) - mu_t ** 2
-    cov = filt(p * t) - mu_p * mu_t
+    c, h, w = pred.shape[-3:]
+    p_all = pred.reshape(-1, c, h, w)
+    t_all = target.reshape(-1, c, h, w)
+    g = _gaussian_1d(window, sigma, pred.device, torch.float64)
+    g_row, g_col = g.view(1, 1, 1, window), g.view(1, 1, window, 1)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p ** 2 + mu_t ** 2 + c1) * (var_p + var_t + c2))
-    return s.flatten(1).mean(-1).float().reshape(shape)
+
+    def filt(img):  # [N, C, H, W] -> valid Gaussian filtering of every channel
+        flat = img.reshape(-1, 1, *img.shape[-2:])
+        out = F.conv2d(F.conv2d(flat, g_row), g_col)
+        return out.reshape(img.shape[0], c, *out.shape[-2:])
+
+    scores = []
+    for start in range(0, p_all.shape[0], chunk):
+        p = p_all[start:start + chunk].double()
+        t = t_all[start:start + chunk].double()
+        mu_p, mu_t = filt(p), filt(t)
+        var_p = filt(p * p) - mu_p ** 2
+        var_t = filt(t * t) - mu_t ** 2
+        cov = filt(p * t) - mu_p * mu_t
+        s_map = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p ** 2 + mu_t ** 2 + c1) * (var_p + var_t + c2))
+        scores.append(s_map.flatten(1).mean(-1))
+    return torch.cat(scores).float().reshape(shape)
 
 
 def best_of_n(samples, target):
