@@ -4,7 +4,7 @@ import sys
 from data import DataError
 from vdsm.checkpoint import CheckpointError
 
-__all__ = ["UsageError", "cli_main"]
+__all__ = ["UsageError", "cli_main", "preset_config"]
 
 
 class UsageError(ValueError):
@@ -20,3 +20,15 @@ def cli_main(parser, command, argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def preset_config(args, loader):
+    """``(preset name, config dict)``: ``--preset`` (default paper on a GPU, cpu otherwise) of
+    ``args.dataset`` through ``loader(dataset, preset)``; unknown names become UsageErrors."""
+    import torch
+
+    preset = args.preset or ("paper" if torch.cuda.is_available() else "cpu")
+    try:
+        return preset, loader(args.dataset, preset)
+    except ValueError as err:
+        raise UsageError(str(err)) from None

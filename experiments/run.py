@@ -26,8 +26,8 @@ from vdsm.checkpoint import CheckpointManager, load_checkpoint
 from vdsm.train import TrainOptions, train_stage
 from vdsm.viz import save_gif, save_grid, sequence_strip
 
-from .cli import UsageError, cli_main
-from .configs import PRESETS, load_preset
+from .cli import UsageError, cli_main, preset_config
+from .configs import load_preset
 from .run_svg import without_losses, add_svg_arguments, run_svg
 
 log = logging.getLogger("experiments.run")
@@ -94,13 +94,7 @@ def resolve_config(args):
         raise UsageError(f"unknown model {args.model!r}: choose one of {', '.join(MODELS)}")
     if args.dataset not in data.DATASETS:
         raise UsageError(f"unknown dataset {args.dataset!r}: choose one of {', '.join(data.DATASETS)}")
-    preset = args.preset or ("paper" if torch.cuda.is_available() else "cpu")
-    if preset not in PRESETS:
-        raise UsageError(f"unknown preset {preset!r}: choose {' or '.join(PRESETS)}")
-    try:
-        config = load_preset(args.dataset, preset)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    preset, config = preset_config(args, load_preset)
     config["preset"], config["dataset"], config["seed"] = preset, args.dataset, args.seed
     config["guide2"] = args.guide2
     if args.guide2:

@@ -22,8 +22,8 @@ from vdsm.svg_api import SVG, ConstantFactors
 from vdsm.train import TrainOptions, train_stage
 from vdsm.viz import save_gif
 
-from .cli import UsageError
-from .configs import PRESETS, load_svg_preset
+from .cli import UsageError, preset_config
+from .configs import load_svg_preset
 
 log = logging.getLogger("experiments.run")
 DATA_OPTIONS = {"smmnist": "mnist", "mmnist": "mnist", "kth": "kth", "bair": "bair"}
@@ -45,13 +45,7 @@ def add_svg_arguments(parser, existing):
 
 
 def resolve_svg_config(args):
-    preset = args.preset or ("paper" if torch.cuda.is_available() else "cpu")
-    if preset not in PRESETS:
-        raise UsageError(f"unknown preset {preset!r}: choose {' or '.join(PRESETS)}")
-    try:
-        config = load_svg_preset(args.dataset, preset)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    preset, config = preset_config(args, load_svg_preset)
     config.update(preset=preset, dataset=args.dataset, seed=args.seed, model_name=args.model)
     config["model"]["learned_prior"] = args.model == "svg-lp"
     for f in dataclasses.fields(SVGConfig):
