@@ -119,10 +119,12 @@ class VDSM:
         with use_means():
             return poutine.trace(guide).get_trace(x.to(self.device), factors=self.factors())
 
-    def _decode(self, condition, batch_size, seq_len):
+    def _decode(self, condition, batch_size, seq_len, sampled=()):
+        """Frame means of the model conditioned on ``condition``; sites named in ``sampled`` are
+        drawn from the prior, every other free site takes its mean."""
         model, _ = self._pair()
-        with use_means():
-            conditioned = poutine.condition(model, data=condition)
+        conditioned = poutine.condition(model, data=condition)
+        with use_means(skip=sampled):
             trace = poutine.trace(conditioned).get_trace(None, factors=self.factors(), batch_size=batch_size,
                                                          seq_len=seq_len)
         return _mean_of_obs(trace)
@@ -168,20 +170,11 @@ class VDSM:
         pose with stage 1 only), draw a new identity from the prior."""
         keep = (lambda n: n in ("dynamics", "z_1")) if self.has_stage2 else (lambda n: n != "identity")
         latents = self._latents(self.posterior(x), keep)
-        return self._decode_sampling(latents, {"identity"}, x.shape[0], x.shape[1])
+        return self._decode(latents, x.shape[0], x.shape[1], sampled={"identity"})
 
     @torch.no_grad()
     def fix_identity(self, x):
         """Keep the identity of ``x`` (posterior mean), draw new dynamics (and first pose) from the prior."""
         latents = self._latents(self.posterior(x), lambda n: n == "identity")
         fresh = {"dynamics", "z_1"} if self.has_stage2 else {"z"}
-        return self._decode_sampling(latents, fresh, x.shape[0], x.shape[1])
-
-    def _decode_sampling(self, condition, sampled, batch_size, seq_len):
-        """Like ``_decode`` but the sites in ``sampled`` are drawn from the prior (others at their mean)."""
-        model, _ = self._pair()
-        conditioned = poutine.condition(model, data=condition)
-        with use_means(skip=sampled):
-            trace = poutine.trace(conditioned).get_trace(None, factors=self.factors(), batch_size=batch_size,
-                                                         seq_len=seq_len)
-        return _mean_of_obs(trace)
+        return self._decode(latents, x.shape[0], x.shape[1], sampled=fresh)
