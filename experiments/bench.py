@@ -1,8 +1,10 @@
-"""Benchmarks: data-loading throughput and seconds per SVI step (with peak memory).
+"""Benchmarks: data-loading throughput, seconds per SVI step (with peak memory), time to quality.
 
-    python -m experiments.bench                  # everything, JSON to bench.json + a table
+    python -m experiments.bench                  # data and steps, JSON to bench.json + a table
     python -m experiments.bench --only data      # data loading only
     python -m experiments.bench --only steps --batch-sizes 5 10 --device cuda
+    python -m experiments.bench --only quality   # train the default Sprites run (~25 min on 2 cores)
+                                                 # and record judge accuracy against training time
 
 Every step configuration runs in its own subprocess so that its peak RSS is its own.
 Seconds per step are the median of ``--repeats`` steps after ``--warmup`` steps; the
@@ -72,15 +74,13 @@ def _svg_pair(config, device, batch_size, seq_len):
     x = torch.rand(batch_size, seq_len, config.nc, 64, 64, device=device)
 
     def nets_loss():
-        h, skips = nets.encoder(x.flatten(0, 1))
-        h = h.reshape(batch_size, seq_len, -1)
-        skips = [s_.reshape(batch_size, seq_len, *s_.shape[1:]) for s_ in skips]
+        h, skips = nets.encode(x)
+        nets.forget()
         (loc, scale), _ = nets.posterior(h[:, 1:])
         (p_loc, p_scale), _ = nets.prior(h[:, :-1])
         z = loc + scale * torch.randn_like(loc)
         g, _ = nets.predictor(torch.cat([h[:, :-1], z], -1))
-        src = nets.skip_sources(seq_len)
-        mean = nets.decode(g, [level[:, src] for level in skips])
+        mean = nets.decode(g, skips, nets.skip_sources(seq_len))
         kl = torch.distributions.kl_divergence(torch.distributions.Normal(loc, scale),
                                                torch.distributions.Normal(p_loc, p_scale)).sum()
         return ((mean - x[:, 1:]) ** 2).sum() + config.beta * x[0, 0].numel() * kl
@@ -179,9 +179,18 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10):
             "peak_memory_gb": peak / 1e9, "sample_sites": sites}
 
 
+def _read_rows(folder):
+    import csv
+    from pathlib import Path
+
+    with (Path(folder) / "time_to_quality.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--only", choices=["data", "steps"], default=None)
+    p.add_argument("--only", choices=["data", "steps", "quality"], default=None,
+                   help="one part; without it: data and steps (quality takes half an hour)")
     p.add_argument("--configs", nargs="+", default=list(STEP_CONFIGS), choices=list(STEP_CONFIGS))
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[5, 10, 20, 40])
     p.add_argument("--device", default="cpu")
@@ -189,13 +198,37 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--sprites-layers", default=None)
     p.add_argument("--json", default="bench.json", help="where to write the results")
+    q = p.add_argument_group("time to quality (--only quality)")
+    q.add_argument("--quality-out", default="bench_quality", help="folder for the run, CSV, PNG and JSON")
+    q.add_argument("--every-minutes", type=float, default=3.0, help="training minutes between evaluations")
+    q.add_argument("--test-sequences", type=int, default=128, help="size of the fixed test subset")
+    q.add_argument("--data-root", default=None)
+    q.add_argument("--judge-steps", type=int, default=1500, help="training steps of the judge if none is cached")
+    q.add_argument("--run-flags", default="", help="extra flags for experiments.run, e.g. \"--stage1-steps 600\"")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one step config
     args = p.parse_args(argv)
+    from vdsm.runtime import keep_freed_memory
+
+    keep_freed_memory()  # as experiments.run does: training processes keep freed memory for reuse
     if args.one:
         name, batch_size = args.one.split(":")
         print(json.dumps(bench_step(name, int(batch_size), args.device, args.warmup, args.repeats)))
         return 0
     results = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if args.only == "quality":
+        import shlex
+
+        from experiments.time_to_quality import time_to_quality
+
+        summary = time_to_quality(args.quality_out, every_minutes=args.every_minutes,
+                                  test_sequences=args.test_sequences, run_flags=shlex.split(args.run_flags),
+                                  data_root=args.data_root, sprites_layers=args.sprites_layers,
+                                  judge_steps=args.judge_steps)
+        results["quality"] = summary
+        print(f"{'minutes':>8}{'stage':>8}{'step':>6}{'action':>8}{'attributes':>11}")
+        for r in _read_rows(args.quality_out):
+            print(f"{float(r['train_seconds']) / 60:>8.1f}{r['stage']:>8}{r['step']:>6}"
+                  f"{100 * float(r['action_accuracy']):>7.1f}%{100 * float(r['attribute_accuracy']):>10.1f}%")
     if args.only in (None, "data"):
         results["data"] = [bench_data(num_workers=w, sprites_layers=args.sprites_layers, pair_actions=pair)
                            for w in (0, 1, 2) for pair in (False, True)]

@@ -130,3 +130,45 @@ def test_the_same_batch_can_be_evaluated_and_stepped_twice():
     for _ in range(2):  # the frame encoding is shared within one evaluation, never across two
         loss = elbo.differentiable_loss(model, guide, x, factors=FACTORS)
         loss.backward()
+
+
+def _concatenating_unet(dec, g, skips, arch):
+    """The decoders as SVG writes them: each stage runs on cat([h, skip])."""
+    up = (lambda h: F.interpolate(h, scale_factor=2, mode="nearest")) if arch == "vgg" else (lambda h: h)
+    h = up(dec.inp(g[:, :, None, None]))
+    for block, skip in zip(dec.blocks, reversed(skips[1:])):
+        h = up(block(torch.cat([h, skip], 1)))
+    last = dec.out if arch == "dcgan" else dec.last
+    return torch.sigmoid(last(torch.cat([h, skips[0]], 1)))
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "vgg"])
+def test_split_skip_decoder_equals_the_concatenating_unet_with_gradients(arch):
+    torch.manual_seed(0)
+    nets = SVGNets(tiny(arch=arch, g_dim=16)).double()  # float64: equal up to rounding, nothing hidden
+    x = torch.rand(4, 1, 1, 64, 64, dtype=torch.float64)
+    _, skips = nets.encode(x)
+    g = torch.randn(4, 16, dtype=torch.float64)
+    ours = nets.decoder(g, skips[0])
+    grads = torch.autograd.grad(ours.square().sum(), list(nets.decoder.parameters()))
+    theirs = _concatenating_unet(nets.decoder, g, skips[0], arch)
+    expected = torch.autograd.grad(theirs.square().sum(), list(nets.decoder.parameters()))
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
+    ours_flat, theirs_flat = torch.cat([a.flatten() for a in grads]), torch.cat([b.flatten() for b in expected])
+    assert (ours_flat - theirs_flat).norm() <= 1e-9 * theirs_flat.norm()
+
+
+def test_decode_shares_skip_halves_but_equals_frame_by_frame_decoding():
+    torch.manual_seed(0)
+    nets = SVGNets(tiny(n_past=3)).eval()  # running BN statistics: results independent of call grouping
+    x = torch.rand(2, 7, 1, 64, 64)
+    h, skips = nets.encode(x)
+    assert len(skips) == 7 and skips[3][0].shape[0] == 2
+    sources = nets.skip_sources(7)
+    assert sources == [0, 1, 1, 1, 1, 1]     # frames from n_past on reuse the last conditioning frame's skips
+    g = torch.randn(2, 6, nets.config.g_dim)
+    frame_by_frame = torch.stack([nets.decoder(g[:, k], skips[s]) for k, s in enumerate(sources)], 1)
+    torch.testing.assert_close(nets.decode(g, skips, sources), frame_by_frame, rtol=1e-4, atol=1e-5)
+    # and the encoder's per-step calls agree with one call on all frames
+    h_all, _ = nets.encoder(x.flatten(0, 1))
+    torch.testing.assert_close(h, h_all.reshape(2, 7, -1), rtol=1e-4, atol=1e-5)

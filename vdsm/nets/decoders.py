@@ -1,11 +1,14 @@
-"""VDSM's mixture-of-experts decoder, one grouped transposed convolution per layer for the whole batch."""
+"""Frame decoders: VDSM's mixture of experts (one grouped transposed convolution per layer for the
+whole batch) and SVG's DCGAN-64 / VGG-64 U-Net decoders (skip halves computed once per skip frame)."""
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["MixtureOfExpertsDecoder"]
+from .layout import conv_layout
+
+__all__ = ["MixtureOfExpertsDecoder", "DCGANDecoder", "VGGDecoder"]
 
 
 class MixtureOfExpertsDecoder(nn.Module):
@@ -49,44 +52,99 @@ class MixtureOfExpertsDecoder(nn.Module):
             c_in, c_out = w.shape[1], w.shape[2]
             w_mixed = (mix @ w.flatten(1)).reshape(b * c_in, c_out, 4, 4)  # one matmul for the batch
             bias_mixed = (mix @ bias).reshape(b * c_out)
-            h = F.conv_transpose2d(h, w_mixed, bias_mixed, stride=stride, padding=0 if stride == 1 else 1,
-                                   groups=b)
+            h = F.conv_transpose2d(h if k == 0 else conv_layout(h), w_mixed, bias_mixed, stride=stride,
+                                   padding=0 if stride == 1 else 1, groups=b)
             if k < len(self.weights) - 1:
                 h = F.leaky_relu(h, 0.2)
         return h.reshape(t, b, -1, *h.shape[-2:]).transpose(0, 1)
 
 
 def _upconv_bn(c_in, c_out):
-    return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2))
+    return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True))
 
 
-class DCGANDecoder(nn.Module):
+def _split_conv(layer, h, skip_term):
+    """``layer(cat([h, skip]))`` as ``layer_h(h) + skip_term`` where ``skip_term`` is ``_skip_term(layer,
+    skip)``. The convolution is linear in its input, so the skip half can be computed once per skip
+    frame and reused by every frame decoded from it (SVG reuses one frame's skips for all future frames)."""
+    transposed = isinstance(layer, nn.ConvTranspose2d)
+    c_h = h.shape[1]
+    if transposed:   # ConvTranspose2d weight: [in, out, k, k]
+        out = F.conv_transpose2d(h, layer.weight[:c_h], layer.bias, layer.stride, layer.padding)
+    else:            # Conv2d weight: [out, in, k, k]
+        out = F.conv2d(h, layer.weight[:, :c_h], layer.bias, layer.stride, layer.padding)
+    return out.add_(skip_term)  # in place: a convolution's backward does not need its output
+
+
+def _skip_term(layer, skip):
+    c_s = skip.shape[1]
+    if isinstance(layer, nn.ConvTranspose2d):
+        return F.conv_transpose2d(skip, layer.weight[-c_s:], None, layer.stride, layer.padding)
+    return F.conv2d(skip, layer.weight[:, -c_s:], None, layer.stride, layer.padding)
+
+
+class _SkipDecoder(nn.Module):
+    """Shared logic of SVG's decoders: every ``stage`` (a Sequential whose first layer sees
+    ``cat([h, skip])``) is run with its weight split in two (see ``_split_conv``).
+
+    ``skip_terms(skips)`` computes the skip halves for some encoder frames; ``forward(g, skips)``
+    or ``forward(g, terms=...)`` decodes. Parameters are those of the plain U-Net decoder, so
+    checkpoints are unchanged.
+    """
+
+    def stages(self):
+        raise NotImplementedError
+
+    def skip_terms(self, skips):
+        """Encoder skips (list per level, 64 px first) -> skip halves per decoder stage."""
+        return [_skip_term(stage[0], skip) for stage, skip in zip(self.stages(), reversed(skips))]
+
+    def start(self, g):
+        raise NotImplementedError
+
+    def between(self, h, k):
+        return h
+
+    def forward(self, g, skips=None, terms=None):
+        """g [N, dim] and either skips (encoder outputs of the N frames) or their ``skip_terms``."""
+        if terms is None:
+            terms = self.skip_terms(skips)
+        h = conv_layout(self.start(g))
+        for k, (stage, term) in enumerate(zip(self.stages(), terms)):
+            h = _split_conv(stage[0], h, term)
+            for layer in stage[1:]:
+                h = layer(h)
+            h = self.between(h, k)
+        return torch.sigmoid(h)
+
+
+class DCGANDecoder(_SkipDecoder):
     """SVG's DCGAN-64 decoder with U-Net skips: each block sees its input concatenated with the
     encoder skip of the same size; sigmoid output in [0, 1]."""
 
     def __init__(self, nc, dim=128, nf=64):
         super().__init__()
-        self.inp = nn.Sequential(nn.ConvTranspose2d(dim, 8 * nf, 4, 1, 0), nn.BatchNorm2d(8 * nf), nn.LeakyReLU(0.2))
+        self.inp = nn.Sequential(nn.ConvTranspose2d(dim, 8 * nf, 4, 1, 0), nn.BatchNorm2d(8 * nf), nn.LeakyReLU(0.2, inplace=True))
         self.blocks = nn.ModuleList([_upconv_bn(16 * nf, 4 * nf), _upconv_bn(8 * nf, 2 * nf), _upconv_bn(4 * nf, nf)])
         self.out = nn.ConvTranspose2d(2 * nf, nc, 4, 2, 1)
 
-    def forward(self, g, skips):
-        h = self.inp(g[:, :, None, None])
-        for block, skip in zip(self.blocks, reversed(skips[1:])):
-            h = block(torch.cat([h, skip], 1))
-        return torch.sigmoid(self.out(torch.cat([h, skips[0]], 1)))
+    def stages(self):
+        return [*self.blocks, [self.out]]
+
+    def start(self, g):
+        return self.inp(g[:, :, None, None])
 
 
 def _vgg_up(c_in, c_out):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2))
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True))
 
 
-class VGGDecoder(nn.Module):
+class VGGDecoder(_SkipDecoder):
     """SVG's VGG-64 decoder: upsampling plus 3x3 conv blocks, with the VGG encoder's skips."""
 
     def __init__(self, nc, dim=128):
         super().__init__()
-        self.inp = nn.Sequential(nn.ConvTranspose2d(dim, 512, 4, 1, 0), nn.BatchNorm2d(512), nn.LeakyReLU(0.2))
+        self.inp = nn.Sequential(nn.ConvTranspose2d(dim, 512, 4, 1, 0), nn.BatchNorm2d(512), nn.LeakyReLU(0.2, inplace=True))
         self.blocks = nn.ModuleList([
             nn.Sequential(_vgg_up(1024, 512), _vgg_up(512, 512), _vgg_up(512, 256)),   # 8
             nn.Sequential(_vgg_up(512, 256), _vgg_up(256, 256), _vgg_up(256, 128)),    # 16
@@ -95,8 +153,13 @@ class VGGDecoder(nn.Module):
         self.last = nn.Sequential(_vgg_up(128, 64), nn.ConvTranspose2d(64, nc, 3, 1, 1))  # 64
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
 
-    def forward(self, g, skips):
-        h = self.up(self.inp(g[:, :, None, None]))                      # 8
-        for block, skip in zip(self.blocks, reversed(skips[1:])):
-            h = self.up(block(torch.cat([h, skip], 1)))
-        return torch.sigmoid(self.last(torch.cat([h, skips[0]], 1)))
+    def stages(self):
+        # each stage's first layer is the one that sees the skip: a Conv2d inside the first _vgg_up
+        return [[b[0][0], *b[0][1:], *b[1:]] for b in self.blocks] + [[self.last[0][0], *self.last[0][1:],
+                                                                        self.last[1]]]
+
+    def start(self, g):
+        return self.up(self.inp(g[:, :, None, None]))                    # 8
+
+    def between(self, h, k):
+        return self.up(h) if k < len(self.blocks) else h

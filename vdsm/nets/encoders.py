@@ -3,6 +3,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from antialiased_cnns import BlurPool
 
+from .layout import conv_layout
+
 __all__ = ["BlurPoolEncoder"]
 
 
@@ -28,9 +30,9 @@ class BlurPoolEncoder(nn.Module):
         super().__init__()
         layers, c_in = [], nc
         for w in widths:
-            layers += [nn.Conv2d(c_in, w, 4, 1, 1), nn.LeakyReLU(0.2), BlurPool(w, stride=2)]
+            layers += [nn.Conv2d(c_in, w, 4, 1, 1), nn.LeakyReLU(0.2, inplace=True), BlurPool(w, stride=2)]
             c_in = w
-        layers += [nn.Conv2d(c_in, feature_dim, 4), nn.LeakyReLU(0.2)]
+        layers += [nn.Conv2d(c_in, feature_dim, 4), nn.LeakyReLU(0.2, inplace=True)]
         self.features = nn.Sequential(*layers)
         self.z_loc = nn.Linear(feature_dim, z_dim)
         self.z_scale = nn.Linear(feature_dim, z_dim)
@@ -42,7 +44,7 @@ class BlurPoolEncoder(nn.Module):
 
     def forward(self, frames):
         """frames [N, C, 64, 64] -> z_loc, z_scale [N, z_dim], id_loc, id_scale [N, n_experts]."""
-        h = self.features(frames).flatten(1)
+        h = self.features(conv_layout(frames)).flatten(1)
         z_loc, z_scale = self.z_loc(h), F.softplus(self.z_scale(h)) + 1e-4
         g = self.id_hidden(h)
         id_loc = F.leaky_relu(self.id_loc_layer(self.id_loc(g)), 0.2)
@@ -59,7 +61,7 @@ class BlurPoolEncoder(nn.Module):
 
 
 def _conv_bn(c_in, c_out):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2))
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True))
 
 
 class DCGANEncoder(nn.Module):
@@ -75,7 +77,7 @@ class DCGANEncoder(nn.Module):
         self.out = nn.Sequential(nn.Conv2d(8 * nf, dim, 4, 1, 0), nn.BatchNorm2d(dim), nn.Tanh())
 
     def forward(self, frames):
-        skips, h = [], frames
+        skips, h = [], conv_layout(frames)
         for block in self.blocks:
             h = block(h)
             skips.append(h)
@@ -83,7 +85,7 @@ class DCGANEncoder(nn.Module):
 
 
 def _vgg_layer(c_in, c_out):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2))
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True))
 
 
 class VGGEncoder(nn.Module):
@@ -101,7 +103,7 @@ class VGGEncoder(nn.Module):
         self.pool = nn.MaxPool2d(2, 2)
 
     def forward(self, frames):
-        skips, h = [], frames
+        skips, h = [], conv_layout(frames)
         for k, block in enumerate(self.blocks):
             h = block(h if k == 0 else self.pool(h))
             skips.append(h)
