@@ -23,6 +23,7 @@ from vdsm.annealing import Schedule
 from vdsm.api import VDSM, guide_factory
 from vdsm.batches import ResumableBatches
 from vdsm.checkpoint import CheckpointManager, load_checkpoint
+from vdsm.runtime import keep_freed_memory
 from vdsm.train import TrainOptions, train_stage
 from vdsm.viz import save_gif, save_grid, sequence_strip
 
@@ -152,7 +153,7 @@ def check_frames(x, config):
                          f"pass --nc {x.shape[-3]} or resize the data to 64x64")
 
 
-def run_stage(vdsm, stage, args, config, run_dir, device, writer, rank=0, world_size=1):
+def run_stage(vdsm, stage, args, config, run_dir, device, writer, rank=0, world_size=1, monitor=None):
     model, guide = (vdsm.model1, vdsm.guide1) if stage == "stage1" else (vdsm.model2, vdsm.guide2)
     checkpoints = CheckpointManager(run_dir / "checkpoints", stage, every_steps=args.checkpoint_every,
                                     every_minutes=args.checkpoint_minutes, keep_last=args.keep_last)
@@ -181,7 +182,8 @@ def run_stage(vdsm, stage, args, config, run_dir, device, writer, rank=0, world_
                            progress=not args.no_progress)
     return train_stage(model, guide, batches, options=options, schedule=Schedule(**config[stage]["schedule"]),
                        device=device, checkpoints=checkpoints if rank == 0 else None, resume=resume,
-                       extra_state={"config": config["model"], "stage": stage}, writer=writer, tag=stage)
+                       extra_state={"config": config["model"], "stage": stage}, writer=writer, tag=stage,
+                       on_step=None if monitor is None else lambda step, last: monitor(vdsm, stage, step, last))
 
 
 @torch.no_grad()
@@ -273,7 +275,9 @@ def check_safety_options(args):
         raise UsageError("--clip-norm and --checkpoint-minutes must be positive")
 
 
-def run(args):
+def run(args, monitor=None):
+    """Train (and draw) one run; ``monitor(vdsm, stage, step, last)``, if given, is called after
+    every optimiser step (see ``experiments.time_to_quality``)."""
     check_safety_options(args)
     if args.model not in MODELS:
         raise UsageError(f"unknown model {args.model!r}: choose one of {', '.join(MODELS)}")
@@ -318,7 +322,7 @@ def run(args):
         vdsm.guide1.load_state_dict(state["guide"])
     for stage in stages:
         metrics[stage] = without_losses(run_stage(vdsm, stage, args, config, run_dir, device, writer, rank,
-                                                   world_size))
+                                                   world_size, monitor))
     vdsm.has_stage2 = "stage2" in stages
     if rank == 0:
         metrics["evaluation"] = evaluate_and_draw(vdsm, args, config, run_dir, device)
@@ -333,6 +337,7 @@ def run(args):
 
 
 def main(argv=None):
+    keep_freed_memory()  # allocator setting for the whole process (see vdsm.runtime)
     return cli_main(build_parser(), run, argv)
 
 

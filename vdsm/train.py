@@ -84,7 +84,7 @@ def _distributed():
 
 
 def train_stage(model, guide, batches, *, options, schedule, device, checkpoints=None, resume=None,
-                extra_state=None, writer=None, tag="stage", fault_injector=None):
+                extra_state=None, writer=None, tag="stage", fault_injector=None, on_step=None):
     """Optimise the ELBO of ``model``/``guide`` for ``options.steps`` steps; returns statistics.
 
     :param batches: a :class:`vdsm.batches.ResumableBatches` (or any iterator of frame batches;
@@ -92,6 +92,7 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
     :param checkpoints: a :class:`vdsm.checkpoint.CheckpointManager` or None.
     :param resume: a checkpoint dict written by this function, to continue from.
     :param fault_injector: ``f(step, loss) -> loss`` used by tests to inject faults.
+    :param on_step: ``f(step, last)`` called after every optimiser step (e.g. a quality monitor).
     """
     device = torch.device(device)
     world = dist.get_world_size() if _distributed() else 1
@@ -184,6 +185,8 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
                     writer.add_scalar(f"{tag}/factor_{k}", v, step)
             if checkpoints is not None and step < options.steps and checkpoints.due(step, time.monotonic()):
                 checkpoints.save(step, state(step), smoothed)
+        if on_step is not None:
+            on_step(step, step == options.steps)
     bar.close()
     if rank == 0 and checkpoints is not None:
         checkpoints.save(options.steps, state(options.steps), smoothed)

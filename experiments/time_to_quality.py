@@ -1,0 +1,163 @@
+"""Time to quality: train the default Sprites run and score it with the judge every few minutes.
+
+The run is the one ``python -m experiments.run --dataset sprites`` trains (cpu preset on a machine
+without a GPU), with a monitor called after every optimiser step. When ``every_minutes`` of
+training time have passed (and at the end of each stage) the monitor runs the judge protocol of
+``vdsm.metrics.protocol`` once on a fixed subset of the test set:
+
+* action accuracy: fixed dynamics, identity from the prior, judge's action head;
+* attribute accuracy: fixed identity, dynamics from the prior, mean over the attribute heads
+  (each head is also recorded).
+
+During stage 1 the same protocol uses what stage 1 has (poses of the real sequence kept, or
+drawn from the N(0, I) pose prior); from stage 2 on it uses the dynamics model. Training time
+excludes the evaluations, which run under ``torch.random.fork_rng`` so the run trains exactly as
+it would without the monitor. Writes ``time_to_quality.csv`` (a row per evaluation, written as
+it goes), ``time_to_quality.png`` and ``time_to_quality.json`` (first times at which each
+accuracy reached the target, and the accuracies at the time budget) into ``out_dir``.
+"""
+import csv
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import data
+from vdsm.metrics.judge import JUDGE_HEADS, load_or_train_judge
+from vdsm.metrics.protocol import judge_protocol
+
+__all__ = ["QualityMonitor", "time_to_quality"]
+
+COLUMNS = ["train_seconds", "stage", "step", "action_accuracy", "attribute_accuracy", "body", "bottom", "top", "hair",
+           "recon_action", "recon_attributes", "eval_seconds"]
+
+
+class QualityMonitor:
+    """Called as ``monitor(vdsm, stage, step, last)`` after every step; evaluates when due."""
+
+    def __init__(self, judge, test_items, csv_path, every_seconds, action_heads=("action",)):
+        self.judge, self.items, self.every = judge, test_items, every_seconds
+        self.action_heads = action_heads
+        self.csv_path = Path(csv_path)
+        self.rows, self.eval_seconds, self.next_due = [], 0.0, every_seconds
+        self.started = time.perf_counter()
+        with self.csv_path.open("w", newline="") as f:
+            csv.writer(f).writerow(COLUMNS)
+
+    def train_seconds(self):
+        return time.perf_counter() - self.started - self.eval_seconds
+
+    def __call__(self, vdsm, stage, step, last):
+        train_seconds = self.train_seconds()
+        if not last and train_seconds < self.next_due:
+            return
+        while 0 < self.every and self.next_due <= train_seconds:  # every <= 0: after every step
+            self.next_due += self.every
+        t0 = time.perf_counter()
+        row = {"train_seconds": round(train_seconds, 1), "stage": stage, "step": step, **self.evaluate(vdsm, stage)}
+        row["eval_seconds"] = round(time.perf_counter() - t0, 1)
+        self.eval_seconds += time.perf_counter() - t0
+        self.rows.append(row)
+        with self.csv_path.open("a", newline="") as f:
+            csv.writer(f).writerow([row.get(c, "") for c in COLUMNS])
+
+    @torch.no_grad()
+    def evaluate(self, vdsm, stage):
+        nets = (vdsm.model1, vdsm.guide1, vdsm.model2, vdsm.guide2)
+        modes, had_stage2 = [m.training for m in nets], vdsm.has_stage2
+        vdsm.eval()
+        vdsm.has_stage2 = stage == "stage2"
+        try:
+            with torch.random.fork_rng(devices=[]):  # training continues with its own random numbers
+                result = judge_protocol(vdsm, self.judge, self.items, batch_size=len(self.items), repeats=1,
+                                        action_heads=self.action_heads, device=vdsm.device)
+        finally:
+            vdsm.has_stage2 = had_stage2
+            for m, mode in zip(nets, modes):
+                m.train(mode)
+        heads = {k: v["accuracy"]["mean"] for k, v in result["fix_identity"].items()}
+        consistency = {k: v["mean"] for k, v in result["consistency"].items()}
+        attributes = [k for k in consistency if k not in self.action_heads]
+        return {"action_accuracy": result["fix_dynamics"]["accuracy"]["mean"],
+                "attribute_accuracy": statistics.fmean(heads.values()), **heads,
+                "recon_action": statistics.fmean(consistency[k] for k in self.action_heads),
+                "recon_attributes": statistics.fmean(consistency[k] for k in attributes)}
+
+
+def first_time(rows, key, target):
+    return next((r["train_seconds"] for r in rows if r[key] >= target), None)
+
+
+def at_budget(rows, key, budget_seconds):
+    """The last evaluation within the budget (None if there is none)."""
+    inside = [r for r in rows if r["train_seconds"] <= budget_seconds]
+    return inside[-1][key] if inside else None
+
+
+def plot(rows, path, target, budget_seconds):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    minutes = [r["train_seconds"] / 60 for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(minutes, [100 * r["action_accuracy"] for r in rows], "o-", label="action (fixed dynamics)")
+    ax.plot(minutes, [100 * r["attribute_accuracy"] for r in rows], "s-", label="attributes (fixed identity), mean")
+    for head, style in zip(("body", "bottom", "top", "hair"), (":", ":", ":", ":")):
+        ax.plot(minutes, [100 * r[head] for r in rows], style, alpha=0.6, label=head)
+    switch = next((r["train_seconds"] / 60 for r in rows if r["stage"] == "stage2"), None)
+    if switch is not None:
+        ax.axvline(switch, color="grey", lw=0.8)
+        ax.text(switch, 2, " stage 2", color="grey")
+    ax.axhline(100 * target, color="red", lw=0.8, ls="--")
+    ax.axvline(budget_seconds / 60, color="red", lw=0.8, ls="--")
+    ax.set_xlabel("training wall-clock (minutes, evaluations excluded)")
+    ax.set_ylabel("judge accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Sprites, default run: time to quality")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def time_to_quality(out_dir, *, every_minutes=3.0, test_sequences=128, run_flags=(), data_root=None,
+                    sprites_layers=None, judge_steps=1500, target=0.9, budget_minutes=30.0):
+    """Train the default Sprites run in ``out_dir/run`` with a :class:`QualityMonitor`; returns the summary."""
+    from experiments import run as runner
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    flags = ["--dataset", "sprites", "--out", str(out_dir / "run"), *run_flags]
+    if sprites_layers:
+        flags += ["--sprites-layers", str(sprites_layers)]
+    if data_root:
+        flags += ["--data-root", str(data_root)]
+    args = runner.build_parser().parse_args(flags)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    options = {"seq_len": 8}
+    if sprites_layers:
+        options["sprites_layers"] = sprites_layers
+    # the judge is trained once and cached (not counted as training time of the run)
+    judge, judge_accuracy = load_or_train_judge("sprites", root=data_root, device=device, steps=judge_steps, **options)
+    test = data.get_dataset("sprites", "test", data_root, **options)
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(4321))[:test_sequences]
+    items = [test[int(i)] for i in order]
+    monitor = QualityMonitor(judge, items, out_dir / "time_to_quality.csv", 60 * every_minutes,
+                             action_heads=tuple(h for h in JUDGE_HEADS["sprites"] if h == "action"))
+    runner.run(args, monitor=monitor)
+    rows, budget = monitor.rows, 60 * budget_minutes
+    summary = {"date": time.strftime("%Y-%m-%d"), "flags": flags, "device": str(device),
+               "threads": torch.get_num_threads(), "test_sequences": len(items), "every_minutes": every_minutes,
+               "judge_test_accuracy": judge_accuracy, "target": target, "budget_minutes": budget_minutes,
+               "evaluations": len(rows), "train_seconds": rows[-1]["train_seconds"] if rows else None,
+               "final": rows[-1] if rows else None,
+               **{f"{key}_first_reaches_target_s": first_time(rows, key, target)
+                  for key in ("action_accuracy", "attribute_accuracy")},
+               **{f"{key}_at_budget": at_budget(rows, key, budget) for key in ("action_accuracy", "attribute_accuracy")}}
+    (out_dir / "time_to_quality.json").write_text(json.dumps(summary, indent=1))
+    if rows:
+        plot(rows, out_dir / "time_to_quality.png", target, budget)
+    return summary
