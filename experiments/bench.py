@@ -204,9 +204,12 @@ def main(argv=None):
     q.add_argument("--test-sequences", type=int, default=128, help="size of the fixed test subset")
     q.add_argument("--data-root", default=None)
     q.add_argument("--judge-steps", type=int, default=1500, help="training steps of the judge if none is cached")
-    q.add_argument("--run-flags", default="", help="extra flags for experiments.run, e.g. \"--stage1-steps 600\"")
+    q.add_argument("--run-flags", default="",
+                   help='extra flags for experiments.run, written with "=": --run-flags="--stage1-steps 600"')
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one step config
     args = p.parse_args(argv)
+    if args.test_sequences < 1 or args.repeats < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
+        p.error("--test-sequences, --repeats and --batch-sizes must be at least 1, --warmup at least 0")
     from vdsm.runtime import keep_freed_memory
 
     keep_freed_memory()  # as experiments.run does: training processes keep freed memory for reuse

@@ -45,3 +45,28 @@ def test_time_to_quality_records_both_stages_and_leaves_training_unchanged(tmp_p
         for key in ("model", "guide"):
             for name, value in a[key].items():
                 assert torch.equal(value, b[key][name]), (stage, key, name)
+
+
+def test_bad_bench_input_exits_2(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as stop:
+        bench_main(["--only", "quality", "--test-sequences", "0"])
+    assert stop.value.code == 2
+    assert "--test-sequences" in capsys.readouterr().err
+
+
+def test_keep_freed_memory_applies_on_glibc_and_can_be_switched_off(monkeypatch):
+    import ctypes
+    import sys
+
+    from vdsm.runtime import keep_freed_memory
+
+    monkeypatch.setenv("VDSM_KEEP_FREED_MEMORY", "0")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("VDSM_KEEP_FREED_MEMORY")
+    try:
+        glibc = sys.platform.startswith("linux") and bool(ctypes.CDLL("libc.so.6").gnu_get_libc_version)
+    except (OSError, AttributeError):
+        glibc = False
+    assert keep_freed_memory() is glibc
