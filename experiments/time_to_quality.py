@@ -25,19 +25,20 @@ from pathlib import Path
 import torch
 
 import data
-from vdsm.metrics.judge import JUDGE_HEADS, load_or_train_judge
+from vdsm.metrics.judge import ACTION_HEADS, JUDGE_HEADS, load_or_train_judge
 from vdsm.metrics.protocol import judge_protocol
 
 __all__ = ["QualityMonitor", "time_to_quality"]
 
-COLUMNS = ["train_seconds", "stage", "step", "action_accuracy", "attribute_accuracy", "body", "bottom", "top", "hair",
+ATTRIBUTES = [h for h in JUDGE_HEADS["sprites"] if h not in ACTION_HEADS]
+COLUMNS = ["train_seconds", "stage", "step", "action_accuracy", "attribute_accuracy", *ATTRIBUTES,
            "recon_action", "recon_attributes", "eval_seconds"]
 
 
 class QualityMonitor:
     """Called as ``monitor(vdsm, stage, step, last)`` after every step; evaluates when due."""
 
-    def __init__(self, judge, test_items, csv_path, every_seconds, action_heads=("action",)):
+    def __init__(self, judge, test_items, csv_path, every_seconds, action_heads=ACTION_HEADS):
         self.judge, self.items, self.every = judge, test_items, every_seconds
         self.action_heads = action_heads
         self.csv_path = Path(csv_path)
@@ -105,8 +106,8 @@ def plot(rows, path, target, budget_seconds):
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(minutes, [100 * r["action_accuracy"] for r in rows], "o-", label="action (fixed dynamics)")
     ax.plot(minutes, [100 * r["attribute_accuracy"] for r in rows], "s-", label="attributes (fixed identity), mean")
-    for head, style in zip(("body", "bottom", "top", "hair"), (":", ":", ":", ":")):
-        ax.plot(minutes, [100 * r[head] for r in rows], style, alpha=0.6, label=head)
+    for head in ATTRIBUTES:
+        ax.plot(minutes, [100 * r[head] for r in rows], ":", alpha=0.6, label=head)
     switch = next((r["train_seconds"] / 60 for r in rows if r["stage"] == "stage2"), None)
     if switch is not None:
         ax.axvline(switch, color="grey", lw=0.8)
@@ -145,8 +146,7 @@ def time_to_quality(out_dir, *, every_minutes=3.0, test_sequences=128, run_flags
     test = data.get_dataset("sprites", "test", data_root, **options)
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(4321))[:test_sequences]
     items = [test[int(i)] for i in order]
-    monitor = QualityMonitor(judge, items, out_dir / "time_to_quality.csv", 60 * every_minutes,
-                             action_heads=tuple(h for h in JUDGE_HEADS["sprites"] if h == "action"))
+    monitor = QualityMonitor(judge, items, out_dir / "time_to_quality.csv", 60 * every_minutes)
     runner.run(args, monitor=monitor)
     rows, budget = monitor.rows, 60 * budget_minutes
     summary = {"date": time.strftime("%Y-%m-%d"), "flags": flags, "device": str(device),
@@ -156,7 +156,8 @@ def time_to_quality(out_dir, *, every_minutes=3.0, test_sequences=128, run_flags
                "final": rows[-1] if rows else None,
                **{f"{key}_first_reaches_target_s": first_time(rows, key, target)
                   for key in ("action_accuracy", "attribute_accuracy")},
-               **{f"{key}_at_budget": at_budget(rows, key, budget) for key in ("action_accuracy", "attribute_accuracy")}}
+               **{f"{key}_at_budget": at_budget(rows, key, budget)
+                  for key in ("action_accuracy", "attribute_accuracy")}}
     (out_dir / "time_to_quality.json").write_text(json.dumps(summary, indent=1))
     if rows:
         plot(rows, out_dir / "time_to_quality.png", target, budget)

@@ -60,32 +60,24 @@ class MixtureOfExpertsDecoder(nn.Module):
 
 
 def _upconv_bn(c_in, c_out):
-    return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out),
+                         nn.LeakyReLU(0.2, inplace=True))
 
 
-def _split_conv(layer, h, skip_term):
-    """``layer(cat([h, skip]))`` as ``layer_h(h) + skip_term`` where ``skip_term`` is ``_skip_term(layer,
-    skip)``. The convolution is linear in its input, so the skip half can be computed once per skip
-    frame and reused by every frame decoded from it (SVG reuses one frame's skips for all future frames)."""
-    transposed = isinstance(layer, nn.ConvTranspose2d)
-    c_h = h.shape[1]
-    if transposed:   # ConvTranspose2d weight: [in, out, k, k]
-        out = F.conv_transpose2d(h, layer.weight[:c_h], layer.bias, layer.stride, layer.padding)
-    else:            # Conv2d weight: [out, in, k, k]
-        out = F.conv2d(h, layer.weight[:, :c_h], layer.bias, layer.stride, layer.padding)
-    return out.add_(skip_term)  # in place: a convolution's backward does not need its output
+def _partial_conv(layer, x, channels, bias):
+    """``layer`` (Conv2d or ConvTranspose2d) applied to the input channels ``channels`` only.
 
-
-def _skip_term(layer, skip):
-    c_s = skip.shape[1]
-    if isinstance(layer, nn.ConvTranspose2d):
-        return F.conv_transpose2d(skip, layer.weight[-c_s:], None, layer.stride, layer.padding)
-    return F.conv2d(skip, layer.weight[:, -c_s:], None, layer.stride, layer.padding)
+    A convolution is linear in its input, so ``layer(cat([h, skip]))`` equals the h part plus the
+    skip part; the skip part is computed once per skip frame and reused by every frame decoded
+    from it (SVG reuses one frame's skips for all future frames)."""
+    if isinstance(layer, nn.ConvTranspose2d):  # weight [in, out, k, k]
+        return F.conv_transpose2d(x, layer.weight[channels], bias, layer.stride, layer.padding)
+    return F.conv2d(x, layer.weight[:, channels], bias, layer.stride, layer.padding)  # weight [out, in, k, k]
 
 
 class _SkipDecoder(nn.Module):
     """Shared logic of SVG's decoders: every ``stage`` (a Sequential whose first layer sees
-    ``cat([h, skip])``) is run with its weight split in two (see ``_split_conv``).
+    ``cat([h, skip])``) is run with its weight split in two (see ``_partial_conv``).
 
     ``skip_terms(skips)`` computes the skip halves for some encoder frames; ``forward(g, skips)``
     or ``forward(g, terms=...)`` decodes. Parameters are those of the plain U-Net decoder, so
@@ -97,7 +89,8 @@ class _SkipDecoder(nn.Module):
 
     def skip_terms(self, skips):
         """Encoder skips (list per level, 64 px first) -> skip halves per decoder stage."""
-        return [_skip_term(stage[0], skip) for stage, skip in zip(self.stages(), reversed(skips))]
+        return [_partial_conv(stage[0], skip, slice(-skip.shape[1], None), None)
+                for stage, skip in zip(self.stages(), reversed(skips))]
 
     def start(self, g):
         raise NotImplementedError
@@ -111,7 +104,8 @@ class _SkipDecoder(nn.Module):
             terms = self.skip_terms(skips)
         h = conv_layout(self.start(g))
         for k, (stage, term) in enumerate(zip(self.stages(), terms)):
-            h = _split_conv(stage[0], h, term)
+            # in place: a convolution's backward does not need its output
+            h = _partial_conv(stage[0], h, slice(0, h.shape[1]), stage[0].bias).add_(term)
             for layer in stage[1:]:
                 h = layer(h)
             h = self.between(h, k)
@@ -124,7 +118,8 @@ class DCGANDecoder(_SkipDecoder):
 
     def __init__(self, nc, dim=128, nf=64):
         super().__init__()
-        self.inp = nn.Sequential(nn.ConvTranspose2d(dim, 8 * nf, 4, 1, 0), nn.BatchNorm2d(8 * nf), nn.LeakyReLU(0.2, inplace=True))
+        self.inp = nn.Sequential(nn.ConvTranspose2d(dim, 8 * nf, 4, 1, 0), nn.BatchNorm2d(8 * nf),
+                                 nn.LeakyReLU(0.2, inplace=True))
         self.blocks = nn.ModuleList([_upconv_bn(16 * nf, 4 * nf), _upconv_bn(8 * nf, 2 * nf), _upconv_bn(4 * nf, nf)])
         self.out = nn.ConvTranspose2d(2 * nf, nc, 4, 2, 1)
 
@@ -144,7 +139,8 @@ class VGGDecoder(_SkipDecoder):
 
     def __init__(self, nc, dim=128):
         super().__init__()
-        self.inp = nn.Sequential(nn.ConvTranspose2d(dim, 512, 4, 1, 0), nn.BatchNorm2d(512), nn.LeakyReLU(0.2, inplace=True))
+        self.inp = nn.Sequential(nn.ConvTranspose2d(dim, 512, 4, 1, 0), nn.BatchNorm2d(512),
+                                 nn.LeakyReLU(0.2, inplace=True))
         self.blocks = nn.ModuleList([
             nn.Sequential(_vgg_up(1024, 512), _vgg_up(512, 512), _vgg_up(512, 256)),   # 8
             nn.Sequential(_vgg_up(512, 256), _vgg_up(256, 256), _vgg_up(256, 128)),    # 16
