@@ -3,7 +3,7 @@
     python -m experiments.bench                  # data and steps, JSON to bench.json + a table
     python -m experiments.bench --only data      # data loading only
     python -m experiments.bench --only steps --batch-sizes 5 10 --device cuda
-    python -m experiments.bench --only quality   # train the default Sprites run (~25 min on 2 cores)
+    python -m experiments.bench --only quality   # train the default Sprites run (~21 min on 2 cores)
                                                  # and record judge accuracy against training time
 
 Every step configuration runs in its own subprocess so that its peak RSS is its own.
@@ -179,14 +179,6 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10):
             "peak_memory_gb": peak / 1e9, "sample_sites": sites}
 
 
-def _read_rows(folder):
-    import csv
-    from pathlib import Path
-
-    with (Path(folder) / "time_to_quality.csv").open() as f:
-        return list(csv.DictReader(f))
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n")[0])
     p.add_argument("--only", choices=["data", "steps", "quality"], default=None,
@@ -229,9 +221,9 @@ def main(argv=None):
                                   judge_steps=args.judge_steps)
         results["quality"] = summary
         print(f"{'minutes':>8}{'stage':>8}{'step':>6}{'action':>8}{'attributes':>11}")
-        for r in _read_rows(args.quality_out):
-            print(f"{float(r['train_seconds']) / 60:>8.1f}{r['stage']:>8}{r['step']:>6}"
-                  f"{100 * float(r['action_accuracy']):>7.1f}%{100 * float(r['attribute_accuracy']):>10.1f}%")
+        for r in summary["rows"]:
+            print(f"{r['train_seconds'] / 60:>8.1f}{r['stage']:>8}{r['step']:>6}"
+                  f"{100 * r['action_accuracy']:>7.1f}%{100 * r['attribute_accuracy']:>10.1f}%")
     if args.only in (None, "data"):
         results["data"] = [bench_data(num_workers=w, sprites_layers=args.sprites_layers, pair_actions=pair)
                            for w in (0, 1, 2) for pair in (False, True)]

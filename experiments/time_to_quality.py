@@ -153,7 +153,7 @@ def time_to_quality(out_dir, *, every_minutes=3.0, test_sequences=128, run_flags
                "threads": torch.get_num_threads(), "test_sequences": len(items), "every_minutes": every_minutes,
                "judge_test_accuracy": judge_accuracy, "target": target, "budget_minutes": budget_minutes,
                "evaluations": len(rows), "train_seconds": rows[-1]["train_seconds"] if rows else None,
-               "final": rows[-1] if rows else None,
+               "final": rows[-1] if rows else None, "rows": rows,
                **{f"{key}_first_reaches_target_s": first_time(rows, key, target)
                   for key in ("action_accuracy", "attribute_accuracy")},
                **{f"{key}_at_budget": at_budget(rows, key, budget)
