@@ -81,15 +81,22 @@ def _svg_pair(config, device, batch_size, seq_len):
         z = loc + scale * torch.randn_like(loc)
         g, _ = nets.predictor(torch.cat([h[:, :-1], z], -1))
         mean = nets.decode(g, skips, nets.skip_sources(seq_len))
-        kl = torch.distributions.kl_divergence(torch.distributions.Normal(loc, scale),
-                                               torch.distributions.Normal(p_loc, p_scale)).sum()
-        return ((mean - x[:, 1:]) ** 2).sum() + config.beta * x[0, 0].numel() * kl
+        normal = torch.distributions.Normal
+        kl = torch.distributions.kl_divergence(normal(loc.float(), scale.float()),
+                                               normal(p_loc.float(), p_scale.float())).sum()
+        return ((mean.float() - x[:, 1:]) ** 2).sum() + config.beta * x[0, 0].numel() * kl
 
     return svg.model, svg.guide, x, nets_loss
 
 
-def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10):
-    """Seconds per SVI step (Trace_ELBO + Adam) of one configuration, and of its nets without Pyro."""
+def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
+    """Seconds per SVI step (Trace_ELBO + Adam) of one configuration, and of its nets without Pyro.
+
+    ``amp``: forward passes under bf16 autocast (as ``experiments.run --amp``), backward and
+    optimiser in fp32 parameters as usual.
+    """
+    import contextlib
+
     from pyro import poutine
     from pyro.infer import Trace_ELBO
 
@@ -119,19 +126,33 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10):
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
 
+    def autocast():
+        if not amp:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
     def svi_step():
-        loss = elbo.differentiable_loss(model, guide, x, factors=factors)
+        with autocast():
+            loss = elbo.differentiable_loss(model, guide, x, factors=factors)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
     def nets_step():  # the same networks, no Pyro: reparameterised samples, a plain loss
         if stage == "svg":
-            loss = svg_nets_loss()
+            with autocast():
+                loss = svg_nets_loss()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             return
+        with autocast():
+            loss = vdsm_nets_loss()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def vdsm_nets_loss():
         z_loc, z_scale, id_loc, id_scale = guide.encoder.encode_sequences(x)
         identity = id_loc + id_scale * torch.randn_like(id_loc)
         if stage == "stage1":
@@ -150,10 +171,7 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10):
             z = torch.stack(zs, 1)
             model.transition(z[:, :-1], d.unsqueeze(1).expand(-1, seq_len - 1, -1))[0].sum()
         logits = model.decoder(z, torch.softmax(factors["temp_id"] * identity, -1))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum")
 
     def timed(fn):
         for _ in range(warmup):
@@ -174,7 +192,7 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10):
                 if s["type"] == "sample" and s["name"] != "sequences")
     peak = (torch.cuda.max_memory_allocated() if torch.device(device).type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"config": name, "batch_size": batch_size, "seq_len": seq_len, "device": device,
+    return {"config": name, "batch_size": batch_size, "seq_len": seq_len, "device": device, "amp": amp,
             "seconds_per_step": step, "nets_seconds": nets, "overhead": step / nets,
             "peak_memory_gb": peak / 1e9, "sample_sites": sites}
 
@@ -188,6 +206,7 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--amp", action="store_true", help="bf16 autocast, as experiments.run --amp")
     p.add_argument("--sprites-layers", default=None)
     p.add_argument("--json", default="bench.json", help="where to write the results")
     q = p.add_argument_group("time to quality (--only quality)")
@@ -207,7 +226,7 @@ def main(argv=None):
     keep_freed_memory()  # as experiments.run does: training processes keep freed memory for reuse
     if args.one:
         name, batch_size = args.one.split(":")
-        print(json.dumps(bench_step(name, int(batch_size), args.device, args.warmup, args.repeats)))
+        print(json.dumps(bench_step(name, int(batch_size), args.device, args.warmup, args.repeats, args.amp)))
         return 0
     results = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads()}
     if args.only == "quality":
@@ -238,7 +257,8 @@ def main(argv=None):
             for b in args.batch_sizes:
                 out = subprocess.run([sys.executable, "-m", "experiments.bench", "--one", f"{name}:{b}",
                                       "--device", args.device, "--repeats", str(args.repeats),
-                                      "--warmup", str(args.warmup)], capture_output=True, text=True)
+                                      "--warmup", str(args.warmup), *(["--amp"] if args.amp else [])],
+                                     capture_output=True, text=True)
                 if out.returncode != 0:
                     print(f"{name} bs {b}: failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
                     continue

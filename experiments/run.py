@@ -73,7 +73,8 @@ def build_parser():
     safety.add_argument("--max-bad-steps", type=int, default=5,
                         help="non-finite steps in a row before rolling back to the last checkpoint")
     safety.add_argument("--lr-drop", type=float, default=0.5, help="learning-rate factor at each rollback")
-    safety.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    safety.add_argument("--amp", action="store_true",
+                        help="bf16 autocast of the networks (CUDA, or CPUs with AVX512-BF16/AMX); ELBO terms stay fp32")
     model = p.add_argument_group("model hyperparameters (override the preset)")
     for f in dataclasses.fields(VDSMConfig):
         kind = type(f.default)

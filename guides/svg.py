@@ -20,4 +20,4 @@ class SVGGuide(nn.Module):
         kl_scale = self.nets.config.beta * x[0, 0].numel()
         with pyro.plate("sequences", x.shape[0], dim=-1):
             with poutine.scale(scale=factors["z"] * kl_scale):
-                pyro.sample("z", dist.Normal(loc, scale).to_event(2))
+                pyro.sample("z", dist.Normal(loc.float(), scale.float()).to_event(2))

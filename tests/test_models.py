@@ -124,3 +124,28 @@ def test_api_methods_are_batched_and_shaped():
         assert out.shape == (3, 4, 3, 64, 64) and 0 <= out.min() and out.max() <= 1
     # swapping identity with itself is the reconstruction
     assert torch.allclose(vdsm.swap_identity(a, a), vdsm.reconstruct(a), atol=1e-6)
+
+
+@pytest.mark.parametrize("model_cls,guide_cls", PAIRS)
+def test_bf16_autocast_keeps_every_log_prob_in_fp32(model_cls, guide_cls):
+    """--amp runs the networks in bf16; the ELBO's terms must still be fp32 and close to the fp32 ELBO."""
+    model, guide = model_cls(TINY), guide_cls(TINY)
+    x = frames(2, 4)
+    losses = []
+    for amp in (False, True):
+        pyro.set_rng_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            guide_trace = poutine.trace(guide).get_trace(x, factors=FACTORS)
+            trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, factors=FACTORS)
+            trace.compute_log_prob()
+            guide_trace.compute_log_prob()
+            loss = Trace_ELBO().differentiable_loss(model, guide, x, factors=FACTORS)
+        for t in (trace, guide_trace):
+            for name, site in t.nodes.items():
+                if site["type"] == "sample" and name != "sequences":
+                    assert site["log_prob"].dtype == torch.float32, name
+        losses.append(loss)
+    assert losses[1].dtype == torch.float32
+    assert abs(losses[1].item() - losses[0].item()) < 0.02 * abs(losses[0].item())
+    losses[1].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

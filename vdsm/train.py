@@ -44,7 +44,7 @@ class TrainOptions:
     max_bad_steps: int = 5       # consecutive non-finite steps before a rollback
     lr_drop: float = 0.5         # learning-rate factor applied at each rollback
     max_rollbacks: int = 10
-    amp: bool = False            # bf16 autocast (CUDA)
+    amp: bool = False            # bf16 autocast of the networks; log-probs stay fp32
     progress: bool = True
 
 
