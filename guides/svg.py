@@ -4,6 +4,8 @@ import pyro.distributions as dist
 import torch.nn as nn
 from pyro import poutine
 
+from vdsm.precision import full_precision
+
 __all__ = ["SVGGuide"]
 
 
@@ -20,4 +22,4 @@ class SVGGuide(nn.Module):
         kl_scale = self.nets.config.beta * x[0, 0].numel()
         with pyro.plate("sequences", x.shape[0], dim=-1):
             with poutine.scale(scale=factors["z"] * kl_scale):
-                pyro.sample("z", dist.Normal(loc.float(), scale.float()).to_event(2))
+                pyro.sample("z", dist.Normal(full_precision(loc), full_precision(scale)).to_event(2))

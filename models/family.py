@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 from pyro import poutine
 
+from vdsm.precision import full_precision
+
 __all__ = ["StateSpaceVideoModel", "emission_distribution"]
 
 
@@ -31,7 +33,7 @@ def emission_distribution(kind, logits, scale=0.1):
     "bernoulli" (the reference; pixels in [0, 1] are treated as soft targets, hence no
     support check), "normal" or "laplace" around ``sigmoid(logits)`` with a fixed ``scale``.
     """
-    logits = logits.float()  # under bf16 autocast the likelihood is still summed in fp32
+    logits = full_precision(logits)  # under bf16 autocast the likelihood is still summed in fp32
     if kind == "bernoulli":
         return dist.Bernoulli(logits=logits, validate_args=False).to_event(4)
     mean = torch.sigmoid(logits)
@@ -104,13 +106,13 @@ class StateSpaceVideoModel(nn.Module):
             return pyro.sample("z", dist.Normal(zeros, 1.0).to_event(2))
         if self.frame_prior_kind == "learned":
             loc, scale = self.learned_prior(x)
-            return pyro.sample("z", dist.Normal(loc.float(), scale.float()).to_event(2))
+            return pyro.sample("z", dist.Normal(full_precision(loc), full_precision(scale)).to_event(2))
         zs, z_prev = [], None
         for k in pyro.markov(range(1, t + 1)):
             if z_prev is None:
                 loc, scale = zeros[:, 0], torch.ones_like(zeros[:, 0])
             else:
                 loc, scale = self.transition(z_prev, d)
-            z_prev = pyro.sample(f"z_{k}", dist.Normal(loc.float(), scale.float()).to_event(1))
+            z_prev = pyro.sample(f"z_{k}", dist.Normal(full_precision(loc), full_precision(scale)).to_event(1))
             zs.append(z_prev)
         return torch.stack(zs, 1)

@@ -28,6 +28,7 @@ import torch.nn as nn
 from vdsm.nets import DCGANDecoder, DCGANEncoder, SequenceLSTM, VGGDecoder, VGGEncoder
 
 from .family import StateSpaceVideoModel
+from vdsm.precision import full_precision
 
 __all__ = ["SVGConfig", "SVGNets", "SVGModel"]
 
@@ -175,7 +176,7 @@ class SVGModel(StateSpaceVideoModel):
         self.nets.forget()  # the next evaluation (even on the same tensor) encodes afresh
         g, _ = self.nets.predictor(torch.cat([h[:, :-1], z], -1))
         mean = self.nets.decode(g, skips, self.nets.skip_sources(x.shape[1]))
-        return dist.Normal(mean.float(), self.nets.config.pixel_scale).to_event(4)
+        return dist.Normal(full_precision(mean), self.nets.config.pixel_scale).to_event(4)
 
     @torch.no_grad()
     def predict(self, x_past, n_future, guide=None):

@@ -26,7 +26,7 @@ def inception_score(probs):
     """IS = exp(E_x KL(p(y|x) || p(y))), with p(y) the mean prediction over ``probs``."""
     p_y = probs.mean(0, keepdim=True)
     kl = (probs * ((probs + _EPS).log() - (p_y + _EPS).log())).sum(-1)
-    return torch.exp(kl.mean()).item()
+    return torch.exp(kl.mean().clamp_min(0)).item()  # the mean KL is a mutual information: >= 0 up to rounding
 
 
 def prediction_summary(probs, labels=None):
