@@ -95,8 +95,6 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
     ``amp``: forward passes under bf16 autocast (as ``experiments.run --amp``), backward and
     optimiser in fp32 parameters as usual.
     """
-    import contextlib
-
     from pyro import poutine
     from pyro.infer import Trace_ELBO
 
@@ -127,9 +125,7 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
             torch.cuda.synchronize()
 
     def autocast():
-        if not amp:
-            return contextlib.nullcontext()
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp)
 
     def svi_step():
         with autocast():
@@ -139,15 +135,8 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
         optimizer.step()
 
     def nets_step():  # the same networks, no Pyro: reparameterised samples, a plain loss
-        if stage == "svg":
-            with autocast():
-                loss = svg_nets_loss()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            return
         with autocast():
-            loss = vdsm_nets_loss()
+            loss = svg_nets_loss() if stage == "svg" else vdsm_nets_loss()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
