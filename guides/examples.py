@@ -13,12 +13,13 @@ module whose ``forward(x, *, factors)`` samples the model's latent sites ("ident
   this is a demonstration of the mechanics rather than a good model of identity.
 """
 import pyro
-import pyro.distributions as dist
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer.autoguide import AutoNormal
+
+from vdsm.precision import Normal
 
 __all__ = ["MeanFieldStage2Guide", "AutoNormalIdentityGuide", "mean_field", "autonormal_identity"]
 
@@ -41,13 +42,13 @@ class MeanFieldStage2Guide(nn.Module):
         with plate or pyro.plate("sequences", x.shape[0], dim=-1):
             if self.infer_identity:
                 with poutine.scale(scale=factors["identity"]):
-                    pyro.sample("identity", dist.Normal(id_loc, id_scale).to_event(1))
+                    pyro.sample("identity", Normal(id_loc, id_scale).to_event(1))
             with poutine.scale(scale=factors["dynamics"]):
-                pyro.sample("dynamics", dist.Normal(d_loc, F.softplus(d_scale) + 1e-4).to_event(1))
+                pyro.sample("dynamics", Normal(d_loc, F.softplus(d_scale) + 1e-4).to_event(1))
             with poutine.scale(scale=factors["z"]):
                 for t in range(x.shape[1]):  # separate sites to match the model; values need no recurrence
-                    pyro.sample(f"z_{t + 1}", dist.Normal(z_loc[:, t] + z_means[:, t],
-                                                          F.softplus(z_scale[:, t]) + 1e-4).to_event(1))
+                    pyro.sample(f"z_{t + 1}", Normal(z_loc[:, t] + z_means[:, t],
+                                                     F.softplus(z_scale[:, t]) + 1e-4).to_event(1))
 
 
 def mean_field(vdsm):

@@ -1,10 +1,9 @@
 """The SVG posterior q(z_t | x_<=t): an LSTM over the frame encodings (filtering)."""
 import pyro
-import pyro.distributions as dist
 import torch.nn as nn
 from pyro import poutine
 
-from vdsm.precision import full_precision
+from vdsm.precision import Normal
 
 __all__ = ["SVGGuide"]
 
@@ -22,4 +21,4 @@ class SVGGuide(nn.Module):
         kl_scale = self.nets.config.beta * x[0, 0].numel()
         with pyro.plate("sequences", x.shape[0], dim=-1):
             with poutine.scale(scale=factors["z"] * kl_scale):
-                pyro.sample("z", dist.Normal(full_precision(loc), full_precision(scale)).to_event(2))
+                pyro.sample("z", Normal(loc, scale).to_event(2))

@@ -1,13 +1,12 @@
 """Guides for VDSM stage 1 and stage 2 (sites as documented in ``models.vdsm``)."""
 import pyro
-import pyro.distributions as dist
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pyro import poutine
 
 from vdsm.nets import BlurPoolEncoder, Combiner
-from vdsm.precision import full_precision
+from vdsm.precision import Normal
 
 __all__ = ["VDSMStage1Guide", "VDSMStage2Guide"]
 
@@ -25,9 +24,9 @@ class VDSMStage1Guide(nn.Module):
         z_loc, z_scale, id_loc, id_scale = self.encoder.encode_sequences(x)
         with pyro.plate("sequences", x.shape[0], dim=-1):
             with poutine.scale(scale=factors["identity"]):
-                pyro.sample("identity", dist.Normal(full_precision(id_loc), full_precision(id_scale)).to_event(1))
+                pyro.sample("identity", Normal(id_loc, id_scale).to_event(1))
             with poutine.scale(scale=factors["z"]):
-                pyro.sample("z", dist.Normal(full_precision(z_loc), full_precision(z_scale)).to_event(2))
+                pyro.sample("z", Normal(z_loc, z_scale).to_event(2))
 
 
 class VDSMStage2Guide(nn.Module):
@@ -66,13 +65,13 @@ class VDSMStage2Guide(nn.Module):
         d_loc, d_scale = self.dynamics_params(z_means)
         with pyro.plate("sequences", b, dim=-1):
             with poutine.scale(scale=factors["identity"]):
-                pyro.sample("identity", dist.Normal(full_precision(id_loc), full_precision(id_scale)).to_event(1))
+                pyro.sample("identity", Normal(id_loc, id_scale).to_event(1))
             with poutine.scale(scale=factors["dynamics"]):
-                d = pyro.sample("dynamics", dist.Normal(full_precision(d_loc), full_precision(d_scale)).to_event(1))
+                d = pyro.sample("dynamics", Normal(d_loc, d_scale).to_event(1))
             h0, c0 = torch.tanh(self.d_to_state(d)).reshape(b, 2, c.rnn_layers, c.rnn_dim).permute(1, 2, 0, 3)
             h_seq, _ = self.rnn(self.rnn_input.expand(b, t, c.rnn_dim), (h0.contiguous(), c0.contiguous()))
             z_prev = self.z_q_0.expand(b, c.z_dim)
             with poutine.scale(scale=factors["z"]):
                 for k in pyro.markov(range(1, t + 1)):
                     loc, scale = self.combiner(z_prev, h_seq[:, k - 1], d)
-                    z_prev = pyro.sample(f"z_{k}", dist.Normal(full_precision(loc), full_precision(scale)).to_event(1))
+                    z_prev = pyro.sample(f"z_{k}", Normal(loc, scale).to_event(1))

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from pyro import poutine
 
-from vdsm.precision import full_precision
+from vdsm.precision import Normal, full_precision
 
 __all__ = ["StateSpaceVideoModel", "emission_distribution"]
 
@@ -106,13 +106,13 @@ class StateSpaceVideoModel(nn.Module):
             return pyro.sample("z", dist.Normal(zeros, 1.0).to_event(2))
         if self.frame_prior_kind == "learned":
             loc, scale = self.learned_prior(x)
-            return pyro.sample("z", dist.Normal(full_precision(loc), full_precision(scale)).to_event(2))
+            return pyro.sample("z", Normal(loc, scale).to_event(2))
         zs, z_prev = [], None
         for k in pyro.markov(range(1, t + 1)):
             if z_prev is None:
                 loc, scale = zeros[:, 0], torch.ones_like(zeros[:, 0])
             else:
                 loc, scale = self.transition(z_prev, d)
-            z_prev = pyro.sample(f"z_{k}", dist.Normal(full_precision(loc), full_precision(scale)).to_event(1))
+            z_prev = pyro.sample(f"z_{k}", Normal(loc, scale).to_event(1))
             zs.append(z_prev)
         return torch.stack(zs, 1)

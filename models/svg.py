@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 
 from vdsm.nets import DCGANDecoder, DCGANEncoder, SequenceLSTM, VGGDecoder, VGGEncoder
+from vdsm.precision import full_precision
 
 from .family import StateSpaceVideoModel
-from vdsm.precision import full_precision
 
 __all__ = ["SVGConfig", "SVGNets", "SVGModel"]
 
