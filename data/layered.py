@@ -43,13 +43,16 @@ class LayeredSprites(Dataset):
     :param scale: pixel scale (1/256 for Li & Mandt, 1/255 for DSA).
     :param sequence_labels: function ``sequence index -> dict`` of per-sequence labels.
     :param seq_len: keep the first ``seq_len`` frames (default all).
+    :param random_window: keep ``seq_len`` consecutive frames from a random start instead
+        (training items with fewer frames that still cover every pose).
     :param pair_actions: VDSM stage-1 pairing: concatenate a second sequence of the same
         character with a different, random sequence index (``2 * seq_len`` frames).
     :param option_hint: appended to error messages (which option sets the layer folder).
     """
 
     def __init__(self, attribute_layers, fixed_layers, sequences, characters, *, background,
-                 scale, sequence_labels, seq_len=None, pair_actions=False, option_hint=""):
+                 scale, sequence_labels, seq_len=None, random_window=False, pair_actions=False,
+                 option_hint=""):
         self.attributes = list(attribute_layers)
         self.num_classes = [len(paths) for paths in attribute_layers.values()]
         self.num_sequences = len(sequences)
@@ -60,6 +63,7 @@ class LayeredSprites(Dataset):
         self.background = tuple(background)
         self.scale = scale
         self.sequence_labels = sequence_labels
+        self.random_window = random_window
         self.pair_actions = pair_actions
         self.seed, self.epoch = 0, 0  # per-item randomness depends only on (seed, epoch, index)
         cells = [(row, col) for row, cols in sequences for col in cols]
@@ -90,19 +94,24 @@ class LayeredSprites(Dataset):
         rgb = np.asarray(canvas)[:, :, :3]
         return rgb.reshape(CELL, self.frames_per_sequence, CELL, 3).transpose(1, 0, 2, 3)
 
+    def window(self, frames, rng):
+        """The ``seq_len`` frames kept of one composed sequence."""
+        start = int(rng.integers(len(frames) - self.seq_len + 1)) if self.random_window else 0
+        return frames[start:start + self.seq_len]
+
     def __getitem__(self, index):
         if not 0 <= index < len(self):
             raise IndexError(index)
         character = self.characters[index // self.num_sequences]
         sequence = index % self.num_sequences
-        frames = self.compose(character, sequence)[: self.seq_len]
+        # Item randomness is drawn from (seed, epoch, index) so that the data order is
+        # reproducible whatever the number of workers (exact resume).
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        frames = self.window(self.compose(character, sequence), rng)
         labels = dict(self.attribute_classes(character), **self.sequence_labels(sequence))
         labels["character"] = int(character)
-        if self.pair_actions:
-            # A different sequence of the same character, drawn from (seed, epoch, index) so that
-            # the data order is reproducible whatever the number of workers (exact resume).
-            rng = np.random.default_rng([self.seed, self.epoch, index])
+        if self.pair_actions:  # a different sequence of the same character
             other = (sequence + 1 + int(rng.integers(self.num_sequences - 1))) % self.num_sequences
-            frames = np.concatenate([frames, self.compose(character, other)[: self.seq_len]])
+            frames = np.concatenate([frames, self.window(self.compose(character, other), rng)])
             labels.update({f"{k}_b": v for k, v in self.sequence_labels(other).items()})
         return frames_to_tensor(frames, self.scale), labels

@@ -93,8 +93,8 @@ def _sequence_labels(sequence):
     return {"action": sequence, "action_type": action_type, "direction": direction}
 
 
-def Sprites(split="train", root=None, *, sprites_layers=None, seq_len=None, pair_actions=False,
-            download=True):
+def Sprites(split="train", root=None, *, sprites_layers=None, seq_len=None, random_window=False,
+            pair_actions=False, download=True):
     """The Sprites benchmark as a dataset of ``(frames [T, 3, 64, 64] in [0, 1), labels)``.
 
     Labels: ``body, bottom, top, hair`` (6 classes each), ``action`` (9 = 3 actions x 3
@@ -102,6 +102,7 @@ def Sprites(split="train", root=None, *, sprites_layers=None, seq_len=None, pair
 
     :param sprites_layers: folder of layer sheets (default ``$SPRITES_LAYERS`` or download).
     :param seq_len: frames per sequence, 1..8 (default 8).
+    :param random_window: ``seq_len`` consecutive frames from a random start (default: the first).
     :param pair_actions: VDSM stage-1 items: two sequences of one character, concatenated.
     """
     folder = sprites_layers_dir(sprites_layers, root, download)
@@ -110,5 +111,5 @@ def Sprites(split="train", root=None, *, sprites_layers=None, seq_len=None, pair
     return LayeredSprites(
         attribute_layers, [folder / "shoes" / "1.png"], SEQUENCES, split_characters(split),
         background=(0, 0, 0, 255), scale=1.0 / 256.0, sequence_labels=_sequence_labels,
-        seq_len=seq_len, pair_actions=pair_actions,
+        seq_len=seq_len, random_window=random_window, pair_actions=pair_actions,
         option_hint=": pass the layer folder with --sprites-layers or $SPRITES_LAYERS")

@@ -97,8 +97,8 @@ def _sequence_labels(sequence):
     return {"action": sequence // 3, "sequence": sequence}
 
 
-def SpritesDSA(split="train", root=None, *, lpc_layers=None, seq_len=None, pair_actions=False,
-               corrected_slash=False, holdout=0.1, split_seed=0, download=True):
+def SpritesDSA(split="train", root=None, *, lpc_layers=None, seq_len=None, random_window=False,
+               pair_actions=False, corrected_slash=False, holdout=0.1, split_seed=0, download=True):
     """DSA/VDSM Sprites as ``(frames [T, 3, 64, 64] in [0, 1], labels)``.
 
     Labels: ``body`` (7), ``shirt`` (4), ``pants`` (5), ``hair`` (6), ``action`` (3: walk,
@@ -114,5 +114,5 @@ def SpritesDSA(split="train", root=None, *, lpc_layers=None, seq_len=None, pair_
     return LayeredSprites(
         attribute_layers, [], sequences(corrected_slash), split_characters(split, holdout, split_seed),
         background=(0, 0, 0, 0), scale=1.0 / 255.0, sequence_labels=_sequence_labels,
-        seq_len=seq_len, pair_actions=pair_actions,
+        seq_len=seq_len, random_window=random_window, pair_actions=pair_actions,
         option_hint=": pass the layer folder with --lpc-layers or $LPC_LAYERS")

@@ -131,8 +131,9 @@ def resolve_config(args):
 
 def dataset_options(args, config, stage):
     options = {"seq_len": config[stage]["seq_len"]}
-    if config[stage].get("pair_actions"):
-        options["pair_actions"] = True
+    for key in ("pair_actions", "random_window"):
+        if config[stage].get(key):
+            options[key] = True
     key = DATA_OPTIONS.get(args.dataset)
     if key and getattr(args, key) is not None:
         options[key] = getattr(args, key)
