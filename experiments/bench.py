@@ -3,7 +3,7 @@
     python -m experiments.bench                  # data and steps, JSON to bench.json + a table
     python -m experiments.bench --only data      # data loading only
     python -m experiments.bench --only steps --batch-sizes 5 10 --device cuda
-    python -m experiments.bench --only quality   # train the default Sprites run (~28 min on 2 cores)
+    python -m experiments.bench --only quality   # train the default Sprites run (~30 min on 2 cores)
                                                  # and record judge accuracy against training time
 
 Every step configuration runs in its own subprocess so that its peak RSS is its own.
