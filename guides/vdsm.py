@@ -18,7 +18,7 @@ class VDSMStage1Guide(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = BlurPoolEncoder(config.nc, config.z_dim, config.n_experts, config.encoder_widths,
-                                       config.encoder_features)
+                                       config.encoder_features, config.identity_scale_max)
 
     def forward(self, x, *, factors, **unused):
         z_loc, z_scale, id_loc, id_scale = self.encoder.encode_sequences(x)
@@ -41,7 +41,8 @@ class VDSMStage2Guide(nn.Module):
     def __init__(self, config):
         super().__init__()
         c = self.config = config
-        self.encoder = BlurPoolEncoder(c.nc, c.z_dim, c.n_experts, c.encoder_widths, c.encoder_features)
+        self.encoder = BlurPoolEncoder(c.nc, c.z_dim, c.n_experts, c.encoder_widths, c.encoder_features,
+                                       c.identity_scale_max)
         dropout = c.rnn_dropout if c.rnn_layers > 1 else 0.0
         self.birnn = nn.LSTM(c.z_dim, c.rnn_dim, c.rnn_layers, batch_first=True, bidirectional=True,
                              dropout=dropout)

@@ -33,6 +33,7 @@ class VDSMConfig:
     rnn_dropout: float = 0.2
     emission: str = "bernoulli"
     emission_scale: float = 0.1
+    identity_scale_max: float = 0.0  # > 0: bound on the guide's identity scale (0: unbounded, the reference)
 
     def to_dict(self):
         return asdict(self)
@@ -51,6 +52,8 @@ class VDSMConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         if not 0 <= self.rnn_dropout < 1:
             raise ValueError(f"rnn_dropout={self.rnn_dropout} must be in [0, 1)")
+        if self.identity_scale_max < 0:
+            raise ValueError(f"identity_scale_max={self.identity_scale_max} must be >= 0 (0 means unbounded)")
         if self.emission not in ("bernoulli", "normal", "laplace"):
             raise ValueError(f"emission={self.emission!r}: use bernoulli, normal or laplace")
 

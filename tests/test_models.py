@@ -131,3 +131,18 @@ def test_api_methods_are_batched_and_shaped():
 def test_bf16_autocast_keeps_every_log_prob_in_fp32(model_cls, guide_cls):
     model, guide = model_cls(TINY), guide_cls(TINY)
     check_elbo_under_bf16_autocast(model, guide, frames(2, 4), FACTORS, model.parameters())
+
+
+def test_identity_scale_max_bounds_the_guides_identity_scale():
+    def identity_scale(config):
+        torch.manual_seed(0)
+        guide = VDSMStage1Guide(config)
+        torch.nn.init.constant_(guide.encoder.id_scale_layer.bias, 5.0)  # softplus ~5: far above the bound
+        trace = poutine.trace(guide).get_trace(frames(4, 3), factors=FACTORS)
+        return trace.nodes["identity"]["fn"].base_dist.scale
+
+    assert identity_scale(TINY).min() > 1.0  # the reference's scale is unbounded
+    bounded = identity_scale(VDSMConfig(**{**TINY.to_dict(), "identity_scale_max": 0.01}))
+    assert bounded.max() < 0.01 and bounded.min() > 0.009  # smooth: near the bound when the raw scale is large
+    with pytest.raises(ValueError, match="identity_scale_max"):
+        VDSMConfig(**{**TINY.to_dict(), "identity_scale_max": -1.0}).check()

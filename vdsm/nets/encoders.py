@@ -19,6 +19,8 @@ class BlurPoolEncoder(nn.Module):
     :param nc: image channels.
     :param widths: the four conv widths (reference 32, 32, 64, 64).
     :param feature_dim: final conv width (reference 256).
+    :param identity_scale_max: if > 0, the identity scale is squashed smoothly below it
+        (``s * m / (s + m)``); 0 keeps the reference's unbounded softplus.
 
     Example::
 
@@ -26,8 +28,9 @@ class BlurPoolEncoder(nn.Module):
         z_loc, z_scale, id_loc, id_scale = enc(torch.rand(10, 3, 64, 64))
     """
 
-    def __init__(self, nc, z_dim, n_experts, widths=(32, 32, 64, 64), feature_dim=256):
+    def __init__(self, nc, z_dim, n_experts, widths=(32, 32, 64, 64), feature_dim=256, identity_scale_max=0.0):
         super().__init__()
+        self.identity_scale_max = identity_scale_max
         layers, c_in = [], nc
         for w in widths:
             layers += [nn.Conv2d(c_in, w, 4, 1, 1), nn.LeakyReLU(0.2, inplace=True), BlurPool(w, stride=2)]
@@ -49,6 +52,9 @@ class BlurPoolEncoder(nn.Module):
         g = self.id_hidden(h)
         id_loc = F.leaky_relu(self.id_loc_layer(self.id_loc(g)), 0.2)
         id_scale = F.softplus(self.id_scale_layer(self.id_scale(g))) + 1e-4
+        if self.identity_scale_max > 0:
+            # a noisy identity makes the decoder average neighbouring identities' colours
+            id_scale = id_scale * self.identity_scale_max / (id_scale + self.identity_scale_max)
         return z_loc, z_scale, id_loc, id_scale
 
     def encode_sequences(self, x):
