@@ -16,6 +16,16 @@ def test_cosine_ramp_hand_computed():
     assert cosine_ramp(0.1, 1, 3, 1 / 6) == pytest.approx(0.55)
 
 
+def test_lr_factor_is_constant_then_a_half_cosine_over_the_last_fraction():
+    assert Schedule().lr_factor(0.99) == 1.0                   # default: constant learning rate
+    s = Schedule(lr_decay_frac=0.4, lr_end=0.1)
+    assert s.lr_factor(0.0) == 1.0 and s.lr_factor(0.6) == 1.0
+    assert s.lr_factor(0.8) == pytest.approx(0.55)             # halfway down the last 40%
+    assert s.lr_factor(1.0) == pytest.approx(0.1)
+    factors = [s.lr_factor(p) for p in np.linspace(0, 1, 51)]
+    assert all(a >= b for a, b in zip(factors, factors[1:]))
+
+
 def test_spline_passes_through_its_points_and_is_clipped():
     points = [(0, 30), (0.5, 0.2), (0.8, 0.4), (1, 1)]
     for x, y in points:

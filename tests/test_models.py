@@ -102,6 +102,16 @@ def _batches(b, t):
         yield frames(b, t)
 
 
+def test_train_stage_follows_the_schedules_learning_rate():
+    vdsm = VDSM(TINY)
+    stats = train_stage(vdsm.model1, vdsm.guide1, _batches(2, 3), schedule=Schedule(lr_decay_frac=0.5, lr_end=0.1),
+                        device="cpu", options=TrainOptions(steps=4, lr=1e-3, progress=False))
+    assert stats["last_lr"] == pytest.approx(1e-3 * 0.55)     # last step at progress 3/4: halfway down
+    stats = train_stage(vdsm.model1, vdsm.guide1, _batches(2, 3), schedule=Schedule(), device="cpu",
+                        options=TrainOptions(steps=2, lr=1e-3, progress=False))
+    assert stats["last_lr"] == 1e-3
+
+
 @pytest.mark.parametrize("factory", [mean_field, autonormal_identity])
 def test_custom_stage2_guides_train_with_the_library_loop(factory):
     vdsm = VDSM(TINY)

@@ -51,6 +51,16 @@ class Schedule:
     end_t: float = 1.0
     midfrac1: float = 0.5
     midfrac2: float = 0.8
+    lr_decay_frac: float = 0.0   # the learning rate decays over this last fraction of the stage (0: constant)
+    lr_end: float = 0.1          # ... along a half cosine, to this factor of the stage's lr
+
+    def lr_factor(self, progress):
+        """Factor on the stage's learning rate: 1, then a half cosine to ``lr_end`` over the last
+        ``lr_decay_frac`` of training (late small steps settle fine detail such as colours)."""
+        if self.lr_decay_frac <= 0:
+            return 1.0
+        p = (progress - (1.0 - self.lr_decay_frac)) / self.lr_decay_frac
+        return cosine_ramp(1.0, self.lr_end, 1.0, p)
 
     def factors(self, progress):
         z_points = [(0.0, self.start_t), (self.midfrac1, self.mid_t1), (self.midfrac2, self.mid_t2), (1.0, self.end_t)]

@@ -18,6 +18,9 @@ class ConstantFactors:
     def factors(self, progress):
         return {"z": 1.0}
 
+    def lr_factor(self, progress):
+        return 1.0
+
 
 class SVG:
     """SVG-LP/FP model and guide on one device. ``predict(x_past, n_future)`` samples futures.

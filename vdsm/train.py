@@ -1,6 +1,7 @@
 """The SVI loop: Trace_ELBO with annealing factors, NaN guard and rollback, checkpoints, DDP.
 
-One step: factors = schedule.factors(step / steps) go to model and guide; the loss is
+One step: factors = schedule.factors(step / steps) go to model and guide (and the learning rate
+is the stage's lr times schedule.lr_factor(step / steps)); the loss is
 ``Trace_ELBO().differentiable_loss`` (the SVI estimator) and Adam updates every
 parameter that requires a gradient (frozen stage-1 networks are left out).
 
@@ -143,6 +144,8 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
     while step < options.steps:
         x = next(batches).to(device, non_blocking=True)
         factors = schedule.factors(step / options.steps)
+        for group in optimizer.param_groups:  # rollbacks lower lr_scale; the schedule shapes it over the stage
+            group["lr"] = options.lr * lr_scale * schedule.lr_factor(step / options.steps)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.amp):
             loss = loss_module(x, factors)
         if fault_injector is not None:
@@ -195,6 +198,7 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
     return {"steps": options.steps, "seconds": seconds, "seconds_per_step": seconds / max(1, len(losses)),
             "skipped_steps": sum(e["event"].endswith("skipped") for e in events), "rollbacks": rollbacks,
             "events": events, "final_loss_per_frame": sum(tail) / len(tail), "lr_scale": lr_scale,
+            "last_lr": optimizer.param_groups[0]["lr"],
             "trained_tensors": len(params), "losses": losses}
 
 
