@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments.configs import load_preset
 from vdsm.metrics import accuracy, entropy_of_mean, inception_score, mean_entropy, prediction_summary
-from vdsm.metrics.judge import Judge, train_judge
+from vdsm.metrics.judge import Judge, load_or_train_judge, train_judge
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,4 +94,8 @@ def test_judge_command_trains_once_then_loads_from_the_cache(tmp_path, data_dirs
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
     assert main(args) == 0 and cached[0].stat().st_mtime_ns == stamp
+    # experiments.evaluate asks for the judge of the run's stage-2 sequence length: the same cache entry
+    seq_len = load_preset("sprites", "cpu")["stage2"]["seq_len"]
+    load_or_train_judge("sprites", root=tmp_path, steps=2, seq_len=seq_len, sprites_layers=data_dirs.sprites)
+    assert list((tmp_path / "judges").glob("sprites-*.pt")) == cached and cached[0].stat().st_mtime_ns == stamp
     assert main(["--dataset", "kth"]) == 2
