@@ -68,6 +68,8 @@ def test_custom_guide_through_the_runner(tmp_path, data_dirs):
     (["--dataset", "sprites", "--sprites-layers", "/nonexistent"], "--sprites-layers"),
     (["--dataset", "sprites", "--z-dim", "0"], "z_dim=0"),
     (["--dataset", "sprites", "--batch-size", "0"], "--batch-size=0"),
+    (["--dataset", "sprites", "--stage1-lr-decay-frac", "1.5"], "--stage1-lr-decay-frac=1.5"),
+    (["--dataset", "sprites", "--identity-scale-max", "-1"], "identity_scale_max=-1"),
     (["--dataset", "sprites", "--resume", "/nonexistent/run"], "--resume"),
     (["--dataset", "sprites", "--guide2", "no.such:thing"], "guide factory"),
     (["--dataset", "kth"], "no VDSM config"),
