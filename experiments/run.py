@@ -122,10 +122,10 @@ def resolve_config(args):
                 raise UsageError(f"--{key.replace('_', '-')}={config[stage][key]} must be at least 1")
         if config[stage]["lr"] <= 0:
             raise UsageError(f"--lr={config[stage]['lr']} must be positive")
-        schedule = config[stage]["schedule"]
-        if not 0 <= schedule.get("lr_decay_frac", 0.0) <= 1 or schedule.get("lr_end", 0.1) < 0:
-            raise UsageError(f"--{stage}-lr-decay-frac={schedule.get('lr_decay_frac')} must be in [0, 1] and "
-                             f"--{stage}-lr-end={schedule.get('lr_end')} at least 0")
+        schedule = Schedule(**config[stage]["schedule"])  # its defaults fill keys older presets lack
+        if not 0 <= schedule.lr_decay_frac <= 1 or schedule.lr_end < 0:
+            raise UsageError(f"--{stage}-lr-decay-frac={schedule.lr_decay_frac} must be in [0, 1] and "
+                             f"--{stage}-lr-end={schedule.lr_end} at least 0")
     try:
         VDSMConfig.from_dict(config["model"]).check()
     except (ValueError, TypeError) as err:
