@@ -80,6 +80,8 @@ def build_parser():
         kind = type(f.default)
         if kind is tuple:
             model.add_argument("--" + f.name.replace("_", "-"), type=int, nargs="+")
+        elif kind is bool:
+            model.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction)
         else:
             model.add_argument("--" + f.name.replace("_", "-"), type=kind)
     add_svg_arguments(p, {f.name for f in dataclasses.fields(VDSMConfig)})
@@ -180,6 +182,8 @@ def run_stage(vdsm, stage, args, config, run_dir, device, writer, rank=0, world_
     if stage == "stage2":  # stage-1 networks are frozen: no gradients, not in the optimiser
         for net in (vdsm.model1.decoder, vdsm.guide1.encoder):
             net.requires_grad_(False)
+        if vdsm.model1.identity_loc is not None:
+            vdsm.model1.identity_loc.requires_grad_(False)
     batches = ResumableBatches(train_dataset(args, config, stage), config[stage]["batch_size"], seed=args.seed,
                                num_workers=args.num_workers, rank=rank, world_size=world_size,
                                pin_memory=device.type == "cuda")

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 import pyro.distributions as dist
 import torch
+import torch.nn as nn
 
 from vdsm.nets import GatedTransition, MixtureOfExpertsDecoder
 
@@ -34,6 +35,8 @@ class VDSMConfig:
     emission: str = "bernoulli"
     emission_scale: float = 0.1
     identity_scale_max: float = 0.0  # > 0: bound on the guide's identity scale (0: unbounded, the reference)
+    identity_film: bool = False  # per-sequence affine maps of the decoder's channels from the identity
+    learned_identity_loc: bool = False  # identity prior N(m, 1/n) with m learned in stage 1 (reference: m = 0)
 
     def to_dict(self):
         return asdict(self)
@@ -59,18 +62,27 @@ class VDSMConfig:
 
 
 class VDSMStage1Model(StateSpaceVideoModel):
-    """Stage 1: identity ~ N(0, 1/n_experts), z_t ~ N(0, I) iid, x_t from the mixture-of-experts decoder."""
+    """Stage 1: identity ~ N(0, 1/n_experts), z_t ~ N(0, I) iid, x_t from the mixture-of-experts decoder.
+
+    With ``learned_identity_loc`` the identity prior's mean is a parameter (``identity_loc``,
+    shared with stage 2 and frozen there): with a down-weighted identity KL the posterior
+    identities drift away from 0 as a whole, and identities drawn from a zero-mean prior then
+    decode to something no training sequence looks like.
+    """
 
     frame_prior_kind = "normal"
 
     def __init__(self, config: VDSMConfig):
         super().__init__()
         self.config, self.z_dim = config, config.z_dim
-        self.decoder = MixtureOfExpertsDecoder(config.z_dim, config.n_experts, config.nc, config.decoder_widths)
+        self.decoder = MixtureOfExpertsDecoder(config.z_dim, config.n_experts, config.nc, config.decoder_widths,
+                                               config.identity_film)
+        self.identity_loc = nn.Parameter(torch.zeros(config.n_experts)) if config.learned_identity_loc else None
 
     def static_prior(self, batch, ref):
         n = self.config.n_experts
-        return dist.Normal(ref.new_zeros(batch, n), 1.0 / n).to_event(1)
+        loc = ref.new_zeros(batch, n) if self.identity_loc is None else self.identity_loc.expand(batch, n)
+        return dist.Normal(loc, 1.0 / n).to_event(1)
 
     def mixture(self, identity, factors):
         return torch.softmax(factors["temp_id"] * identity, -1)

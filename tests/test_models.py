@@ -97,6 +97,30 @@ def test_grouped_decoder_equals_a_loop_over_sequences():
         assert torch.allclose(batched[b], h, atol=1e-5)
 
 
+
+def test_identity_film_starts_as_the_reference_and_modulates_each_sequence_by_its_mixture():
+    torch.manual_seed(0)
+    dec = MixtureOfExpertsDecoder(z_dim=5, n_experts=3, nc=2, widths=(8, 6, 4, 4), identity_film=True)
+    reference = MixtureOfExpertsDecoder(z_dim=5, n_experts=3, nc=2, widths=(8, 6, 4, 4))
+    reference.load_state_dict({k: v for k, v in dec.state_dict().items() if not k.startswith("film")})
+    z, mix = torch.randn(4, 3, 5), torch.softmax(torch.randn(4, 3), -1)
+    assert torch.equal(dec(z, mix), reference(z, mix))  # zero-initialised maps
+    with torch.no_grad():
+        for layer in dec.film:
+            layer.weight.normal_()
+        batched = dec(z, mix)
+        for b in range(4):
+            code = mix[b].log() - mix[b].log().mean()
+            h = torch.cat([z[b], mix[b].expand(3, 3)], -1)[:, :, None, None]
+            for k, (w, bias, stride) in enumerate(zip(dec.weights, dec.biases, dec.strides)):
+                w_b = torch.einsum("e,eiohw->iohw", mix[b], w)
+                h = F.conv_transpose2d(h, w_b, mix[b] @ bias, stride=stride, padding=0 if stride == 1 else 1)
+                if k < 4:
+                    gain, shift = dec.film[k](code).chunk(2)
+                    h = F.leaky_relu(h, 0.2) * (1 + gain)[:, None, None] + shift[:, None, None]
+            assert torch.allclose(batched[b], h, atol=1e-4)
+        assert not torch.allclose(batched, reference(z, mix), atol=1e-3)
+
 def _batches(b, t):
     while True:
         yield frames(b, t)
@@ -156,3 +180,15 @@ def test_identity_scale_max_bounds_the_guides_identity_scale():
     assert bounded.max() < 0.01 and bounded.min() > 0.009  # smooth: near the bound when the raw scale is large
     with pytest.raises(ValueError, match="identity_scale_max"):
         VDSMConfig(**{**TINY.to_dict(), "identity_scale_max": -1.0}).check()
+
+
+def test_learned_identity_loc_is_the_prior_mean_and_gets_a_gradient_from_the_identity_kl():
+    config = VDSMConfig(**{**TINY.to_dict(), "learned_identity_loc": True})
+    model, guide = VDSMStage1Model(config), VDSMStage1Guide(config)
+    assert VDSMStage1Model(TINY).identity_loc is None  # the reference: a fixed zero mean
+    with torch.no_grad():
+        model.identity_loc.fill_(0.3)
+    assert torch.equal(model.static_prior(2, torch.zeros(1)).mean, torch.full((2, config.n_experts), 0.3))
+    loss = Trace_ELBO().differentiable_loss(model, guide, frames(3, 2), factors=FACTORS)
+    (grad,) = torch.autograd.grad(loss, [model.identity_loc])
+    assert grad.abs().sum() > 0

@@ -108,3 +108,24 @@ def test_a_checkpoint_from_another_config_is_refused_with_the_difference(tiny_ru
                  "--no-progress", "--num-workers", "0"]) == 2
     err = capsys.readouterr().err
     assert "z_dim" in err and "checkpoint: z_dim=4" in err and len(err.strip().splitlines()) == 1
+
+
+def test_boolean_model_flags_override_the_preset_both_ways():
+    from experiments.run import build_parser, resolve_config
+    for flag, want in (("--identity-film", True), ("--no-identity-film", False)):
+        config = resolve_config(build_parser().parse_args(["--dataset", "sprites", flag]))
+        assert config["model"]["identity_film"] is want
+
+
+def test_learned_identity_loc_is_fitted_in_stage_1_and_kept_in_stage_2(tmp_path, data_dirs):
+    out = tmp_path / "loc"
+    flags = [f for f in tiny_run_flags(steps=5) if f not in ("--steps", "5")]
+    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--out", out, "--stage1-steps", 20,
+                     "--stage2-steps", 5, "--learned-identity-loc", "--identity-film", *flags)
+    assert result.returncode == 0, result.stderr
+    stage1 = torch.load(out / "checkpoints" / "stage1.pt", weights_only=True)["model"]["identity_loc"]
+    stage2 = torch.load(out / "checkpoints" / "stage2.pt", weights_only=True)["model"]["identity_loc"]
+    assert stage1.abs().max() > 1e-3  # moved from the reference's 0
+    assert torch.equal(stage1, stage2)  # frozen with the decoder
+    vdsm = VDSM.load(out)
+    assert torch.equal(vdsm.model2.static_prior(2, torch.zeros(1)).mean, stage1.expand(2, -1))

@@ -64,6 +64,7 @@ class VDSM:
         self.model2, self.guide2 = VDSMStage2Model(config), VDSMStage2Guide(config)
         # stage 2 reuses stage 1's networks (frozen during stage-2 training)
         self.model2.decoder = self.model1.decoder
+        self.model2.identity_loc = self.model1.identity_loc
         self.guide2.encoder = self.guide1.encoder
         for m in (self.model1, self.guide1, self.model2, self.guide2):
             m.to(self.device)

@@ -22,6 +22,11 @@ class MixtureOfExpertsDecoder(nn.Module):
     concatenated to ``z_t`` as input, as in the reference.
 
     :param widths: hidden widths (reference 512, 256, 128, 64).
+    :param identity_film: if True (not in the reference), every hidden layer's channels are also
+        scaled and shifted per sequence by linear maps of the centred log mixture weights
+        (zero-initialised, so training starts from the reference decoder). Mixtures stay close
+        to uniform, so through the experts alone an identity only nudges the weights, and the
+        decoder learns identity-specific colours slowly; the affine maps give it a direct path.
 
     Example::
 
@@ -30,8 +35,12 @@ class MixtureOfExpertsDecoder(nn.Module):
         logits = dec(torch.randn(4, 8, 30), mix)   # [4, 8, 3, 64, 64]
     """
 
-    def __init__(self, z_dim, n_experts, nc, widths=(512, 256, 128, 64)):
+    def __init__(self, z_dim, n_experts, nc, widths=(512, 256, 128, 64), identity_film=False):
         super().__init__()
+        self.film = nn.ModuleList([nn.Linear(n_experts, 2 * w) for w in widths]) if identity_film else None
+        for layer in self.film or ():
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
         chans = [z_dim + n_experts, *widths, nc]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -48,6 +57,9 @@ class MixtureOfExpertsDecoder(nn.Module):
         b, t = z.shape[:2]
         h = torch.cat([z, mix.unsqueeze(1).expand(b, t, mix.shape[-1])], -1)
         h = h.transpose(0, 1).reshape(t, -1, 1, 1)          # [T, B * C, 1, 1]
+        if self.film is not None:
+            log_mix = mix.clamp_min(1e-12).log()
+            code = log_mix - log_mix.mean(-1, keepdim=True)  # = temperature * centred identity
         for k, (w, bias, stride) in enumerate(zip(self.weights, self.biases, self.strides)):
             c_in, c_out = w.shape[1], w.shape[2]
             w_mixed = (mix @ w.flatten(1)).reshape(b * c_in, c_out, 4, 4)  # one matmul for the batch
@@ -56,6 +68,9 @@ class MixtureOfExpertsDecoder(nn.Module):
                                    padding=0 if stride == 1 else 1, groups=b)
             if k < len(self.weights) - 1:
                 h = F.leaky_relu(h, 0.2)
+                if self.film is not None:
+                    gain, shift = self.film[k](code).reshape(b, 2, c_out).unbind(1)
+                    h = h * (1 + gain).reshape(1, b * c_out, 1, 1) + shift.reshape(1, b * c_out, 1, 1)
         return h.reshape(t, b, -1, *h.shape[-2:]).transpose(0, 1)
 
 
