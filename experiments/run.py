@@ -243,7 +243,7 @@ def resume_config(args):
     if config["dataset"] != args.dataset:
         raise UsageError(f"--resume {run_dir}: that run trained on {config['dataset']!r}, not {args.dataset!r}")
     differ = [f.name for f in dataclasses.fields(VDSMConfig) if getattr(args, f.name) is not None
-              and _plain(getattr(args, f.name)) != config["model"][f.name]]
+              and _plain(getattr(args, f.name)) != config["model"].get(f.name, _plain(f.default))]
     if differ:
         raise UsageError(f"--resume {run_dir}: the run was trained with other {', '.join(differ)}; "
                          f"drop those flags to continue it")

@@ -62,7 +62,8 @@ class VDSMConfig:
 
 
 class VDSMStage1Model(StateSpaceVideoModel):
-    """Stage 1: identity ~ N(0, 1/n_experts), z_t ~ N(0, I) iid, x_t from the mixture-of-experts decoder.
+    """Stage 1: identity ~ N(0, 1/n_experts) (or a learned mean), z_t ~ N(0, I) iid, x_t from the
+    mixture-of-experts decoder.
 
     With ``learned_identity_loc`` the identity prior's mean is a parameter (``identity_loc``,
     shared with stage 2 and frozen there): with a down-weighted identity KL the posterior

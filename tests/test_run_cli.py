@@ -50,6 +50,11 @@ def test_resume_of_a_finished_run_skips_training(tiny_run, data_dirs):
     result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", tiny_run, *TINY_FLAGS)
     assert result.returncode == 0, result.stderr
     assert (tiny_run / "checkpoints" / "stage1.pt").stat().st_mtime_ns == before
+    # a flag that restates a default the run's config.json predates is not a conflict
+    assert "identity_film" not in json.loads((tiny_run / "config.json").read_text())["model"]
+    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", tiny_run,
+                     "--no-identity-film", *TINY_FLAGS)
+    assert result.returncode == 0, result.stderr
 
 
 def test_custom_guide_through_the_runner(tmp_path, data_dirs):
