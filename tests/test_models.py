@@ -88,6 +88,7 @@ def test_grouped_decoder_equals_a_loop_over_sequences():
     dec = MixtureOfExpertsDecoder(z_dim=5, n_experts=3, nc=2, widths=(8, 6, 4, 4))
     z, mix = torch.randn(4, 3, 5), torch.softmax(torch.randn(4, 3), -1)
     batched = dec(z, mix)
+    assert batched.shape == (4, 3, 2, 64, 64)
     for b in range(4):
         assert torch.allclose(batched[b], _decode_one_sequence(dec, z[b], mix[b]), atol=1e-5)
 
@@ -96,7 +97,8 @@ def _decode_one_sequence(dec, z, mix):
     """The decoder written out for one sequence: mixed weights, then (with FiLM) the affine maps."""
     code = mix.log() - mix.log().mean()
     h = torch.cat([z, mix.expand(z.shape[0], -1)], -1)[:, :, None, None]
-    for k, (w, bias, stride) in enumerate(zip(dec.weights, dec.biases, dec.strides)):
+    for k, (w, bias) in enumerate(zip(dec.weights, dec.biases)):
+        stride = 1 if k == 0 else 2  # 1x1 -> 4x4, then doubling to 64x64
         h = F.conv_transpose2d(h, torch.einsum("e,eiohw->iohw", mix, w), mix @ bias, stride=stride,
                                padding=0 if stride == 1 else 1)
         if k < len(dec.weights) - 1:

@@ -18,7 +18,8 @@ class MixtureOfExpertsDecoder(nn.Module):
     between. Every layer has ``n_experts`` weight and bias tensors; sequence b uses the
     weighted sum ``sum_e mix[b, e] * W_e``. The per-sequence weights are stacked along the
     channel axis and all sequences run as one grouped convolution (groups = batch), frames
-    of a sequence along the convolution's batch axis. The mixture weights are also
+    of a sequence along the convolution's batch axis; the first layer (1x1 input) is one
+    batched matrix product instead. The mixture weights are also
     concatenated to ``z_t`` as input, as in the reference.
 
     :param widths: hidden widths (reference 512, 256, 128, 64).
@@ -50,22 +51,27 @@ class MixtureOfExpertsDecoder(nn.Module):
             nn.init.uniform_(w, -bound, bound)
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(torch.empty(n_experts, c_out).uniform_(-bound, bound)))
-        self.strides = [1] + [2] * len(widths)
 
     def forward(self, z, mix):
         """z [B, T, z_dim], mix [B, n_experts] (rows sum to 1) -> logits [B, T, nc, 64, 64]."""
         b, t = z.shape[:2]
-        h = torch.cat([z, mix.unsqueeze(1).expand(b, t, mix.shape[-1])], -1)
-        h = h.transpose(0, 1).reshape(t, -1, 1, 1)          # [T, B * C, 1, 1]
+        h = torch.cat([z, mix.unsqueeze(1).expand(b, t, mix.shape[-1])], -1)   # [B, T, C]
         if self.film is not None:
             log_mix = mix.clamp_min(1e-12).log()
             code = log_mix - log_mix.mean(-1, keepdim=True)  # = temperature * centred identity
-        for k, (w, bias, stride) in enumerate(zip(self.weights, self.biases, self.strides)):
+        for k, (w, bias) in enumerate(zip(self.weights, self.biases)):
             c_in, c_out = w.shape[1], w.shape[2]
-            w_mixed = (mix @ w.flatten(1)).reshape(b * c_in, c_out, 4, 4)  # one matmul for the batch
-            bias_mixed = (mix @ bias).reshape(b * c_out)
-            h = F.conv_transpose2d(h if k == 0 else conv_layout(h), w_mixed, bias_mixed, stride=stride,
-                                   padding=0 if stride == 1 else 1, groups=b)
+            w_mixed = mix @ w.flatten(1)                     # [B, c_in * c_out * 16]: one matmul for the batch
+            bias_mixed = mix @ bias                          # [B, c_out]
+            if k == 0:
+                # on a 1x1 input the first transposed conv is a matrix product per sequence; one bmm
+                # runs 4-5x faster than the grouped convolution on CPU
+                h = torch.baddbmm(bias_mixed.repeat_interleave(16, -1).unsqueeze(1), h,
+                                  w_mixed.reshape(b, c_in, c_out * 16))
+                h = h.transpose(0, 1).reshape(t, b * c_out, 4, 4)            # [T, B * c_out, 4, 4]
+            else:
+                h = F.conv_transpose2d(conv_layout(h), w_mixed.reshape(b * c_in, c_out, 4, 4),
+                                       bias_mixed.reshape(b * c_out), stride=2, padding=1, groups=b)
             if k < len(self.weights) - 1:
                 h = F.leaky_relu(h, 0.2)
                 if self.film is not None:
