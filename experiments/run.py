@@ -132,7 +132,14 @@ def resolve_config(args):
         VDSMConfig.from_dict(config["model"]).check()
     except (ValueError, TypeError) as err:
         raise UsageError(f"bad model hyperparameter: {err}") from None
+    config["model"] = complete_model_config(config["model"])
     return config
+
+
+def complete_model_config(model):
+    """Every VDSMConfig field, as plain data: a preset, config.json or checkpoint written before a
+    field existed means that field's default."""
+    return {f.name: _plain(model.get(f.name, f.default)) for f in dataclasses.fields(VDSMConfig)}
 
 
 def dataset_options(args, config, stage):
@@ -168,10 +175,10 @@ def run_stage(vdsm, stage, args, config, run_dir, device, writer, rank=0, world_
     resume = None
     if checkpoints.latest.is_file():
         resume = load_checkpoint(checkpoints.latest, device)
-        if resume["config"] != config["model"]:
-            differ = sorted(k for k in set(config["model"]) | set(resume["config"])
-                            if config["model"].get(k) != resume["config"].get(k))
-            saved = ", ".join(f"{k}={resume['config'].get(k)}" for k in differ)
+        trained = complete_model_config(resume["config"])
+        if trained != config["model"]:
+            differ = sorted(k for k in trained if config["model"][k] != trained[k])
+            saved = ", ".join(f"{k}={trained[k]}" for k in differ)
             raise UsageError(f"checkpoint {checkpoints.latest} was trained with other {', '.join(differ)} "
                              f"(checkpoint: {saved}); resume with the run's own config.json")
         if resume["step"] >= config[stage]["steps"]:
@@ -242,8 +249,9 @@ def resume_config(args):
     config = json.loads((run_dir / "config.json").read_text())
     if config["dataset"] != args.dataset:
         raise UsageError(f"--resume {run_dir}: that run trained on {config['dataset']!r}, not {args.dataset!r}")
+    config["model"] = complete_model_config(config["model"])
     differ = [f.name for f in dataclasses.fields(VDSMConfig) if getattr(args, f.name) is not None
-              and _plain(getattr(args, f.name)) != config["model"].get(f.name, _plain(f.default))]
+              and _plain(getattr(args, f.name)) != config["model"][f.name]]
     if differ:
         raise UsageError(f"--resume {run_dir}: the run was trained with other {', '.join(differ)}; "
                          f"drop those flags to continue it")

@@ -50,11 +50,26 @@ def test_resume_of_a_finished_run_skips_training(tiny_run, data_dirs):
     result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", tiny_run, *TINY_FLAGS)
     assert result.returncode == 0, result.stderr
     assert (tiny_run / "checkpoints" / "stage1.pt").stat().st_mtime_ns == before
-    # a flag that restates a default the run's config.json predates is not a conflict
-    assert "identity_film" not in json.loads((tiny_run / "config.json").read_text())["model"]
-    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", tiny_run,
-                     "--no-identity-film", *TINY_FLAGS)
+
+
+def test_resume_accepts_a_flag_restating_the_default_of_a_field_the_run_predates(tiny_run, tmp_path, data_dirs):
+    import shutil
+    old_run = tmp_path / "old"
+    shutil.copytree(tiny_run, old_run)
+    # a run written before `nc` existed: neither its config.json nor its checkpoints name it
+    config = json.loads((old_run / "config.json").read_text())
+    assert config["model"].pop("nc") == 3
+    (old_run / "config.json").write_text(json.dumps(config))
+    for path in (old_run / "checkpoints").rglob("*.pt"):
+        state = torch.load(path, weights_only=True)
+        del state["config"]["nc"]
+        torch.save(state, path)
+    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", old_run,
+                     "--nc", 3, *TINY_FLAGS)
     assert result.returncode == 0, result.stderr
+    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", old_run,
+                     "--nc", 1, *TINY_FLAGS)
+    assert result.returncode == 2 and "nc" in result.stderr
 
 
 def test_custom_guide_through_the_runner(tmp_path, data_dirs):
