@@ -36,6 +36,12 @@ class VDSMStage2Guide(nn.Module):
     d sets the initial state of a unidirectional LSTM run over T steps from a learned
     input (one ``nn.LSTM`` call, since its inputs do not depend on samples); the DMM
     combiner then samples z_t step by step from (z_{t-1}, h_t, d).
+
+    With ``config.guide_pose_input`` = p > 0 the combiner also sees frame t's encoder pose
+    mean and a flag saying whether it is shown. In training it is shown for a random share p
+    of the sequences (the rest still go through d alone, so d keeps describing the motion);
+    in evaluation it is always shown. In the reference guide (p = 0) every pose comes from d,
+    and poses that d does not separate are drawn as their neighbours' (BENCHMARKS.md).
     """
 
     def __init__(self, config):
@@ -52,12 +58,26 @@ class VDSMStage2Guide(nn.Module):
         self.rnn = nn.LSTM(c.rnn_dim, c.rnn_dim, c.rnn_layers, batch_first=True, dropout=dropout)
         self.rnn_input = nn.Parameter(torch.zeros(c.rnn_dim))
         self.z_q_0 = nn.Parameter(torch.zeros(c.z_dim))
-        self.combiner = Combiner(c.z_dim, c.rnn_dim, c.dynamics_dim)
+        pose_input = c.z_dim + 1 if c.guide_pose_input > 0 else 0  # pose mean and its shown flag
+        self.combiner = Combiner(c.z_dim, c.rnn_dim, c.dynamics_dim + pose_input)
 
     def dynamics_params(self, z_means):
         _, (h_n, _) = self.birnn(z_means)
         h = h_n.transpose(0, 1).flatten(1)                        # [B, layers * 2 * rnn_dim]
         return F.leaky_relu(self.d_loc(h), 0.2), F.softplus(self.d_scale(h)) + 1e-4
+
+    def combiner_context(self, d, z_means):
+        """[B, T, ...]: what the combiner sees besides z_{t-1} and h_t (d, and the shown poses)."""
+        b, t = z_means.shape[:2]
+        context = d.unsqueeze(1).expand(b, t, d.shape[-1])
+        p = self.config.guide_pose_input
+        if p == 0:
+            return context
+        if self.training:  # one draw per sequence: shown for all its frames or for none
+            shown = (torch.rand(b, 1, 1, device=d.device) < p).to(z_means.dtype)
+        else:
+            shown = z_means.new_ones(b, 1, 1)
+        return torch.cat([context, shown * z_means, shown.expand(b, t, 1)], -1)
 
     def forward(self, x, *, factors, **unused):
         c = self.config
@@ -71,8 +91,9 @@ class VDSMStage2Guide(nn.Module):
                 d = pyro.sample("dynamics", Normal(d_loc, d_scale).to_event(1))
             h0, c0 = torch.tanh(self.d_to_state(d)).reshape(b, 2, c.rnn_layers, c.rnn_dim).permute(1, 2, 0, 3)
             h_seq, _ = self.rnn(self.rnn_input.expand(b, t, c.rnn_dim), (h0.contiguous(), c0.contiguous()))
+            context = self.combiner_context(d, z_means)
             z_prev = self.z_q_0.expand(b, c.z_dim)
             with poutine.scale(scale=factors["z"]):
                 for k in pyro.markov(range(1, t + 1)):
-                    loc, scale = self.combiner(z_prev, h_seq[:, k - 1], d)
+                    loc, scale = self.combiner(z_prev, h_seq[:, k - 1], context[:, k - 1])
                     z_prev = pyro.sample(f"z_{k}", Normal(loc, scale).to_event(1))

@@ -4,6 +4,7 @@ Sites (stable names for custom guides): "identity" [B, n_experts], "dynamics"
 [B, dynamics_dim] (stage 2), "z" [B, T, z_dim] (stage 1) or "z_1".."z_T" [B, z_dim]
 (stage 2), "obs" [B, T, C, 64, 64].
 """
+import math
 from dataclasses import asdict, dataclass
 
 import pyro.distributions as dist
@@ -37,6 +38,8 @@ class VDSMConfig:
     identity_scale_max: float = 0.0  # > 0: bound on the guide's identity scale (0: unbounded, the reference)
     identity_film: bool = False  # per-sequence affine maps of the decoder's channels from the identity
     learned_identity_loc: bool = False  # identity prior N(m, 1/n) with m learned in stage 1 (reference: m = 0)
+    learned_dynamics_prior: bool = False  # dynamics prior N(m, s) with m, s learned in stage 2 (reference: N(0, 1/n))
+    guide_pose_input: float = 0.0  # share of training sequences whose stage-2 combiner sees the frame poses (0: reference)
 
     def to_dict(self):
         return asdict(self)
@@ -57,6 +60,8 @@ class VDSMConfig:
             raise ValueError(f"rnn_dropout={self.rnn_dropout} must be in [0, 1)")
         if self.identity_scale_max < 0:
             raise ValueError(f"identity_scale_max={self.identity_scale_max} must be >= 0 (0 means unbounded)")
+        if not 0 <= self.guide_pose_input <= 1:
+            raise ValueError(f"guide_pose_input={self.guide_pose_input} must be in [0, 1] (0: the reference guide)")
         if self.emission not in ("bernoulli", "normal", "laplace"):
             raise ValueError(f"emission={self.emission!r}: use bernoulli, normal or laplace")
 
@@ -96,7 +101,12 @@ class VDSMStage1Model(StateSpaceVideoModel):
 class VDSMStage2Model(VDSMStage1Model):
     """Stage 2: adds dynamics d ~ N(0, 1/dynamics_dim) and z_t ~ N(GatedTransition(z_{t-1}, d)).
 
-    The decoder comes from stage 1 and is frozen by the runner.
+    The decoder comes from stage 1 and is frozen by the runner. With
+    ``learned_dynamics_prior`` the prior of d is N(m, diag(s)) with m and s learned in stage 2
+    (``dynamics_loc``, ``dynamics_log_scale``, starting at the reference's N(0, 1/n)): the ELBO
+    then fits them to the posterior dynamics, whose spread is 2-3x the reference prior's scale
+    when the dynamics KL is down-weighted, so that d drawn from the prior moves like a real
+    sequence instead of rolling out an average motion.
     """
 
     frame_prior_kind = "markov"
@@ -104,10 +114,18 @@ class VDSMStage2Model(VDSMStage1Model):
     def __init__(self, config: VDSMConfig):
         super().__init__(config)
         self.trans = GatedTransition(config.z_dim, config.dynamics_dim, config.trans_dim)
+        n = config.dynamics_dim
+        if config.learned_dynamics_prior:
+            self.dynamics_loc = nn.Parameter(torch.zeros(n))
+            self.dynamics_log_scale = nn.Parameter(torch.full((n,), -math.log(n)))
+        else:
+            self.dynamics_loc = self.dynamics_log_scale = None
 
     def dynamics_prior(self, batch, ref):
         n = self.config.dynamics_dim
-        return dist.Normal(ref.new_zeros(batch, n), 1.0 / n).to_event(1)
+        if self.dynamics_loc is None:
+            return dist.Normal(ref.new_zeros(batch, n), 1.0 / n).to_event(1)
+        return dist.Normal(self.dynamics_loc.expand(batch, n), self.dynamics_log_scale.exp().expand(batch, n)).to_event(1)
 
     def transition(self, z_prev, d):
         return self.trans(z_prev, d)

@@ -1,3 +1,6 @@
+import dataclasses
+import math
+
 import pyro
 import pyro.optim
 import pytest
@@ -125,6 +128,26 @@ def test_identity_film_starts_as_the_reference_and_modulates_each_sequence_by_it
         assert not torch.allclose(batched, reference(z, mix), atol=1e-3)
 
 
+def _first_pose_mean(guide, x, d):
+    """Mean of q(z_1 | x) with the dynamics site fixed to ``d`` (same random draws on every call)."""
+    torch.manual_seed(1)
+    trace = poutine.trace(poutine.condition(guide, data={"dynamics": d})).get_trace(x, factors=FACTORS)
+    return trace.nodes["z_1"]["fn"].mean
+
+
+def test_stage2_guide_shows_frame_poses_to_the_combiner_only_with_guide_pose_input():
+    torch.manual_seed(0)
+    x_a, x_b, d = frames(32, 3), frames(32, 3), torch.randn(32, TINY.dynamics_dim)
+    reference = VDSMStage2Guide(TINY)  # poses from d alone: with d fixed, q(z_1) ignores the frames
+    assert torch.equal(_first_pose_mean(reference, x_a, d), _first_pose_mean(reference, x_b, d))
+    guide = VDSMStage2Guide(dataclasses.replace(TINY, guide_pose_input=0.5))
+    moved = (_first_pose_mean(guide, x_a, d) - _first_pose_mean(guide, x_b, d)).abs().amax(-1) > 1e-6
+    assert 4 <= moved.sum() <= 28  # training: shown to about half of the sequences
+    guide.eval()
+    moved = (_first_pose_mean(guide, x_a, d) - _first_pose_mean(guide, x_b, d)).abs().amax(-1) > 1e-6
+    assert moved.all()  # evaluation: always shown
+
+
 def _batches(b, t):
     while True:
         yield frames(b, t)
@@ -184,6 +207,27 @@ def test_identity_scale_max_bounds_the_guides_identity_scale():
     assert bounded.max() < 0.01 and bounded.min() > 0.009  # smooth: near the bound when the raw scale is large
     with pytest.raises(ValueError, match="identity_scale_max"):
         VDSMConfig(**{**TINY.to_dict(), "identity_scale_max": -1.0}).check()
+
+
+def test_learned_dynamics_prior_starts_as_the_reference_and_the_elbo_fits_it_to_the_posterior_dynamics():
+    torch.manual_seed(0)
+    config = dataclasses.replace(TINY, learned_dynamics_prior=True)
+    model, guide = VDSMStage2Model(config), VDSMStage2Guide(config)
+    d = torch.randn(3, config.dynamics_dim)
+    assert torch.allclose(model.dynamics_prior(3, d).log_prob(d), VDSMStage2Model(TINY).dynamics_prior(3, d).log_prob(d))
+    with torch.no_grad():  # every sequence's q(d) = N(0.3, 0.5^2), far from the reference prior N(0, 0.2^2)
+        guide.d_loc.weight.zero_(), guide.d_loc.bias.fill_(0.3)
+        guide.d_scale.weight.zero_(), guide.d_scale.bias.fill_(math.log(math.expm1(0.5)))
+    for net in (model, guide):
+        net.requires_grad_(False)
+    prior = [model.dynamics_loc.requires_grad_(), model.dynamics_log_scale.requires_grad_()]
+    optim, x = torch.optim.Adam(prior, lr=0.05), frames(16, 2)
+    for _ in range(100):  # only the prior learns: its optimum is the aggregate posterior of d
+        optim.zero_grad()
+        Trace_ELBO().differentiable_loss(model, guide, x, factors=FACTORS).backward()
+        optim.step()
+    assert torch.allclose(model.dynamics_loc, torch.full_like(model.dynamics_loc, 0.3), atol=0.1)
+    assert torch.allclose(model.dynamics_log_scale.exp(), torch.full_like(model.dynamics_loc, 0.5), atol=0.1)
 
 
 def test_learned_identity_loc_is_the_prior_mean_and_gets_a_gradient_from_the_identity_kl():

@@ -90,6 +90,7 @@ def test_custom_guide_through_the_runner(tmp_path, data_dirs):
     (["--dataset", "sprites", "--batch-size", "0"], "--batch-size=0"),
     (["--dataset", "sprites", "--stage1-lr-decay-frac", "1.5"], "--stage1-lr-decay-frac=1.5"),
     (["--dataset", "sprites", "--identity-scale-max", "-1"], "identity_scale_max=-1"),
+    (["--dataset", "sprites", "--guide-pose-input", "1.5"], "guide_pose_input=1.5"),
     (["--dataset", "sprites", "--resume", "/nonexistent/run"], "--resume"),
     (["--dataset", "sprites", "--guide2", "no.such:thing"], "guide factory"),
     (["--dataset", "kth"], "no VDSM config"),
@@ -137,15 +138,21 @@ def test_boolean_model_flags_override_the_preset_both_ways():
         assert config["model"]["identity_film"] is want
 
 
-def test_learned_identity_loc_is_fitted_in_stage_1_and_kept_in_stage_2(tmp_path, data_dirs):
+def test_learned_priors_are_fitted_in_their_stage_and_loaded_with_the_run(tmp_path, data_dirs):
+    """The identity prior's mean is fitted in stage 1 and frozen in stage 2; the dynamics prior in stage 2."""
     out = tmp_path / "loc"
     flags = [f for f in tiny_run_flags(steps=5) if f not in ("--steps", "5")]
     result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--out", out, "--stage1-steps", 20,
-                     "--stage2-steps", 5, "--learned-identity-loc", "--identity-film", *flags)
+                     "--stage2-steps", 5, "--learned-identity-loc", "--identity-film", "--learned-dynamics-prior",
+                     "--guide-pose-input", 0.5, *flags)
     assert result.returncode == 0, result.stderr
-    stage1 = torch.load(out / "checkpoints" / "stage1.pt", weights_only=True)["model"]["identity_loc"]
-    stage2 = torch.load(out / "checkpoints" / "stage2.pt", weights_only=True)["model"]["identity_loc"]
-    assert stage1.abs().max() > 1e-3  # moved from the reference's 0
-    assert torch.equal(stage1, stage2)  # frozen with the decoder
+    stage1 = torch.load(out / "checkpoints" / "stage1.pt", weights_only=True)["model"]
+    stage2 = torch.load(out / "checkpoints" / "stage2.pt", weights_only=True)["model"]
+    assert stage1["identity_loc"].abs().max() > 1e-3  # moved from the reference's 0
+    assert torch.equal(stage1["identity_loc"], stage2["identity_loc"])  # frozen with the decoder
+    assert "dynamics_loc" not in stage1 and stage2["dynamics_loc"].abs().max() > 1e-3
     vdsm = VDSM.load(out)
-    assert torch.equal(vdsm.model2.static_prior(2, torch.zeros(1)).mean, stage1.expand(2, -1))
+    assert torch.equal(vdsm.model2.static_prior(2, torch.zeros(1)).mean, stage1["identity_loc"].expand(2, -1))
+    prior = vdsm.model2.dynamics_prior(2, torch.zeros(1))
+    assert torch.equal(prior.mean, stage2["dynamics_loc"].expand(2, -1))
+    assert torch.equal(prior.base_dist.scale, stage2["dynamics_log_scale"].exp().expand(2, -1))
