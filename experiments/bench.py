@@ -152,9 +152,10 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
             b, c = batch_size, config
             h0, c0 = torch.tanh(guide.d_to_state(d)).reshape(b, 2, c.rnn_layers, c.rnn_dim).permute(1, 2, 0, 3)
             h_seq, _ = guide.rnn(guide.rnn_input.expand(b, seq_len, c.rnn_dim), (h0.contiguous(), c0.contiguous()))
+            context = guide.combiner_context(d, z_loc)
             zs, z_prev = [], guide.z_q_0.expand(b, c.z_dim)
             for t in range(seq_len):
-                loc, scale = guide.combiner(z_prev, h_seq[:, t], d)
+                loc, scale = guide.combiner(z_prev, h_seq[:, t], context[:, t])
                 z_prev = loc + scale * torch.randn_like(loc)
                 zs.append(z_prev)
             z = torch.stack(zs, 1)
@@ -240,7 +241,7 @@ def main(argv=None):
             print(f"{r['dataset']:<28}{r['num_workers']:>8}{str(r['options'].get('pair_actions')):>7}"
                   f"{r['sequences_per_second']:>10.0f}")
     if args.only in (None, "steps"):
-        results["steps"] = []
+        results["steps"], failed = [], []
         print(f"{'config':<20}{'batch':>6}{'s/step':>9}{'nets s':>9}{'ratio':>7}{'peak GB':>9}{'sites':>7}")
         for name in args.configs:
             for b in args.batch_sizes:
@@ -249,14 +250,19 @@ def main(argv=None):
                                       "--warmup", str(args.warmup), *(["--amp"] if args.amp else [])],
                                      capture_output=True, text=True)
                 if out.returncode != 0:
+                    failed.append(f"{name}:{b}")
                     print(f"{name} bs {b}: failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
                     continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 results["steps"].append(r)
                 print(f"{name:<20}{b:>6}{r['seconds_per_step']:>9.3f}{r['nets_seconds']:>9.3f}"
                       f"{r['overhead']:>7.2f}{r['peak_memory_gb']:>9.2f}{r['sample_sites']:>7}")
+        results["failed"] = failed
     with open(args.json, "w") as f:
         json.dump(results, f, indent=1)
+    if results.get("failed"):  # the others are measured and written; the exit status still tells
+        print(f"failed: {' '.join(results['failed'])}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -70,3 +70,46 @@ def test_keep_freed_memory_applies_on_glibc_and_can_be_switched_off(monkeypatch)
     except (OSError, AttributeError):
         glibc = False
     assert keep_freed_memory() is glibc
+
+
+def test_every_step_config_runs_both_timed_paths_with_its_sample_sites():
+    """Each configuration (the cpu presets as they are now included) makes an SVI step and the
+    same networks' step without Pyro; the site count does not depend on the batch size."""
+    import pytest
+
+    from experiments.bench import STEP_CONFIGS, bench_step
+
+    sites = {"stage1": 3, "stage2": 3 + 8, "svg": 2}  # stage 2: identity, dynamics, z_1..z_8, obs
+    for name, (stage, _, _) in STEP_CONFIGS.items():
+        for batch_size in (2, 3) if name == "stage2-cpu" else (2,):
+            r = bench_step(name, batch_size, warmup=0, repeats=1)
+            assert r["sample_sites"] == sites[stage], name
+            assert r["seconds_per_step"] > 0 and r["nets_seconds"] > 0, name
+            assert r["overhead"] == pytest.approx(r["seconds_per_step"] / r["nets_seconds"])
+
+
+def test_bench_steps_writes_what_it_measured_and_exits_1_when_a_config_fails(tmp_path, monkeypatch):
+    import subprocess
+    import types
+
+    from experiments import bench
+
+    out = tmp_path / "steps.json"
+    argv = ["--only", "steps", "--configs", "stage2-cpu", "--batch-sizes", "2", "--warmup", "0",
+            "--repeats", "1", "--json", str(out)]
+    assert bench_main(argv) == 0  # the real subprocess
+    written = json.loads(out.read_text())
+    assert [(r["config"], r["batch_size"]) for r in written["steps"]] == [("stage2-cpu", 2)]
+    assert written["failed"] == []
+
+    real_run = subprocess.run
+
+    def fail_batch_3(cmd, **kwargs):
+        if "stage2-cpu:3" in cmd:
+            return types.SimpleNamespace(returncode=1, stdout="", stderr="RuntimeError: boom")
+        return real_run(cmd, **kwargs)
+
+    monkeypatch.setattr(bench.subprocess, "run", fail_batch_3)
+    assert bench_main(argv[:5] + ["2", "3"] + argv[6:]) == 1
+    written = json.loads(out.read_text())
+    assert [r["batch_size"] for r in written["steps"]] == [2] and written["failed"] == ["stage2-cpu:3"]
