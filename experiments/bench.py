@@ -149,11 +149,8 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
         else:
             d_loc, d_scale = guide.dynamics_params(z_loc)
             d = d_loc + d_scale * torch.randn_like(d_loc)
-            b, c = batch_size, config
-            h0, c0 = torch.tanh(guide.d_to_state(d)).reshape(b, 2, c.rnn_layers, c.rnn_dim).permute(1, 2, 0, 3)
-            h_seq, _ = guide.rnn(guide.rnn_input.expand(b, seq_len, c.rnn_dim), (h0.contiguous(), c0.contiguous()))
-            context = guide.combiner_context(d, z_loc)
-            zs, z_prev = [], guide.z_q_0.expand(b, c.z_dim)
+            h_seq, context = guide.frame_states(d, seq_len), guide.combiner_context(d, z_loc)
+            zs, z_prev = [], guide.z_q_0.expand(batch_size, config.z_dim)
             for t in range(seq_len):
                 loc, scale = guide.combiner(z_prev, h_seq[:, t], context[:, t])
                 z_prev = loc + scale * torch.randn_like(loc)

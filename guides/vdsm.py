@@ -66,6 +66,13 @@ class VDSMStage2Guide(nn.Module):
         h = h_n.transpose(0, 1).flatten(1)                        # [B, layers * 2 * rnn_dim]
         return F.leaky_relu(self.d_loc(h), 0.2), F.softplus(self.d_scale(h)) + 1e-4
 
+    def frame_states(self, d, t):
+        """[B, T, rnn_dim]: the LSTM's outputs over T steps from its learned input, started from d."""
+        c, b = self.config, d.shape[0]
+        h0, c0 = torch.tanh(self.d_to_state(d)).reshape(b, 2, c.rnn_layers, c.rnn_dim).permute(1, 2, 0, 3)
+        h_seq, _ = self.rnn(self.rnn_input.expand(b, t, c.rnn_dim), (h0.contiguous(), c0.contiguous()))
+        return h_seq
+
     def combiner_context(self, d, z_means):
         """[B, T, ...]: what the combiner sees besides z_{t-1} and h_t (d, and the shown poses)."""
         b, t = z_means.shape[:2]
@@ -89,8 +96,7 @@ class VDSMStage2Guide(nn.Module):
                 pyro.sample("identity", Normal(id_loc, id_scale).to_event(1))
             with poutine.scale(scale=factors["dynamics"]):
                 d = pyro.sample("dynamics", Normal(d_loc, d_scale).to_event(1))
-            h0, c0 = torch.tanh(self.d_to_state(d)).reshape(b, 2, c.rnn_layers, c.rnn_dim).permute(1, 2, 0, 3)
-            h_seq, _ = self.rnn(self.rnn_input.expand(b, t, c.rnn_dim), (h0.contiguous(), c0.contiguous()))
+            h_seq = self.frame_states(d, t)
             context = self.combiner_context(d, z_means)
             z_prev = self.z_q_0.expand(b, c.z_dim)
             with poutine.scale(scale=factors["z"]):
