@@ -3,7 +3,7 @@ import functools
 import inspect
 
 from .bair import BAIR
-from .common import DataError, data_root
+from .common import SPLITS, DataError, check_split, data_root
 from .kth import KTH
 from .moving_mnist import MovingMNIST
 from .mug import MUG
@@ -11,7 +11,7 @@ from .pendulum import Pendulum
 from .sprites import Sprites
 from .sprites_dsa import SpritesDSA
 
-__all__ = ["get_dataset", "DATASETS", "DataError", "data_root"]
+__all__ = ["get_dataset", "DATASETS", "FOLDER_OPTIONS", "SPLITS", "DataError", "data_root"]
 
 
 DATASETS = {
@@ -25,17 +25,26 @@ DATASETS = {
     "bair": BAIR,
 }
 
+# The option (and command-line flag, with dashes) that names each dataset's raw-data folder or
+# file; datasets without one are generated.
+FOLDER_OPTIONS = {"sprites": "sprites_layers", "sprites-dsa": "lpc_layers", "smmnist": "mnist", "mmnist": "mnist",
+                  "mug": "mug", "kth": "kth", "bair": "bair"}
+
 
 def get_dataset(name, split="train", root=None, **options):
-    """Build dataset ``name`` (one of ``DATASETS``) for ``split`` ("train" or "test").
+    """Build dataset ``name`` (one of ``DATASETS``) for ``split``.
+
+    Splits (``SPLITS``): "train" (the training data minus "val": what training uses), "val"
+    (held out of the training data, for monitoring and tuning), "test" (the published test
+    split, for final reports), "trainval" (train + val). Each dataset module documents how
+    its val split is carved; val never overlaps test.
 
     ``root`` is the data root for downloads and caches (default ``$VDSM_DATA_ROOT`` or
     ``./data_cache``); ``options`` go to the dataset (e.g. ``sprites_layers``, ``seq_len``).
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
-    if split not in ("train", "test"):
-        raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
+    check_split(split)
     factory = DATASETS[name]
     accepted = inspect.signature(factory).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):

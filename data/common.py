@@ -5,7 +5,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DataError", "data_root", "load_rgba", "frames_to_tensor", "check_length"]
+__all__ = ["DataError", "data_root", "load_rgba", "frames_to_tensor", "check_length", "SPLITS", "check_split",
+           "carve"]
+
+# "train" is the training data minus "val" (what training and tuning use); "val" is held out of
+# the training data for monitoring and tuning; "test" is the published test split, for final
+# reports only; "trainval" is all of the training data (train + val), for a final fit.
+SPLITS = ("train", "val", "test", "trainval")
 
 
 class DataError(ValueError):
@@ -47,3 +53,24 @@ def check_length(seq_len, available, name):
     if seq_len is not None and (seq_len < 1 or seq_len > available):
         raise DataError(f"seq_len={seq_len} is out of range for {name}, which has {available} frames "
                         f"per sequence: choose 1..{available}")
+
+
+def check_split(split):
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    return split
+
+
+def carve(items, split, fraction, seed):
+    """The ``split`` ("train", "val" or "trainval") part of the training ``items`` (a 1-D array).
+
+    "val" is a seeded random ``fraction`` of the items (at least one), "train" the rest, both in
+    the items' own order; "trainval" is all of them.
+    """
+    items = np.asarray(items)
+    if split == "trainval":
+        return items
+    n_val = max(1, int(round(fraction * len(items))))
+    held = np.zeros(len(items), bool)
+    held[np.random.RandomState(seed).permutation(len(items))[:n_val]] = True
+    return items[held] if split == "val" else items[~held]

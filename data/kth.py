@@ -1,24 +1,26 @@
 """KTH human actions from frame folders: ``ROOT/<action>/<video>/*.png`` (SVG's conversion).
 
-The person id is read from the video folder name (``person07_...``); persons 1-16 are
-train and 17-25 test, as in SVG/SRVP. Grey 64x64 frames.
+The person id is read from the video folder name (``person07_...``); persons 1-20 are the
+training data and 21-25 the test split, as in SVG and SRVP. A seeded 5% of the training
+videos (seed 42, as SRVP's validation split) are "val", the others "train"; "trainval" is
+all of persons 1-20. Grey 64x64 frames.
 """
 import re
 from pathlib import Path
 
-from .common import DataError
+from .common import DataError, carve, check_split
 from .frame_folders import FrameFolderVideos, find_videos
 
-__all__ = ["KTH", "ACTIONS"]
+__all__ = ["KTH", "ACTIONS", "TRAIN_PERSONS"]
 
 ACTIONS = ("boxing", "handclapping", "handwaving", "jogging", "running", "walking")
-TRAIN_PERSONS = range(1, 17)
+TRAIN_PERSONS = range(1, 21)
+VAL_FRACTION, VAL_SEED = 0.05, 42
 
 
 def KTH(split="train", root=None, *, kth=None, seq_len=20, channels=1):
     """KTH clips; labels ``action`` (6) and ``person`` (1-25). ``kth``: the frame-folder root."""
-    if split not in ("train", "test"):
-        raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
+    check_split(split)
     if kth is None or not Path(kth).is_dir():
         raise DataError(f"KTH folder {kth} does not exist: pass --kth DIR with <action>/<video>/*.png "
                         f"(KTH is licensed; convert it with the SVG scripts first)")
@@ -30,8 +32,11 @@ def KTH(split="train", root=None, *, kth=None, seq_len=20, channels=1):
             raise DataError(f"cannot read action and person from {video}: expected "
                             f"<action>/personNN_.../ frame folders under --kth")
         person = int(person.group(1))
-        if (person in TRAIN_PERSONS) == (split == "train"):
+        if (person in TRAIN_PERSONS) == (split != "test"):
             videos.append(video)
             labels.append({"action": ACTIONS.index(action), "person": person})
-    return FrameFolderVideos(videos, labels, seq_len=seq_len, random_start=(split == "train"),
+    if split != "test" and videos:
+        keep = set(carve(range(len(videos)), split, VAL_FRACTION, VAL_SEED).tolist())
+        videos, labels = [v for k, v in enumerate(videos) if k in keep], [l for k, l in enumerate(labels) if k in keep]
+    return FrameFolderVideos(videos, labels, seq_len=seq_len, random_start=(split in ("train", "trainval")),
                              channels=channels, option_hint=f" for split {split!r} under --kth {kth}")

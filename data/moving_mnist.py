@@ -4,18 +4,24 @@ Training items are drawn fresh on every access. The test set is fixed: built onc
 the MNIST test digits with a fixed seed and stored in the data root as an ``.npz`` of
 its exact ingredients (the resized digit images and every frame's digit positions), from
 which frames are rendered bit-identically. That file is ~11 MB instead of 500 MB of frames.
+
+Validation: a seeded 5% of the 60000 MNIST training digits (3000, seed 42) are held out;
+"train" draws its sequences from the other 57000, and "val" is a fixed set (1000 sequences by
+default) built from the held-out digits and stored like the test set. "trainval" draws from
+all 60000 training digits.
 """
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .common import DataError, data_root
+from .common import DataError, carve, check_split, data_root
 from .mnist import load_mnist
 
 __all__ = ["MovingMNIST", "simulate_positions", "render"]
 
 IMAGE_SIZE, DIGIT_SIZE, MAX_SPEED = 64, 32, 4
+VAL_FRACTION, VAL_SEED = 0.05, 42   # MNIST training digits held out for the val split
 
 
 def resize_digits(images):
@@ -64,12 +70,13 @@ def render(digits, positions):
 class MovingMNIST(Dataset):
     """Moving MNIST; item = ``(frames [T, 1, 64, 64], labels)``, labels ``digit0``(, ``digit1``): digit classes.
 
-    :param split: "train" (new random sequences every epoch: set ``epoch``) or "test" (fixed, seeded).
-    :param seq_len: frames per sequence (default 25 test / 20 train; any length).
+    :param split: "train" or "trainval" (new random sequences every epoch: set ``epoch``), "val" or
+        "test" (fixed, seeded; see the module docstring).
+    :param seq_len: frames per sequence (default 25 val / test, 20 train; any length).
     :param num_digits: 1 or 2.
     :param deterministic: flip velocity at walls (``mmnist``) instead of SVG's random bounce.
-    :param num_sequences: epoch length for train; test-set size (default 5000).
-    :param seed: seed of the fixed test set and of the training sequences.
+    :param num_sequences: epoch length for train; size of the fixed set (default 1000 val, 5000 test).
+    :param seed: seed of the fixed set and of the training sequences.
     :param mnist: local MNIST ``.npz`` or torchvision folder (default ``$MNIST_PATH``/download).
     """
 
@@ -82,21 +89,29 @@ class MovingMNIST(Dataset):
         self.split, self.num_digits, self.deterministic = split, num_digits, deterministic
         self.epoch = 0  # training items are a function of (seed, epoch, index): new every epoch, reproducible
         self.seed = seed
-        if split == "train":
+        check_split(split)
+        if split in ("train", "trainval"):
             self.seq_len = seq_len or 20
             self.num_sequences = num_sequences or 60000
-            self._mnist, self._mnist_labels = load_mnist("train", mnist, root, download)
+            self._mnist, self._mnist_labels = self._digits_of(split, mnist, root, download)
             return
-        if split != "test":
-            raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
         self.seq_len = seq_len or 25
-        self.num_sequences = num_sequences or 5000
+        self.num_sequences = num_sequences or (5000 if split == "test" else 1000)
         kind = "mmnist" if deterministic else "smmnist"
-        path = data_root(root) / f"{kind}_test_{num_digits}d_{self.num_sequences}x{self.seq_len}_seed{seed}.npz"
+        path = data_root(root) / f"{kind}_{split}_{num_digits}d_{self.num_sequences}x{self.seq_len}_seed{seed}.npz"
         if not path.is_file():
-            self._build_test_set(path, *load_mnist("test", mnist, root, download), seed)
+            self._build_test_set(path, *self._digits_of(split, mnist, root, download), seed)
         with np.load(path) as f:
             self._digits, self._positions, self._labels = f["digits"], f["positions"], f["labels"]
+
+    @staticmethod
+    def _digits_of(split, mnist, root, download):
+        """MNIST images and labels a split draws its digits from."""
+        if split == "test":
+            return load_mnist("test", mnist, root, download)
+        images, labels = load_mnist("train", mnist, root, download)
+        keep = carve(np.arange(len(images)), split, VAL_FRACTION, VAL_SEED)
+        return images[keep], labels[keep]
 
     def _build_test_set(self, path, mnist_images, mnist_labels, seed):
         rng = np.random.default_rng(seed)
@@ -116,7 +131,7 @@ class MovingMNIST(Dataset):
     def __getitem__(self, i):
         if not 0 <= i < len(self):
             raise IndexError(i)
-        if self.split == "test":
+        if self.split in ("val", "test"):
             digits, positions, classes = self._digits[i], self._positions[i], self._labels[i]
         else:
             rng = np.random.default_rng([self.seed, self.epoch, i])

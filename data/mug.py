@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .common import DataError
+from .common import DataError, carve, check_split
 
 __all__ = ["MUG", "EXPRESSIONS"]
 
@@ -46,12 +46,14 @@ class MUG(Dataset):
     :param seq_len: frames per sequence (default: all, must be <= the shortest video).
     :param mug_actions: the six original action ids to keep, in EXPRESSIONS order.
     :param holdout: share of subjects in the test split (seeded by ``split_seed``).
+
+    Splits are by subject: "test" holds ``holdout`` of them; of the others a seeded 10% (seed 42,
+    at least one subject) are "val", the rest "train"; "trainval" is train + val.
     """
 
     def __init__(self, split="train", root=None, *, mug=None, seq_len=None, mug_actions=None,
                  holdout=0.2, split_seed=0):
-        if split not in ("train", "test"):
-            raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
+        check_split(split)
         path = Path(mug or os.environ.get("MUG_PATH") or "")
         if not path.is_file():
             raise DataError(f"MUG file {path} does not exist: pass --mug FILE.npz (MUG is licensed; "
@@ -71,8 +73,10 @@ class MUG(Dataset):
                             f"choose 1..{videos.shape[1]}")
         relabel = _keep_map(labels[:, 1], names, mug_actions)
         subjects = np.unique(labels[:, 0])
-        held = np.random.RandomState(split_seed).permutation(subjects)[: max(1, int(round(holdout * len(subjects))))]
-        in_split = np.isin(labels[:, 0], held) == (split == "test")
+        order = np.random.RandomState(split_seed).permutation(subjects)
+        n_test = max(1, int(round(holdout * len(subjects))))
+        chosen = order[:n_test] if split == "test" else carve(np.sort(order[n_test:]), split, 0.1, 42)
+        in_split = np.isin(labels[:, 0], chosen)
         keep = in_split & np.isin(labels[:, 1], list(relabel))
         self.videos, self.labels = videos[keep], labels[keep]
         self.relabel, self.seq_len = relabel, seq_len or videos.shape[1]

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .common import DataError
+from .common import DataError, check_split
 
 __all__ = ["Pendulum"]
 
@@ -18,7 +18,7 @@ DAMPINGS = (0.02, 0.25)                   # 1/s
 GRAVITY, DT = 400.0, 0.05                 # px/s^2, s per frame
 PIVOT = (20.0, 32.0)                      # (y, x) of the pivot
 BOB_RADIUS, ROD_WIDTH = 4.0, 1.0
-_SPLIT_SEEDS = {"train": 1, "test": 2}
+_SPLIT_SEEDS = {"train": 1, "test": 2, "val": 3}  # every split is its own seeded set of sequences
 
 
 def simulate(length, theta0, damping, seq_len, substeps=20):
@@ -51,23 +51,33 @@ class Pendulum(Dataset):
 
     Labels: ``length`` (3), ``angle`` (4 initial-angle buckets), ``damping`` (2).
 
+    ``split``: "train", "val", "test" (independent seeded draws) or "trainval" (train then val).
+
     :param seq_len: frames per sequence (default 20).
-    :param num_sequences: dataset size (default 5000 train, 1000 test).
+    :param num_sequences: dataset size (default 5000 train, 1000 val, 1000 test).
     """
 
     def __init__(self, split="train", root=None, *, seq_len=20, num_sequences=None):
-        if split not in _SPLIT_SEEDS:
-            raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
+        check_split(split)
         if seq_len < 1:
             raise DataError(f"seq_len={seq_len} must be at least 1")
         self.split, self.seq_len = split, seq_len
-        self.num_sequences = num_sequences or (5000 if split == "train" else 1000)
+        sizes = {"train": 5000, "val": 1000, "test": 1000}
+        if split == "trainval":  # the train sequences, then the val ones
+            self.parts = [("train", num_sequences or sizes["train"]), ("val", sizes["val"])]
+        else:
+            self.parts = [(split, num_sequences or sizes[split])]
+        self.num_sequences = sum(n for _, n in self.parts)
 
     def __len__(self):
         return self.num_sequences
 
     def factors(self, i):
-        rng = np.random.default_rng([_SPLIT_SEEDS[self.split], i])
+        for part, n in self.parts:
+            if i < n:
+                break
+            i -= n
+        rng = np.random.default_rng([_SPLIT_SEEDS[part], i])
         labels = {"length": int(rng.integers(len(LENGTHS))), "angle": int(rng.integers(len(ANGLE_BUCKETS))),
                   "damping": int(rng.integers(len(DAMPINGS)))}
         theta0 = np.deg2rad(rng.uniform(*ANGLE_BUCKETS[labels["angle"]]))

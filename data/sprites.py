@@ -2,13 +2,19 @@
 
 Layers, order, frame lists, 1/256 scaling and the seeded split follow
 ``shared/data/sprites/README.md`` (the recipe of YingzhenLi/Sprites).
+
+Splits: the benchmark's 1000 training characters are ``order[:1000]`` of numpy's legacy
+permutation of the 1296 characters with seed 423, its 296 test characters ``order[1000:]``.
+This library holds the last 100 training characters out as "val" (``order[900:1000]``, 900
+sequences): "train" is ``order[:900]`` (8100 sequences), "trainval" all 1000 (the benchmark's
+9000 training sequences), "test" unchanged (2664).
 """
 import os
 from pathlib import Path
 
 import numpy as np
 
-from .common import DataError, data_root
+from .common import DataError, check_split, data_root
 from .download import fetch_files
 from .layered import LayeredSprites
 
@@ -19,6 +25,7 @@ DIRECTIONS = ("front", "left", "right")
 ATTRIBUTES = {"body": "body", "bottom": "bottomwear", "top": "topwear", "hair": "hair"}
 NUM_CLASSES = 6
 NUM_TRAIN_CHARACTERS = 1000
+NUM_VAL_CHARACTERS = 100   # the last ones of the training characters
 SPLIT_SEED = 423
 
 # sheet row per (action, direction) and sheet column per output frame
@@ -79,13 +86,11 @@ def sprites_layers_dir(layers=None, root=None, download=True):
 
 
 def split_characters(split):
-    """Character ids of a split: numpy's legacy RNG, seed 423, first 1000 are train."""
+    """Character ids of a split (see the module docstring): numpy's legacy RNG, seed 423."""
     order = np.random.RandomState(SPLIT_SEED).permutation(NUM_CLASSES ** 4)
-    if split == "train":
-        return order[:NUM_TRAIN_CHARACTERS]
-    if split == "test":
-        return order[NUM_TRAIN_CHARACTERS:]
-    raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
+    first_val = NUM_TRAIN_CHARACTERS - NUM_VAL_CHARACTERS
+    return {"train": order[:first_val], "val": order[first_val:NUM_TRAIN_CHARACTERS],
+            "trainval": order[:NUM_TRAIN_CHARACTERS], "test": order[NUM_TRAIN_CHARACTERS:]}[check_split(split)]
 
 
 def _sequence_labels(sequence):
@@ -97,6 +102,8 @@ def Sprites(split="train", root=None, *, sprites_layers=None, seq_len=None, rand
             pair_actions=False, download=True):
     """The Sprites benchmark as a dataset of ``(frames [T, 3, 64, 64] in [0, 1), labels)``.
 
+    ``split``: "train" (900 characters), "val" (100), "trainval" (1000), "test" (296).
+
     Labels: ``body, bottom, top, hair`` (6 classes each), ``action`` (9 = 3 actions x 3
     directions, ``action_type * 3 + direction``), ``action_type``, ``direction``, ``character``.
 
@@ -105,11 +112,12 @@ def Sprites(split="train", root=None, *, sprites_layers=None, seq_len=None, rand
     :param random_window: ``seq_len`` consecutive frames from a random start (default: the first).
     :param pair_actions: VDSM stage-1 items: two sequences of one character, concatenated.
     """
+    characters = split_characters(split)
     folder = sprites_layers_dir(sprites_layers, root, download)
     attribute_layers = {label: [folder / sub / f"{k}.png" for k in range(NUM_CLASSES)]
                         for label, sub in ATTRIBUTES.items()}
     return LayeredSprites(
-        attribute_layers, [folder / "shoes" / "1.png"], SEQUENCES, split_characters(split),
+        attribute_layers, [folder / "shoes" / "1.png"], SEQUENCES, characters,
         background=(0, 0, 0, 255), scale=1.0 / 256.0, sequence_labels=_sequence_labels,
         seq_len=seq_len, random_window=random_window, pair_actions=pair_actions,
         option_hint=": pass the layer folder with --sprites-layers or $SPRITES_LAYERS")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import DataError, data_root
+from .common import DataError, carve, check_split, data_root
 from .download import download_file
 from .layered import LayeredSprites
 
@@ -82,15 +82,17 @@ def lpc_layers_dir(layers=None, root=None, download=True):
     return folder
 
 
+VAL_FRACTION, VAL_SEED = 0.1, 42
+
+
 def split_characters(split, holdout=0.1, seed=0):
-    """Seeded character hold-out: ``holdout`` of the 840 characters are the test split."""
+    """Seeded character hold-out: ``holdout`` of the 840 characters are the test split (84); of
+    the other 756, a seeded 10% (76, seed 42) are "val", the rest "train" (680)."""
     order = np.random.RandomState(seed).permutation(NUM_CHARACTERS)
     n_test = int(round(holdout * NUM_CHARACTERS))
-    if split == "train":
-        return np.sort(order[n_test:])
-    if split == "test":
+    if check_split(split) == "test":
         return np.sort(order[:n_test])
-    raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
+    return carve(np.sort(order[n_test:]), split, VAL_FRACTION, VAL_SEED)
 
 
 def _sequence_labels(sequence):
@@ -101,9 +103,12 @@ def SpritesDSA(split="train", root=None, *, lpc_layers=None, seq_len=None, rando
                pair_actions=False, corrected_slash=False, holdout=0.1, split_seed=0, download=True):
     """DSA/VDSM Sprites as ``(frames [T, 3, 64, 64] in [0, 1], labels)``.
 
+    ``split``: "train", "val", "trainval" (train + val) or "test" (see ``split_characters``).
+
     Labels: ``body`` (7), ``shirt`` (4), ``pants`` (5), ``hair`` (6), ``action`` (3: walk,
     spellcast, slash), ``sequence`` (0-8, DSA's order), ``character``.
     """
+    characters = split_characters(split, holdout, split_seed)
     folder = lpc_layers_dir(lpc_layers, root, download)
     attribute_layers = {  # drawing order: body, pants, shirt, hair; labels keep DSA's names
         "body": [folder / "body" / f"{n}.png" for n in BODIES],
@@ -112,7 +117,7 @@ def SpritesDSA(split="train", root=None, *, lpc_layers=None, seq_len=None, rando
         "hair": [folder / "hair" / f"{n}.png" for n in HAIRS],
     }
     return LayeredSprites(
-        attribute_layers, [], sequences(corrected_slash), split_characters(split, holdout, split_seed),
+        attribute_layers, [], sequences(corrected_slash), characters,
         background=(0, 0, 0, 0), scale=1.0 / 255.0, sequence_labels=_sequence_labels,
         seq_len=seq_len, random_window=random_window, pair_actions=pair_actions,
         option_hint=": pass the layer folder with --lpc-layers or $LPC_LAYERS")

@@ -35,14 +35,17 @@ def sprites_train(data_dirs):
 
 
 def test_split_sizes_and_disjoint_characters(data_dirs, sprites_train):
-    test = get_dataset("sprites", "test", sprites_layers=data_dirs.sprites)
-    assert len(sprites_train) == 9000 and len(test) == 2664
+    splits = {s: get_dataset("sprites", s, sprites_layers=data_dirs.sprites) for s in ("val", "test", "trainval")}
+    assert len(sprites_train) == 8100 and len(splits["val"]) == 900 and len(splits["test"]) == 2664
+    assert len(splits["trainval"]) == 9000  # the benchmark's training set
     order = np.random.RandomState(423).permutation(1296)
-    assert set(sprites_train.characters) == set(order[:1000])
-    assert set(test.characters) == set(order[1000:])
+    assert list(sprites_train.characters) == list(order[:900])        # the documented carve-out
+    assert list(splits["val"].characters) == list(order[900:1000])
+    assert set(splits["trainval"].characters) == set(order[:1000])
+    assert set(splits["test"].characters) == set(order[1000:])
 
 
-@pytest.mark.parametrize("index", [0, 4, 8, 1234, 8999])
+@pytest.mark.parametrize("index", [0, 4, 8, 1234, 8099])
 def test_labels_decode_character_and_action(sprites_train, index):
     _, labels = sprites_train[index]
     c = labels["character"]
@@ -120,8 +123,10 @@ def test_random_window_keeps_consecutive_frames_from_varying_starts(data_dirs):
 def test_dsa_variant_split_labels_and_slash_rows(data_dirs):
     train = get_dataset("sprites-dsa", "train", lpc_layers=data_dirs.lpc)
     test = get_dataset("sprites-dsa", "test", lpc_layers=data_dirs.lpc)
-    assert len(train.characters) + len(test.characters) == 840 and len(test.characters) == 84
-    assert not set(train.characters) & set(test.characters)
+    val = get_dataset("sprites-dsa", "val", lpc_layers=data_dirs.lpc)
+    assert len(train.characters) + len(val.characters) + len(test.characters) == 840
+    assert (len(test.characters), len(val.characters)) == (84, 76)
+    assert len(set(train.characters) | set(val.characters) | set(test.characters)) == 840
     frames, labels = train[9 * 5 + 7]
     assert labels["sequence"] == 7 and labels["action"] == 2
     assert set(labels) >= {"body", "shirt", "pants", "hair", "action", "sequence"}
@@ -143,11 +148,12 @@ def test_dsa_variant_split_labels_and_slash_rows(data_dirs):
     ("sprites-dsa", {"lpc_layers": "/nonexistent/lpc"}, "--lpc-layers"),
     ("sprites", {"seq_len": 9}, "seq_len=9"),
     ("nope", {}, "unknown dataset"),
+    ("pendulum", {"split": "validation"}, "unknown split"),
 ])
 def test_bad_input_gives_one_line_errors(data_dirs, name, options, message):
     options.setdefault("sprites_layers", data_dirs.sprites) if name == "sprites" else None
     with pytest.raises(DataError, match=message.replace("-", "\\-")) as err:
-        get_dataset(name, **options)
+        get_dataset(name, options.pop("split", "train"), **options)
     assert "\n" not in str(err.value)
 
 
