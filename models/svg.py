@@ -11,9 +11,15 @@ With teacher forcing every LSTM input is known, so the prior, the posterior (in
 are encoded once per step (the model and guide share one cached encoding). Generation
 (``predict``) steps frame by frame.
 
-Objective: the reference minimises sum_t MSE_mean + beta * sum_t KL / batch. With the pixel
-scale 1/sqrt(2) and the KL scaled by beta * C * H * W, -ELBO = B * C * H * W * (that loss)
-+ const: the same optimum and, for Adam, the same updates.
+Objective: the reference minimises sum_t MSE_mean + beta * sum_t KL / batch, the KL in closed
+form. Training here uses ``TraceMeanField_ELBO`` (``SVGModel.elbo``), which also takes the KL
+of the "z" site in closed form; with the pixel scale 1/sqrt(2) and the KL scaled by
+beta * C * H * W, -ELBO = B * C * H * W * (that loss) + const: the same optimum and, for Adam,
+the same updates (tested numerically with the estimator training runs).
+
+Initialisation as the reference's ``init_weights``: every convolution and linear layer's weight
+N(0, 0.02) and bias 0, every BatchNorm's weight N(1, 0.02) and bias 0 (LSTM cells keep
+PyTorch's default).
 
 Skips: as in the reference code, target frame t uses the encoder skips of frame t-1 while
 t < n_past (or always, with ``last_frame_skip``) and afterwards keeps those of frame n_past-2.
@@ -24,13 +30,14 @@ from dataclasses import asdict, dataclass
 import pyro.distributions as dist
 import torch
 import torch.nn as nn
+from pyro.infer import TraceMeanField_ELBO
 
 from vdsm.nets import DCGANDecoder, DCGANEncoder, SequenceLSTM, VGGDecoder, VGGEncoder
 from vdsm.precision import full_precision
 
 from .family import StateSpaceVideoModel
 
-__all__ = ["SVGConfig", "SVGNets", "SVGModel"]
+__all__ = ["SVGConfig", "SVGNets", "SVGModel", "reference_init"]
 
 
 @dataclass
@@ -39,7 +46,7 @@ class SVGConfig:
 
     nc: int = 1
     arch: str = "dcgan"            # "dcgan" or "vgg"
-    nf: int = 64                   # DCGAN width
+    nf: int = 64                   # width of the first conv block (DCGAN and VGG; reference 64)
     g_dim: int = 128
     z_dim: int = 10
     rnn_size: int = 256
@@ -66,8 +73,20 @@ class SVGConfig:
                      "predictor_rnn_layers", "n_past"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        if self.beta <= 0:
-            raise ValueError(f"beta={self.beta} must be positive")
+        for name in ("beta", "pixel_scale"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+
+
+def reference_init(module):
+    """SVG's ``init_weights``, applied to every submodule (see the module docstring)."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
 
 
 # Encoder and decoder run on whole time steps, about this many frames per call: large calls
@@ -86,12 +105,13 @@ class SVGNets(nn.Module):
         if c.arch == "dcgan":
             self.encoder, self.decoder = DCGANEncoder(c.nc, c.g_dim, c.nf), DCGANDecoder(c.nc, c.g_dim, c.nf)
         else:
-            self.encoder, self.decoder = VGGEncoder(c.nc, c.g_dim), VGGDecoder(c.nc, c.g_dim)
+            self.encoder, self.decoder = VGGEncoder(c.nc, c.g_dim, c.nf), VGGDecoder(c.nc, c.g_dim, c.nf)
         self.posterior = SequenceLSTM(c.g_dim, c.z_dim, c.rnn_size, c.posterior_rnn_layers, "gaussian")
         self.prior = SequenceLSTM(c.g_dim, c.z_dim, c.rnn_size, c.prior_rnn_layers, "gaussian") \
             if c.learned_prior else None
         self.predictor = SequenceLSTM(c.g_dim + c.z_dim, c.g_dim, c.rnn_size, c.predictor_rnn_layers,
                                       "deterministic")
+        self.apply(reference_init)
         self._cache = (None, None)
 
     def encode(self, x):
@@ -144,8 +164,10 @@ class SVGModel(StateSpaceVideoModel):
 
         nets = SVGNets(SVGConfig())
         model, guide = SVGModel(nets), SVGGuide(nets)    # guides.svg.SVGGuide
-        loss = Trace_ELBO().differentiable_loss(model, guide, x, factors={"z": 1.0})
+        loss = TraceMeanField_ELBO().differentiable_loss(model, guide, x, factors={"z": 1.0})
     """
+
+    elbo = TraceMeanField_ELBO  # the estimator training uses: the KL of "z" in closed form, as the reference
 
     def __init__(self, nets: SVGNets):
         super().__init__()

@@ -85,6 +85,10 @@ def reference_loss(nets, x, z):
 
 
 def test_elbo_equals_the_reference_objective():
+    """The loss training minimises (``vdsm.train.ELBOLoss``, with the estimator it picks for SVG)
+    equals B * C * H * W * the reference loss + a constant, for the same draw of z."""
+    from vdsm.train import ELBOLoss
+
     torch.manual_seed(0)
     nets, model, guide = pair(tiny(n_past=3))
     nets.eval()  # batch statistics differ between one call and per-frame calls; running ones do not
@@ -92,12 +96,49 @@ def test_elbo_equals_the_reference_objective():
     torch.manual_seed(1)
     z = poutine.trace(guide).get_trace(x, factors=FACTORS).nodes["z"]["value"]
     torch.manual_seed(1)  # the ELBO draws the same z: its loss is -log p(x | z) + beta * D * analytic KL
-    ours = TraceMeanField_ELBO().differentiable_loss(model, guide, x, factors=FACTORS)
+    loss = ELBOLoss(model, guide)
+    assert isinstance(loss.elbo, TraceMeanField_ELBO)
+    ours = loss(x, FACTORS)
     d = x[0, 0].numel()
     n_pixels = x[:, 1:].numel()
     const = n_pixels * math.log(nets.config.pixel_scale * math.sqrt(2 * math.pi))
     ref = reference_loss(nets, x, z)
     assert ours.item() == pytest.approx((4 * d * ref + const).item(), rel=1e-5)
+
+
+def test_networks_start_from_the_references_initialisation():
+    nets = SVGNets(tiny(nf=16, g_dim=32, rnn_size=32))
+    convs = [m for m in nets.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]
+    norms = [m for m in nets.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
+    weights = torch.cat([m.weight.flatten() for m in convs])
+    assert abs(weights.std().item() - 0.02) < 0.001 and abs(weights.mean().item()) < 0.001
+    assert all(m.bias is None or not m.bias.any() for m in convs + norms)
+    gains = torch.cat([m.weight for m in norms])
+    assert abs(gains.mean().item() - 1) < 0.005 and abs(gains.std().item() - 0.02) < 0.005
+
+
+def test_nf_sets_the_vgg_widths():
+    for nf in (8, 16):
+        nets = SVGNets(tiny(arch="vgg", nf=nf))
+        assert [b[0][0].out_channels for b in nets.encoder.blocks] == [nf, 2 * nf, 4 * nf, 8 * nf]
+        assert nets.decoder.last[1].in_channels == nf
+        x = torch.rand(2, 3, 1, 64, 64)
+        h, skips = nets.encode(x)
+        assert h.shape == (2, 3, nets.config.g_dim) and skips[0][0].shape == (2, nf, 64, 64)
+        assert nets.decoder(h[:, 0], skips[0]).shape == (2, 1, 64, 64)
+
+
+def test_kth_and_bair_paper_presets_are_the_reference_commands():
+    from experiments.configs import load_svg_preset
+    kth = load_svg_preset("kth", "paper")
+    assert {k: kth["model"][k] for k in ("arch", "g_dim", "z_dim", "beta", "n_past", "nc", "posterior_rnn_layers",
+                                         "predictor_rnn_layers", "last_frame_skip")} == {
+        "arch": "vgg", "g_dim": 128, "z_dim": 24, "beta": 1e-6, "n_past": 10, "nc": 1, "posterior_rnn_layers": 2,
+        "predictor_rnn_layers": 2, "last_frame_skip": False}
+    assert (kth["train"]["lr"], kth["train"]["n_future"], kth["train"]["batch_size"]) == (8e-4, 10, 100)
+    bair = load_svg_preset("bair", "paper")
+    assert (bair["model"]["z_dim"], bair["model"]["n_past"], bair["model"]["nc"], bair["train"]["batch_size"]) == (
+        64, 2, 3, 100)
 
 
 def test_predict_keeps_the_past_and_generates_the_future():

@@ -156,18 +156,20 @@ def _vgg_up(c_in, c_out):
 
 
 class VGGDecoder(_SkipDecoder):
-    """SVG's VGG-64 decoder: upsampling plus 3x3 conv blocks, with the VGG encoder's skips."""
+    """SVG's VGG-64 decoder: upsampling plus 3x3 conv blocks, with the VGG encoder's skips (widths
+    from ``nf`` as in :class:`vdsm.nets.VGGEncoder`; the reference: ``nf`` = 64)."""
 
-    def __init__(self, nc, dim=128):
+    def __init__(self, nc, dim=128, nf=64):
         super().__init__()
-        self.inp = nn.Sequential(nn.ConvTranspose2d(dim, 512, 4, 1, 0), nn.BatchNorm2d(512),
+        w1, w2, w3, w4 = nf, 2 * nf, 4 * nf, 8 * nf
+        self.inp = nn.Sequential(nn.ConvTranspose2d(dim, w4, 4, 1, 0), nn.BatchNorm2d(w4),
                                  nn.LeakyReLU(0.2, inplace=True))
         self.blocks = nn.ModuleList([
-            nn.Sequential(_vgg_up(1024, 512), _vgg_up(512, 512), _vgg_up(512, 256)),   # 8
-            nn.Sequential(_vgg_up(512, 256), _vgg_up(256, 256), _vgg_up(256, 128)),    # 16
-            nn.Sequential(_vgg_up(256, 128), _vgg_up(128, 64)),                        # 32
+            nn.Sequential(_vgg_up(2 * w4, w4), _vgg_up(w4, w4), _vgg_up(w4, w3)),   # 8
+            nn.Sequential(_vgg_up(2 * w3, w3), _vgg_up(w3, w3), _vgg_up(w3, w2)),   # 16
+            nn.Sequential(_vgg_up(2 * w2, w2), _vgg_up(w2, w1)),                    # 32
         ])
-        self.last = nn.Sequential(_vgg_up(128, 64), nn.ConvTranspose2d(64, nc, 3, 1, 1))  # 64
+        self.last = nn.Sequential(_vgg_up(2 * w1, w1), nn.ConvTranspose2d(w1, nc, 3, 1, 1))  # 64
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
 
     def stages(self):

@@ -95,17 +95,21 @@ def _vgg_layer(c_in, c_out):
 
 
 class VGGEncoder(nn.Module):
-    """SVG's VGG-64 frame encoder: blocks of 3x3 conv+BN+LeakyReLU with max-pooling, skips as in DCGAN-64."""
+    """SVG's VGG-64 frame encoder: blocks of 3x3 conv+BN+LeakyReLU with max-pooling, skips as in DCGAN-64.
 
-    def __init__(self, nc, dim=128):
+    Widths ``nf``, 2 ``nf``, 4 ``nf``, 8 ``nf`` per block (the reference: ``nf`` = 64).
+    """
+
+    def __init__(self, nc, dim=128, nf=64):
         super().__init__()
+        w1, w2, w3, w4 = nf, 2 * nf, 4 * nf, 8 * nf
         self.blocks = nn.ModuleList([
-            nn.Sequential(_vgg_layer(nc, 64), _vgg_layer(64, 64)),                              # 64
-            nn.Sequential(_vgg_layer(64, 128), _vgg_layer(128, 128)),                           # 32
-            nn.Sequential(_vgg_layer(128, 256), _vgg_layer(256, 256), _vgg_layer(256, 256)),    # 16
-            nn.Sequential(_vgg_layer(256, 512), _vgg_layer(512, 512), _vgg_layer(512, 512)),    # 8
+            nn.Sequential(_vgg_layer(nc, w1), _vgg_layer(w1, w1)),                        # 64
+            nn.Sequential(_vgg_layer(w1, w2), _vgg_layer(w2, w2)),                        # 32
+            nn.Sequential(_vgg_layer(w2, w3), _vgg_layer(w3, w3), _vgg_layer(w3, w3)),    # 16
+            nn.Sequential(_vgg_layer(w3, w4), _vgg_layer(w4, w4), _vgg_layer(w4, w4)),    # 8
         ])
-        self.out = nn.Sequential(nn.Conv2d(512, dim, 4, 1, 0), nn.BatchNorm2d(dim), nn.Tanh())
+        self.out = nn.Sequential(nn.Conv2d(w4, dim, 4, 1, 0), nn.BatchNorm2d(dim), nn.Tanh())
         self.pool = nn.MaxPool2d(2, 2)
 
     def forward(self, frames):
