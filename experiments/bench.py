@@ -4,7 +4,8 @@
     python -m experiments.bench --only data      # data loading only
     python -m experiments.bench --only steps --batch-sizes 5 10 --device cuda
     python -m experiments.bench --only quality   # train the default Sprites run (~30 min on 2 cores)
-                                                 # and record judge accuracy against training time
+                                                 # and record judge accuracy on val sequences against
+                                                 # training time
 
 Every step configuration runs in its own subprocess so that its peak RSS is its own.
 Seconds per step are the median of ``--repeats`` steps after ``--warmup`` steps; the
@@ -118,7 +119,7 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
         factors = Schedule().factors(0.5)
     params = list({id(p): p for m in (model, guide) for p in m.parameters() if p.requires_grad}.values())
     optimizer = torch.optim.Adam(params, lr=1e-4)
-    elbo = Trace_ELBO()
+    elbo = getattr(model, "elbo", Trace_ELBO)()  # the estimator training uses (SVG: TraceMeanField_ELBO)
 
     def sync():
         if torch.device(device).type == "cuda":
@@ -199,15 +200,15 @@ def main(argv=None):
     q = p.add_argument_group("time to quality (--only quality)")
     q.add_argument("--quality-out", default="bench_quality", help="folder for the run, CSV, PNG and JSON")
     q.add_argument("--every-minutes", type=float, default=3.0, help="training minutes between evaluations")
-    q.add_argument("--test-sequences", type=int, default=128, help="size of the fixed test subset")
+    q.add_argument("--val-sequences", type=int, default=128, help="size of the fixed subset of val sequences")
     q.add_argument("--data-root", default=None)
     q.add_argument("--judge-steps", type=int, default=1500, help="training steps of the judge if none is cached")
     q.add_argument("--run-flags", default="",
                    help='extra flags for experiments.run, written with "=": --run-flags="--stage1-steps 600"')
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one step config
     args = p.parse_args(argv)
-    if args.test_sequences < 1 or args.repeats < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
-        p.error("--test-sequences, --repeats and --batch-sizes must be at least 1, --warmup at least 0")
+    if args.val_sequences < 1 or args.repeats < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
+        p.error("--val-sequences, --repeats and --batch-sizes must be at least 1, --warmup at least 0")
     from vdsm.runtime import keep_freed_memory
 
     keep_freed_memory()  # as experiments.run does: training processes keep freed memory for reuse
@@ -222,7 +223,7 @@ def main(argv=None):
         from experiments.time_to_quality import time_to_quality
 
         summary = time_to_quality(args.quality_out, every_minutes=args.every_minutes,
-                                  test_sequences=args.test_sequences, run_flags=shlex.split(args.run_flags),
+                                  val_sequences=args.val_sequences, run_flags=shlex.split(args.run_flags),
                                   data_root=args.data_root, sprites_layers=args.sprites_layers,
                                   judge_steps=args.judge_steps)
         results["quality"] = summary

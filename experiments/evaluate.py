@@ -1,50 +1,134 @@
-"""Judge-classifier evaluation of a trained run: ``python -m experiments.evaluate --run DIR``.
+"""Evaluate a trained run: ``python -m experiments.evaluate --run DIR``.
 
-Trains (once, cached in the data root) or loads the dataset's judge, runs the protocols of
-``vdsm.metrics.protocol`` and writes ``metrics.json`` (key "judge_protocol") and
-``disentanglement.md`` (tables laid out like the papers', with published numbers beside).
+VDSM runs: the dataset's judge (trained once on the "train" split and cached in the data root)
+scores the judge protocols of ``vdsm.metrics.protocol``; writes ``metrics.json`` (key
+"judge_protocol") and ``disentanglement.md`` (tables laid out like the papers', published
+numbers beside the rows that follow their protocol).
+
+SVG runs: the prediction protocol (condition on n_past frames, N sampled futures per sequence,
+best per metric, predicted frames only); writes ``prediction_per_frame.csv``/``.png``,
+``prediction.gif`` and ``metrics.json`` (key "prediction").
+
+The split is "test" unless ``--split val`` (for monitoring and tuning). ``--protocol paper`` is
+the published protocol (prediction: 100 samples on every test sequence); ``--protocol quick``
+(the default on a CPU) takes 20 samples on the first 256 sequences and finishes in minutes.
+Every number is written with its protocol, split and stage, and every departure from the
+published protocol is listed beside it.
 """
 import argparse
 import json
+import resource
 import sys
+import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 import data
-from vdsm.api import VDSM
-from vdsm.metrics.judge import JUDGE_HEADS, load_or_train_judge
-from vdsm.metrics.protocol import judge_protocol
+from vdsm.checkpoint import write_text_atomic
 
-from .cli import UsageError, cli_main
-from .judge import DATA_FLAGS
+from .cli import UsageError, choose_device, choose_preset, cli_main
 
 PUBLISHED = {  # REFERENCE.md section 6
     "sprites": {"consistency": [("VDSM (paper, own protocol)", "99.53%")]},
     "mug": {"fix_dynamics": [("DBSE (best reported)", "86.90%", "5.598", "0.041", "1.782")],
             "consistency": [("VDSM (paper, own protocol)", "93.33%")]},
 }
+PREDICTION_PROTOCOLS = {"paper": {"samples": 100, "sequences": None}, "quick": {"samples": 20, "sequences": 256}}
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True, help="run folder written by experiments.run")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--judge-steps", type=int, default=1500, help="training steps of a new judge")
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="test (the final report; default) or val (monitoring and tuning)")
+    p.add_argument("--protocol", choices=sorted(PREDICTION_PROTOCOLS),
+                   help="paper (the published protocol) or quick (default without a GPU: minutes on a CPU)")
     p.add_argument("--device", default=None)
     p.add_argument("--data-root", default=None)
-    p.add_argument("--sprites-layers", default=None)
-    p.add_argument("--lpc-layers", default=None)
-    p.add_argument("--mug", default=None)
-    p.add_argument("--mnist", default=None)
-    p.add_argument("--kth", default=None)
-    p.add_argument("--bair", default=None)
-    pred = p.add_argument_group("prediction runs (SVG)")
-    pred.add_argument("--samples", type=int, default=None, help="futures per test sequence (paper: 100)")
-    pred.add_argument("--max-sequences", type=int, default=None, help="evaluate the first N test sequences")
+    for dest in sorted(set(data.FOLDER_OPTIONS.values())):
+        p.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None)
+    p.add_argument("--batch-size", type=int, default=128, help="sequences per batch (judge: per repeat)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    judge = p.add_argument_group("judge protocols (VDSM runs)")
+    judge.add_argument("--repeats", type=int, default=None, help="batches drawn (default 5)")
+    judge.add_argument("--judge-steps", type=int, default=None, help="training steps of a new judge (default 1500)")
+    pred = p.add_argument_group("prediction protocol (SVG runs)")
+    pred.add_argument("--samples", type=int, default=None, help="futures per sequence (overrides the protocol's)")
+    pred.add_argument("--max-sequences", type=int, default=None,
+                      help="evaluate the first N sequences (overrides the protocol's)")
     pred.add_argument("--n-future", type=int, default=None, help="frames to predict (default per dataset)")
     return p
+
+
+def evaluate(args):
+    run_dir = Path(args.run)
+    if not (run_dir / "config.json").is_file():
+        raise UsageError(f"--run {run_dir}: no config.json there; pass a run folder of experiments.run")
+    for name in ("batch_size", "repeats", "judge_steps", "samples", "max_sequences", "n_future"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')}={value} must be at least 1")
+    config = json.loads((run_dir / "config.json").read_text())
+    own = data.FOLDER_OPTIONS.get(config["dataset"])
+    wrong = [d for d in set(data.FOLDER_OPTIONS.values()) if d != own and getattr(args, d) is not None]
+    if wrong:
+        raise UsageError(f"{', '.join('--' + d.replace('_', '-') for d in sorted(wrong))} do not apply to this "
+                         f"{config['dataset']} run: drop them")
+    device = choose_device(args.device)
+    if config.get("model_name", "vdsm").startswith("svg"):
+        return evaluate_prediction(args, run_dir, config, device)
+    for name in ("samples", "max_sequences", "n_future", "protocol"):
+        if getattr(args, name) is not None:
+            raise UsageError(f"--{name.replace('_', '-')} applies to prediction runs (SVG), not to this VDSM run")
+    args.repeats, args.judge_steps = args.repeats or 5, args.judge_steps or 1500
+    return evaluate_judge(args, run_dir, config, device)
+
+
+def _data_options(args, config, seq_len):
+    options = {"seq_len": seq_len}
+    flag = data.FOLDER_OPTIONS.get(config["dataset"])
+    if flag and getattr(args, flag, None):
+        options[flag] = getattr(args, flag)
+    return options
+
+
+def _update_metrics(run_dir, key, value):
+    path = run_dir / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics[key] = value
+    write_text_atomic(path, json.dumps(metrics, indent=1))
+
+
+# ---------------------------------------------------------------- judge protocols (VDSM)
+
+
+def evaluate_judge(args, run_dir, config, device):
+    from vdsm.api import VDSM
+    from vdsm.metrics.judge import JUDGES, load_or_train_judge
+    from vdsm.metrics.protocol import judge_protocol
+
+    dataset = config["dataset"]
+    if dataset not in JUDGES:
+        raise UsageError(f"no judge for dataset {dataset!r}: judges exist for {', '.join(JUDGES)}")
+    options = _data_options(args, config, config["stage2"]["seq_len"])
+    vdsm = VDSM.load(run_dir, device)
+    sequences = data.get_dataset(dataset, args.split, args.data_root, **options)
+    print(f"judge protocols on {args.split} sequences of {dataset}: {args.repeats} repeats x "
+          f"{min(args.batch_size, len(sequences))} sequences, stage {2 if vdsm.has_stage2 else 1} model", flush=True)
+    judge, judge_acc = load_or_train_judge(dataset, root=args.data_root, device=device, steps=args.judge_steps,
+                                           progress=not args.no_progress, accuracy_on=(args.split,), **options)
+    result = judge_protocol(vdsm, judge, sequences, batch_size=args.batch_size, repeats=args.repeats,
+                            device=device, progress=not args.no_progress)
+    result.update(split=args.split, judge_accuracy=judge_acc[args.split], date=time.strftime("%Y-%m-%d"),
+                  command="python -m experiments.evaluate " + " ".join(sys.argv[1:]))
+    if config.get("train_split") == "trainval" and args.split == "val":
+        result["note"] = "this run trained on its val sequences (--train-split trainval)"
+    _update_metrics(run_dir, "judge_protocol" if args.split == "test" else "judge_protocol_val", result)
+    name = "disentanglement.md" if args.split == "test" else "disentanglement_val.md"
+    (run_dir / name).write_text(markdown(dataset, result))
+    return result
 
 
 def _fmt(entry, percent=False):
@@ -52,118 +136,148 @@ def _fmt(entry, percent=False):
     return f"{100 * m:.2f} ± {100 * s:.2f}%" if percent else f"{m:.3f} ± {s:.3f}"
 
 
-def markdown(dataset, judge_acc, result):
-    lines = [f"# Disentanglement evaluation ({dataset})", "",
-             "Judge test accuracy per head: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in judge_acc.items()), "",
-             f"Batches of {result['batch_size']} test sequences, {result['repeats']} repeats (mean ± std).", "",
-             "## Fixed dynamics, identity from the prior (action head)", "",
-             "| Method | Acc | IS | H(y\\|x) | H(y) |", "|---|---|---|---|---|"]
+def markdown(dataset, result):
+    lines = [f"# Disentanglement evaluation ({dataset}, {result['split']} split, stage-{result['stage']} model)", "",
+             "Judge accuracy per head on real " + result["split"] + " sequences: "
+             + ", ".join(f"{k} {100 * v:.2f}%" for k, v in result["judge_accuracy"].items()), "",
+             f"Batches of {result['batch_size']} {result['split']} sequences, {result['repeats']} repeats "
+             f"(mean ± std).", ""]
+    if result["stage"] == 1:
+        lines += ["**A stage-1 model has no dynamics latent: the first two tables are not the protocol "
+                  "(see each table's note).**", ""]
     fd = result["fix_dynamics"]
-    lines.append(f"| this run | {_fmt(fd['accuracy'], True)} | {_fmt(fd['IS'])} | {_fmt(fd['H(y|x)'])} | {_fmt(fd['H(y)'])} |")
-    for row in PUBLISHED.get(dataset, {}).get("fix_dynamics", []):
-        lines.append("| " + " | ".join(row) + " |")
-    heads = list(result["fix_identity"])
-    lines += ["", "## Fixed identity, dynamics from the prior (attribute heads, accuracy)", "",
-              "| Method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|",
-              "| this run | " + " | ".join(_fmt(result["fix_identity"][h]["accuracy"], True) for h in heads) + " |",
-              "", "| head | IS | H(y\\|x) | H(y) |", "|---|---|---|---|"]
-    for h in heads:
-        r = result["fix_identity"][h]
-        lines.append(f"| {h} | {_fmt(r['IS'])} | {_fmt(r['H(y|x)'])} | {_fmt(r['H(y)'])} |")
+    lines += ["## Fixed dynamics, identity from the prior (dynamic heads)", ""]
+    if "skipped" in fd:
+        lines += [f"Skipped: {fd['skipped']}.", ""]
+    else:
+        lines += [f"What: {fd['what']}.", "", "| head | Acc | IS | H(y\\|x) | H(y) |", "|---|---|---|---|---|"]
+        for head, r in fd["heads"].items():
+            lines.append(f"| this run: {head} | {_fmt(r['accuracy'], True)} | {_fmt(r['IS'])} | {_fmt(r['H(y|x)'])} "
+                         f"| {_fmt(r['H(y)'])} |")
+        if fd["protocol"] and result["split"] == "test":
+            lines += ["| " + " | ".join(row) + " |" for row in PUBLISHED.get(dataset, {}).get("fix_dynamics", [])]
+        lines.append("")
+    fi = result["fix_identity"]
+    lines += ["## Fixed identity, dynamics from the prior (static heads)", ""]
+    if "skipped" in fi:
+        lines += [f"Skipped: {fi['skipped']}.", ""]
+    else:
+        lines += [f"What: {fi['what']}.", "", "| head | Acc | IS | H(y\\|x) | H(y) |", "|---|---|---|---|---|"]
+        for head, r in fi["heads"].items():
+            lines.append(f"| {head} | {_fmt(r['accuracy'], True)} | {_fmt(r['IS'])} | {_fmt(r['H(y|x)'])} | "
+                         f"{_fmt(r['H(y)'])} |")
+        lines.append("")
     cons = result["consistency"]
-    lines += ["", "## VDSM's own accuracy consistency (judge on real vs re-generated; not comparable with the above)",
-              "", "| Method | " + " | ".join(cons) + " |", "|---" * (len(cons) + 1) + "|",
-              "| this run | " + " | ".join(_fmt(v, True) for v in cons.values()) + " |"]
-    for name, value in PUBLISHED.get(dataset, {}).get("consistency", []):
-        lines.append(f"| {name} | {value} (overall) |" + " |" * (len(cons) - 1))
-    at = result["action_transfer"]
-    lines += ["", "## Action transfer (dynamics of A, identity of B)", "",
-              "| action of A | attributes of B | both |", "|---|---|---|",
-              f"| {_fmt(at['action_of_A'], True)} | {_fmt(at['attributes_of_B'], True)} | {_fmt(at['both'], True)} |", ""]
+    heads = list(cons["heads"])
+    lines += ["## VDSM's own accuracy consistency (not comparable with the tables above)", "",
+              f"What: {cons['what']}; guide inputs: {cons['guide_inputs']}.", "",
+              "| | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|",
+              "| this run | " + " | ".join(_fmt(v, True) for v in cons["heads"].values()) + " |"]
+    if "consistency_with_pose_input" in result:
+        extra = result["consistency_with_pose_input"]["heads"]
+        lines.append("| this run, guide sees the frame poses | " + " | ".join(_fmt(v, True) for v in extra.values()) + " |")
+    if result["split"] == "test":
+        for name, value in PUBLISHED.get(dataset, {}).get("consistency", []):
+            lines.append(f"| {name} | {value} (overall) |" + " |" * (len(heads) - 1))
+    tr = result["transfer"]
+    keys = [k for k in ("dynamics_of_A", "identity_of_B", "both") if k in tr]
+    lines += ["", f"## Transfer ({tr['what']})", "", "| " + " | ".join(keys) + " |", "|---" * len(keys) + "|",
+              "| " + " | ".join(_fmt(tr[k], True) for k in keys) + " |", ""]
     return "\n".join(lines)
 
 
-def evaluate(args):
-    run_dir = Path(args.run)
-    if not (run_dir / "config.json").is_file():
-        raise UsageError(f"--run {run_dir}: no config.json there; pass a run folder of experiments.run")
-    config = json.loads((run_dir / "config.json").read_text())
-    if config.get("model_name", "vdsm").startswith("svg"):
-        return evaluate_prediction(args, run_dir, config)
-    dataset = config["dataset"]
-    if dataset not in JUDGE_HEADS:
-        raise UsageError(f"no judge for dataset {dataset!r}: judges exist for {', '.join(JUDGE_HEADS)}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    options = {"seq_len": config["stage2"]["seq_len"]}
-    flag = DATA_FLAGS.get(dataset)
-    if flag and getattr(args, flag):
-        options[flag] = getattr(args, flag)
-    judge, judge_acc = load_or_train_judge(dataset, root=args.data_root, device=device, steps=args.judge_steps,
-                                           **options)
-    vdsm = VDSM.load(run_dir, device).eval()
-    test = data.get_dataset(dataset, "test", args.data_root, **options)
-    result = judge_protocol(vdsm, judge, test, batch_size=args.batch_size, repeats=args.repeats, device=device)
-    result["judge_test_accuracy"] = judge_acc
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    metrics["judge_protocol"] = result
-    metrics_path.write_text(json.dumps(metrics, indent=1))
-    (run_dir / "disentanglement.md").write_text(markdown(dataset, judge_acc, result))
-    return result
+# ---------------------------------------------------------------- prediction (SVG)
+
+
+def prediction_plan(args, config, n_available, device):
+    """The protocol's settings, what was overridden, and the departures from the published one."""
+    name, reason = choose_preset(args.protocol, device, what="protocol", small="quick")
+    settings = dict(PREDICTION_PROTOCOLS[name])
+    samples = args.samples or settings["samples"]
+    sequences = min(args.max_sequences or settings["sequences"] or n_available, n_available)
+    n_future = args.n_future or config["eval"]["n_future"]
+    paper = PREDICTION_PROTOCOLS["paper"]
+    departures = []
+    if samples != paper["samples"]:
+        departures.append(f"{samples} samples per sequence (published protocol: {paper['samples']})")
+    if sequences != n_available:
+        departures.append(f"the first {sequences} of the {n_available} {args.split} sequences (published: all)")
+    if n_future != config["eval"]["n_future"]:
+        departures.append(f"{n_future} predicted frames (published: {config['eval']['n_future']})")
+    if args.split != "test":
+        departures.append(f"the {args.split} split (published: test)")
+    if args.samples or args.max_sequences:
+        name = f"{name}, overridden"
+    return {"name": name, "reason": reason, "samples": samples, "sequences": sequences, "of": n_available,
+            "n_future": n_future, "departures": departures}
 
 
 @torch.no_grad()
-def evaluate_prediction(args, run_dir, config):
-    """REFERENCE section 5: condition on n_past frames, N sampled futures per test sequence, best
-    per metric, predicted frames only, [0, 1] range; mean and 95% interval over sequences."""
+def evaluate_prediction(args, run_dir, config, device):
+    """REFERENCE section 5: condition on n_past frames, N sampled futures per sequence, best per
+    metric, predicted frames only, [0, 1] range; mean and 95% interval over sequences."""
     import csv
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vdsm.metrics.prediction import best_of_n, mean_with_interval
+    from vdsm.metrics.prediction import mean_with_interval, running_best_of_n
     from vdsm.svg_api import SVG
     from vdsm.viz import save_gif
 
-    from .run_svg import DATA_OPTIONS
-
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.repeats is not None or args.judge_steps is not None:
+        raise UsageError("--repeats and --judge-steps apply to judge protocols (VDSM runs), not to this SVG run")
     n_past = config["model"]["n_past"]
     n_future = args.n_future or config["eval"]["n_future"]
-    n_samples = args.samples or config["eval"]["samples"]
-    options = {"seq_len": n_past + n_future}
-    flag = DATA_OPTIONS.get(config["dataset"])
-    if flag and getattr(args, flag, None):
-        options[flag] = getattr(args, flag)
-    test = data.get_dataset(config["dataset"], "test", args.data_root, **options)
-    n = min(args.max_sequences or len(test), len(test))
+    sequences = data.get_dataset(config["dataset"], args.split, args.data_root,
+                                 **_data_options(args, config, n_past + n_future))
+    plan = prediction_plan(args, config, len(sequences), device)
+    n, n_samples = plan["sequences"], plan["samples"]
+    print(f"prediction protocol {plan['name']} ({plan['reason']}): {n} {args.split} sequences x {n_samples} samples "
+          f"x {n_future} predicted frames after {n_past}"
+          + (f"; departs from the published protocol: {'; '.join(plan['departures'])}" if plan["departures"] else ""),
+          flush=True)
     svg = SVG.load(run_dir, device)
     curves = {"psnr": [], "ssim": []}
-    for start in range(0, n, args.batch_size):
-        x = torch.stack([test[i][0] for i in range(start, min(n, start + args.batch_size))]).to(device)
-        samples = torch.stack([svg.predict(x[:, :n_past], n_future)[:, n_past:] for _ in range(n_samples)])
-        best = best_of_n(samples, x[:, n_past:])
+    batches = range(0, n, args.batch_size)
+    bar = tqdm(total=len(batches) * n_samples, desc="prediction (samples)", disable=args.no_progress,
+               dynamic_ncols=True)
+
+    def samples_of(x):
+        for _ in range(n_samples):
+            yield svg.predict(x[:, :n_past], n_future)[:, n_past:]
+            bar.update(1)
+
+    started = time.time()
+    for start in batches:
+        x = torch.stack([sequences[i][0] for i in range(start, min(n, start + args.batch_size))]).to(device)
+        best = running_best_of_n(samples_of(x), x[:, n_past:], keep_rows=8 if start == 0 else 0)
         for k in curves:
             curves[k].append(best[k].cpu())
         if start == 0:
-            rows = torch.arange(min(8, len(x)))
-            chosen = samples[best["best_ssim_sample"][rows], rows]
-            randoms = [samples[k, rows] for k in range(min(2, n_samples))]
-            save_gif(torch.cat([x[rows, n_past:], chosen, *randoms], -1), run_dir / "prediction.gif")
-    summary = {"test_sequences": n, "samples": n_samples, "n_past": n_past, "n_future": n_future}
-    with open(run_dir / "prediction_per_frame.csv", "w", newline="") as f:
+            rows = min(8, len(x))
+            save_gif(torch.cat([x[:rows, n_past:], best["best_ssim_frames"], best["first_frames"]], -1),
+                     run_dir / "prediction.gif")
+    bar.close()
+    summary = {"split": args.split, "protocol": plan, "n_past": n_past, "n_future": n_future,
+               "test_sequences" if args.split == "test" else "val_sequences": n, "samples": n_samples,
+               "seconds": round(time.time() - started, 1),
+               "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+               "date": time.strftime("%Y-%m-%d"), "command": "python -m experiments.evaluate " + " ".join(sys.argv[1:])}
+    per_frame = {}
+    for k in curves:
+        values = torch.cat(curves[k])                       # [N, n_future]
+        per_frame[k] = mean_with_interval(values)
+        mean, half = mean_with_interval(values.mean(1))
+        summary[k], summary[f"{k}_ci95"] = float(mean), float(half)
+    suffix = "" if args.split == "test" else "_val"
+    with open(run_dir / f"prediction_per_frame{suffix}.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["frame", "psnr_mean", "psnr_ci95", "ssim_mean", "ssim_ci95"])
-        per_frame = {}
-        for k in curves:
-            values = torch.cat(curves[k])                       # [N, n_future]
-            per_frame[k] = mean_with_interval(values)
-            mean, half = mean_with_interval(values.mean(1))
-            summary[k], summary[f"{k}_ci95"] = float(mean), float(half)
         for t in range(n_future):
             writer.writerow([n_past + t + 1, *(f"{float(per_frame[k][i][t]):.5f}" for k in curves for i in (0, 1))])
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     frames = range(n_past + 1, n_past + n_future + 1)
     for ax, k in zip(axes, curves):
         mean, half = per_frame[k]
@@ -172,13 +286,14 @@ def evaluate_prediction(args, run_dir, config):
         ax.set_xlabel("frame")
         ax.set_ylabel(k.upper())
         ax.legend()
+    fig.suptitle(f"{config['dataset']} {args.split}, protocol {plan['name']}: {n} sequences x {n_samples} samples",
+                 fontsize=9)
     fig.tight_layout()
-    fig.savefig(run_dir / "prediction_per_frame.png", dpi=120)
+    fig.savefig(run_dir / f"prediction_per_frame{suffix}.png", dpi=120)
     plt.close(fig)
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    metrics["prediction"] = summary
-    metrics_path.write_text(json.dumps(metrics, indent=1))
+    _update_metrics(run_dir, "prediction" if args.split == "test" else "prediction_val", summary)
+    print(f"PSNR {summary['psnr']:.2f} ± {summary['psnr_ci95']:.2f}, SSIM {summary['ssim']:.4f} ± "
+          f"{summary['ssim_ci95']:.4f} ({args.split}, protocol {plan['name']})", flush=True)
     return summary
 
 

@@ -1,4 +1,4 @@
-"""Train (or load the cached) judge classifier of a dataset and print its test accuracy per head.
+"""Train (or load the cached) judge classifier of a dataset and print its accuracy per head on val and test.
 
     python -m experiments.judge --dataset sprites [--steps 1500] [--sprites-layers DIR]
 """
@@ -7,19 +7,16 @@ import json
 import logging
 import sys
 
-import torch
-
+import data
 from experiments.configs import load_preset
-from vdsm.metrics.judge import JUDGE_HEADS, load_or_train_judge
+from vdsm.metrics.judge import JUDGES, load_or_train_judge
 
-from .cli import UsageError, cli_main
-
-DATA_FLAGS = {"sprites": "sprites_layers", "sprites-dsa": "lpc_layers", "mug": "mug"}
+from .cli import UsageError, choose_device, cli_main
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m experiments.judge", description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", required=True, help=f"one of {', '.join(JUDGE_HEADS)}")
+    p.add_argument("--dataset", required=True, help=f"one of {', '.join(JUDGES)}")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--seq-len", type=int, default=None,
                    help="frames per sequence (default: the dataset preset's stage-2 length, which "
@@ -29,23 +26,33 @@ def build_parser():
     p.add_argument("--sprites-layers", default=None)
     p.add_argument("--lpc-layers", default=None)
     p.add_argument("--mug", default=None)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
 def judge(args):
-    if args.dataset not in JUDGE_HEADS:
-        raise UsageError(f"no judge for dataset {args.dataset!r}: judges exist for {', '.join(JUDGE_HEADS)}")
+    if args.dataset not in JUDGES:
+        raise UsageError(f"no judge for dataset {args.dataset!r}: judges exist for {', '.join(JUDGES)}")
+    own = data.FOLDER_OPTIONS.get(args.dataset)
+    wrong = [d for d in ("sprites_layers", "lpc_layers", "mug") if d != own and getattr(args, d) is not None]
+    if wrong:
+        raise UsageError(f"{', '.join('--' + d.replace('_', '-') for d in wrong)} do not apply to --dataset "
+                         f"{args.dataset}: drop them")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # the sequence length is part of the judge's cache key: default to the one evaluations use
     options = {"seq_len": args.seq_len or load_preset(args.dataset, "cpu")["stage2"]["seq_len"]}
+    if args.steps < 1:
+        raise UsageError(f"--steps={args.steps} must be at least 1")
     if options["seq_len"] < 1:
         raise UsageError(f"--seq-len={args.seq_len} must be at least 1")
-    flag = DATA_FLAGS.get(args.dataset)
-    if flag and getattr(args, flag):
-        options[flag] = getattr(args, flag)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    _, accuracy = load_or_train_judge(args.dataset, root=args.data_root, device=device, steps=args.steps, **options)
-    print(json.dumps({"dataset": args.dataset, "test_accuracy": accuracy}))
+    if own and getattr(args, own, None):
+        options[own] = getattr(args, own)
+    device = choose_device(args.device)
+    _, accuracy = load_or_train_judge(args.dataset, root=args.data_root, device=device, steps=args.steps,
+                                      progress=not args.no_progress, accuracy_on=("val", "test"), **options)
+    spec = JUDGES[args.dataset]
+    print(json.dumps({"dataset": args.dataset, "trained_on": "train (val held out)", "dynamic_heads": list(spec.dynamic),
+                      "static_heads": list(spec.static), "accuracy": accuracy}))
 
 
 def main(argv=None):

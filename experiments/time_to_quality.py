@@ -3,14 +3,16 @@
 The run is the one ``python -m experiments.run --dataset sprites`` trains (cpu preset on a machine
 without a GPU), with a monitor called after every optimiser step. When ``every_minutes`` of
 training time have passed (and at the end of each stage) the monitor runs the judge protocol of
-``vdsm.metrics.protocol`` once on a fixed subset of the test set:
+``vdsm.metrics.protocol`` once on a fixed subset of the **val** split (characters held out of
+training; the test split is for ``experiments.evaluate``'s final report only):
 
 * action accuracy: fixed dynamics, identity from the prior, judge's action head;
 * attribute accuracy: fixed identity, dynamics from the prior, mean over the attribute heads
   (each head is also recorded).
 
 During stage 1 the same protocol uses what stage 1 has (poses of the real sequence kept, or
-drawn from the N(0, I) pose prior); from stage 2 on it uses the dynamics model. Training time
+drawn from the N(0, I) pose prior: not the protocol, and labelled so in the "protocol" column);
+from stage 2 on it uses the dynamics model. Training time
 excludes the evaluations, which run under ``torch.random.fork_rng`` so the run trains exactly as
 it would without the monitor. Writes ``time_to_quality.csv`` (a row per evaluation, written as
 it goes), ``time_to_quality.png`` and ``time_to_quality.json`` (first times at which each
@@ -25,22 +27,24 @@ from pathlib import Path
 import torch
 
 import data
-from vdsm.metrics.judge import ACTION_HEADS, JUDGE_HEADS, load_or_train_judge
+from vdsm.metrics.judge import JUDGES, load_or_train_judge
 from vdsm.metrics.protocol import judge_protocol
 
 __all__ = ["QualityMonitor", "time_to_quality"]
 
-ATTRIBUTES = [h for h in JUDGE_HEADS["sprites"] if h not in ACTION_HEADS]
-COLUMNS = ["train_seconds", "stage", "step", "action_accuracy", "attribute_accuracy", *ATTRIBUTES,
+ATTRIBUTES = list(JUDGES["sprites"].static)
+COLUMNS = ["train_seconds", "stage", "step", "protocol", "action_accuracy", "attribute_accuracy", *ATTRIBUTES,
            "recon_action", "recon_attributes", "eval_seconds"]
 
 
 class QualityMonitor:
-    """Called as ``monitor(vdsm, stage, step, last)`` after every step; evaluates when due."""
+    """Called as ``monitor(vdsm, stage, step, last)`` after every step; evaluates when due.
 
-    def __init__(self, judge, test_items, csv_path, every_seconds, action_heads=ACTION_HEADS):
-        self.judge, self.items, self.every = judge, test_items, every_seconds
-        self.action_heads = action_heads
+    ``items``: the fixed (frames, labels) pairs scored, from the val split.
+    """
+
+    def __init__(self, judge, items, csv_path, every_seconds):
+        self.judge, self.items, self.every = judge, items, every_seconds
         self.csv_path = Path(csv_path)
         self.rows, self.eval_seconds, self.next_due = [], 0.0, every_seconds
         self.started = time.perf_counter()
@@ -73,18 +77,20 @@ class QualityMonitor:
         try:
             with torch.random.fork_rng(devices=[]):  # training continues with its own random numbers
                 result = judge_protocol(vdsm, self.judge, self.items, batch_size=len(self.items), repeats=1,
-                                        action_heads=self.action_heads, device=vdsm.device)
+                                        device=vdsm.device)
         finally:
             vdsm.has_stage2 = had_stage2
             for m, mode in zip(nets, modes):
                 m.train(mode)
-        heads = {k: v["accuracy"]["mean"] for k, v in result["fix_identity"].items()}
-        consistency = {k: v["mean"] for k, v in result["consistency"].items()}
-        attributes = [k for k in consistency if k not in self.action_heads]
-        return {"action_accuracy": result["fix_dynamics"]["accuracy"]["mean"],
+        dynamic, static = self.judge.dynamic_heads, self.judge.static_heads
+        heads = {k: v["accuracy"]["mean"] for k, v in result["fix_identity"]["heads"].items()}
+        consistency = {k: v["mean"] for k, v in result["consistency"]["heads"].items()}
+        return {"protocol": "yes" if result["fix_dynamics"]["protocol"] else "no (stage 1)",
+                "action_accuracy": statistics.fmean(result["fix_dynamics"]["heads"][k]["accuracy"]["mean"]
+                                                    for k in dynamic),
                 "attribute_accuracy": statistics.fmean(heads.values()), **heads,
-                "recon_action": statistics.fmean(consistency[k] for k in self.action_heads),
-                "recon_attributes": statistics.fmean(consistency[k] for k in attributes)}
+                "recon_action": statistics.fmean(consistency[k] for k in dynamic),
+                "recon_attributes": statistics.fmean(consistency[k] for k in static)}
 
 
 def first_time(rows, key, target):
@@ -118,15 +124,16 @@ def plot(rows, path, target, budget_seconds):
     ax.set_ylabel("judge accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title("Sprites, default run: time to quality")
+    ax.set_title("Sprites, default run: time to quality (judge on val sequences)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def time_to_quality(out_dir, *, every_minutes=3.0, test_sequences=128, run_flags=(), data_root=None,
+def time_to_quality(out_dir, *, every_minutes=3.0, val_sequences=128, run_flags=(), data_root=None,
                     sprites_layers=None, judge_steps=1500, target=0.9, budget_minutes=30.0):
-    """Train the default Sprites run in ``out_dir/run`` with a :class:`QualityMonitor`; returns the summary."""
+    """Train the default Sprites run in ``out_dir/run`` with a :class:`QualityMonitor` on
+    ``val_sequences`` fixed val sequences; returns the summary."""
     from experiments import run as runner
 
     out_dir = Path(out_dir)
@@ -142,16 +149,18 @@ def time_to_quality(out_dir, *, every_minutes=3.0, test_sequences=128, run_flags
     if sprites_layers:
         options["sprites_layers"] = sprites_layers
     # the judge is trained once and cached (not counted as training time of the run)
-    judge, judge_accuracy = load_or_train_judge("sprites", root=data_root, device=device, steps=judge_steps, **options)
-    test = data.get_dataset("sprites", "test", data_root, **options)
-    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(4321))[:test_sequences]
-    items = [test[int(i)] for i in order]
+    judge, judge_accuracy = load_or_train_judge("sprites", root=data_root, device=device, steps=judge_steps,
+                                                progress=not args.no_progress, **options)
+    val = data.get_dataset("sprites", "val", data_root, **options)
+    order = torch.randperm(len(val), generator=torch.Generator().manual_seed(4321))[:val_sequences]
+    items = [val[int(i)] for i in order]
     monitor = QualityMonitor(judge, items, out_dir / "time_to_quality.csv", 60 * every_minutes)
     runner.run(args, monitor=monitor)
     rows, budget = monitor.rows, 60 * budget_minutes
     summary = {"date": time.strftime("%Y-%m-%d"), "flags": flags, "device": str(device),
-               "threads": torch.get_num_threads(), "test_sequences": len(items), "every_minutes": every_minutes,
-               "judge_test_accuracy": judge_accuracy, "target": target, "budget_minutes": budget_minutes,
+               "threads": torch.get_num_threads(), "split": "val", "val_sequences": len(items),
+               "every_minutes": every_minutes, "judge_val_accuracy": judge_accuracy["val"], "target": target,
+               "budget_minutes": budget_minutes,
                "evaluations": len(rows), "train_seconds": rows[-1]["train_seconds"] if rows else None,
                "final": rows[-1] if rows else None, "rows": rows,
                **{f"{key}_first_reaches_target_s": first_time(rows, key, target)

@@ -9,11 +9,24 @@ from tests_helpers import tiny_run_flags
 from vdsm.checkpoint import load_checkpoint
 
 
-def test_time_to_quality_records_both_stages_and_leaves_training_unchanged(tmp_path, data_dirs, capsys):
+def test_time_to_quality_records_both_stages_and_leaves_training_unchanged(tmp_path, data_dirs, capsys, monkeypatch):
+    import data
+    from vdsm.metrics import judge
+
+    splits = []   # every split the monitoring path reads
+
+    def recording(get):
+        def get_dataset(name, split="train", *args, **kwargs):
+            splits.append(split)
+            return get(name, split, *args, **kwargs)
+        return get_dataset
+
+    monkeypatch.setattr(data, "get_dataset", recording(data.get_dataset))
+    monkeypatch.setattr(judge, "get_dataset", recording(judge.get_dataset))
     flags = tiny_run_flags(steps=3) + ["--seed", "5"]
     out = tmp_path / "quality"
     assert bench_main(["--only", "quality", "--quality-out", str(out), "--every-minutes", "0",
-                       "--test-sequences", "6", "--data-root", str(tmp_path / "root"), "--judge-steps", "3",
+                       "--val-sequences", "6", "--data-root", str(tmp_path / "root"), "--judge-steps", "3",
                        "--sprites-layers", str(data_dirs.sprites), "--run-flags", " ".join(flags),
                        "--json", str(tmp_path / "bench.json")]) == 0
     with (out / "time_to_quality.csv").open() as f:
@@ -21,6 +34,8 @@ def test_time_to_quality_records_both_stages_and_leaves_training_unchanged(tmp_p
     # every-minutes 0: an evaluation after every step of both stages
     assert [(r["stage"], int(r["step"])) for r in rows] == [("stage1", k) for k in (1, 2, 3)] + \
         [("stage2", k) for k in (1, 2, 3)]
+    # a stage-1 model has no dynamics latent: those rows are labelled as not the protocol
+    assert [r["protocol"] for r in rows] == ["no (stage 1)"] * 3 + ["yes"] * 3
     seconds = [float(r["train_seconds"]) for r in rows]
     assert seconds == sorted(seconds) and seconds[0] > 0
     for r in rows:
@@ -29,9 +44,10 @@ def test_time_to_quality_records_both_stages_and_leaves_training_unchanged(tmp_p
         heads = [float(r[h]) for h in ("body", "bottom", "top", "hair")]
         assert abs(float(r["attribute_accuracy"]) - sum(heads) / 4) < 1e-6
     summary = json.loads((out / "time_to_quality.json").read_text())
-    assert summary["evaluations"] == 6 and summary["test_sequences"] == 6
+    assert summary["evaluations"] == 6 and summary["val_sequences"] == 6 and summary["split"] == "val"
     assert (out / "time_to_quality.png").stat().st_size > 0
     assert "stage2" in capsys.readouterr().out
+    assert "test" not in splits and {"train", "val"} <= set(splits)   # monitoring never reads the test split
     assert json.loads((tmp_path / "bench.json").read_text())["quality"]["evaluations"] == 6
 
     # the evaluations draw random numbers under fork_rng: the same run without the monitor
@@ -51,9 +67,9 @@ def test_bad_bench_input_exits_2(capsys):
     import pytest
 
     with pytest.raises(SystemExit) as stop:
-        bench_main(["--only", "quality", "--test-sequences", "0"])
+        bench_main(["--only", "quality", "--val-sequences", "0"])
     assert stop.value.code == 2
-    assert "--test-sequences" in capsys.readouterr().err
+    assert "--val-sequences" in capsys.readouterr().err
 
 
 def test_keep_freed_memory_applies_on_glibc_and_can_be_switched_off(monkeypatch):

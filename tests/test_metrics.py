@@ -54,11 +54,19 @@ def test_judge_shapes():
 
 def test_judge_learns_sprites_labels_on_a_small_subset(data_dirs):
     judge, acc = train_judge("sprites", steps=150, batch_size=16, lr=3e-3, num_workers=0, max_train=1500,
-                             max_test=200, sprites_layers=data_dirs.sprites, seq_len=8)
+                             max_test=200, sprites_layers=data_dirs.sprites, seq_len=8, score_on=("val", "test"))
     chance = {"action": 1 / 9, "body": 1 / 6, "bottom": 1 / 6, "top": 1 / 6, "hair": 1 / 6}
-    assert set(acc) == set(chance)
-    for head, value in acc.items():
-        assert value > 0.8, (head, acc)  # on unseen characters, far above chance
+    assert set(acc) == {"val", "test"} and set(acc["test"]) == set(chance)
+    assert judge.dynamic_heads == ["action"] and judge.static_heads == ["body", "bottom", "top", "hair"]
+    for split in ("val", "test"):
+        for head, value in acc[split].items():
+            assert value > 0.8, (split, head, acc)  # on unseen characters, far above chance
+
+
+def _evaluate(run, data_dirs, root, *extra):
+    return subprocess.run([sys.executable, "-m", "experiments.evaluate", "--run", str(run), "--judge-steps", "3",
+                           "--batch-size", "6", "--repeats", "2", "--data-root", str(root), *map(str, extra)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 def test_evaluate_cli_on_a_tiny_run(tmp_path, data_dirs):
@@ -66,36 +74,67 @@ def test_evaluate_cli_on_a_tiny_run(tmp_path, data_dirs):
     run = tmp_path / "tiny"
     env_root = tmp_path / "root"
     cmd = [sys.executable, "-m", "experiments.run", "--dataset", "sprites", "--sprites-layers", str(data_dirs.sprites),
-           "--out", str(run), *tiny_run_flags()]
+           "--out", str(run), *tiny_run_flags(), "--guide-pose-input", "0.5"]
     assert subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300).returncode == 0
-    result = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--run", str(run), "--sprites-layers",
-                             str(data_dirs.sprites), "--judge-steps", "3", "--batch-size", "6", "--repeats", "2",
-                             "--data-root", str(env_root)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = _evaluate(run, data_dirs, env_root, "--sprites-layers", data_dirs.sprites)
     assert result.returncode == 0, result.stderr
+    assert "judge protocols on test sequences of sprites: 2 repeats x 6 sequences, stage 2 model" in result.stdout
+    assert "judge protocols" in result.stderr  # the progress bar
     protocol = json.loads((run / "metrics.json").read_text())["judge_protocol"]
-    assert protocol["repeats"] == 2 and protocol["batch_size"] == 6
-    assert set(protocol["fix_identity"]) == {"body", "bottom", "top", "hair"}
-    assert 0 <= protocol["fix_dynamics"]["accuracy"]["mean"] <= 1
-    assert 1 <= protocol["fix_dynamics"]["IS"]["mean"] <= 9
+    assert (protocol["repeats"], protocol["batch_size"], protocol["split"], protocol["stage"]) == (2, 6, "test", 2)
+    assert set(protocol["fix_identity"]["heads"]) == {"body", "bottom", "top", "hair"}
+    assert set(protocol["fix_dynamics"]["heads"]) == {"action"} and protocol["fix_dynamics"]["protocol"]
+    assert protocol["consistency"]["guide_inputs"] == "the reference guide's (no frame poses)"
+    assert "consistency_with_pose_input" in protocol   # the run's guide sees poses: reported apart
+    assert set(protocol["judge_accuracy"]) == {"action", "body", "bottom", "top", "hair"}  # on the test split
     table = (run / "disentanglement.md").read_text()
-    assert "| Method | Acc | IS |" in table and "99.53%" in table
+    assert "| head | Acc | IS |" in table and "99.53%" in table and "guide sees the frame poses" in table
     assert list((env_root / "judges").glob("sprites-*.pt"))  # cached for the next evaluation
+    val = _evaluate(run, data_dirs, env_root, "--sprites-layers", data_dirs.sprites, "--split", "val")
+    assert val.returncode == 0, val.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["judge_protocol_val"]["split"] == "val" and metrics["judge_protocol"] == protocol
+    assert "99.53%" not in (run / "disentanglement_val.md").read_text()  # published numbers beside test rows only
     bad = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--run", str(tmp_path / "none")],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    wrong = _evaluate(run, data_dirs, env_root, "--samples", "3")
+    assert wrong.returncode == 2 and "--samples applies to prediction runs" in wrong.stderr
 
 
-def test_judge_command_trains_once_then_loads_from_the_cache(tmp_path, data_dirs):
+def test_evaluate_flags_a_stage1_only_run_and_runs_the_pendulum_judge(tmp_path, data_dirs):
+    """A stage-1 run's "fixed dynamics" keeps every pose: labelled, not passed off as the protocol.
+    Pendulum: a judge without an action head (two dynamic heads, one static) on one-channel frames."""
+    from tests_helpers import tiny_run_flags
+    run = tmp_path / "pendulum"
+    cmd = [sys.executable, "-m", "experiments.run", "--dataset", "pendulum", "--out", str(run), "--stage", "1",
+           "--seq-len", "8", *tiny_run_flags()]
+    made = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    result = _evaluate(run, data_dirs, tmp_path / "root")
+    assert result.returncode == 0, result.stderr
+    protocol = json.loads((run / "metrics.json").read_text())["judge_protocol"]
+    assert protocol["stage"] == 1 and protocol["fix_dynamics"]["protocol"] is False
+    assert set(protocol["fix_dynamics"]["heads"]) == {"angle", "damping"}
+    assert set(protocol["fix_identity"]["heads"]) == {"length"}
+    assert "NOT the protocol" in (run / "disentanglement.md").read_text()
+
+
+def test_judge_command_trains_once_then_loads_from_the_cache(tmp_path, data_dirs, capsys):
     from experiments.judge import main
     args = ["--dataset", "sprites", "--steps", "2", "--sprites-layers", str(data_dirs.sprites), "--data-root",
-            str(tmp_path)]
+            str(tmp_path), "--no-progress"]
     assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed["accuracy"]) == {"val", "test"} and printed["dynamic_heads"] == ["action"]
     cached = list((tmp_path / "judges").glob("sprites-*.pt"))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
     assert main(args) == 0 and cached[0].stat().st_mtime_ns == stamp
     # experiments.evaluate asks for the judge of the run's stage-2 sequence length: the same cache entry
     seq_len = load_preset("sprites", "cpu")["stage2"]["seq_len"]
-    load_or_train_judge("sprites", root=tmp_path, steps=2, seq_len=seq_len, sprites_layers=data_dirs.sprites)
+    load_or_train_judge("sprites", root=tmp_path, steps=2, seq_len=seq_len, sprites_layers=data_dirs.sprites,
+                        accuracy_on=("val", "test"))
     assert list((tmp_path / "judges").glob("sprites-*.pt")) == cached and cached[0].stat().st_mtime_ns == stamp
     assert main(["--dataset", "kth"]) == 2
+    assert main(["--dataset", "sprites", "--mug", "/tmp/x.npz"]) == 2

@@ -11,7 +11,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from tests_helpers import tiny_run_flags
 from vdsm.metrics.frechet import frechet_distance, frechet_from_features
-from vdsm.metrics.prediction import best_of_n, mean_with_interval, psnr, ssim
+from vdsm.metrics.prediction import best_of_n, mean_with_interval, psnr, running_best_of_n, ssim
 
 REPO = Path(__file__).resolve().parents[1]
 SVG_TINY = ["--nf", "4", "--g-dim", "8", "--z-dim", "2", "--rnn-size", "8", "--batch-size", "2", "--steps", "2",
@@ -44,6 +44,20 @@ def test_best_of_n_picks_the_closest_sample_per_sequence():
     assert mean.item() == 2.0 and half.item() == pytest.approx(1.96 * 1.0 / math.sqrt(3))
 
 
+def test_running_best_of_n_equals_best_of_n_over_the_stacked_samples():
+    torch.manual_seed(0)
+    target = torch.rand(4, 3, 1, 64, 64)
+    samples = torch.stack([(target + s * torch.randn_like(target)).clamp(0, 1) for s in (0.5, 0.1, 0.3, 0.05, 0.2)])
+    samples[1, 2] = samples[3, 2]                    # a tie: the earlier sample is kept, as argmax does
+    stacked = best_of_n(samples, target)
+    running = running_best_of_n(iter(samples), target, keep_rows=2)
+    for key in ("psnr", "ssim", "best_psnr_sample", "best_ssim_sample"):
+        assert torch.equal(running[key], stacked[key]), key
+    assert running["samples"] == 5
+    assert torch.equal(running["best_ssim_frames"], samples[stacked["best_ssim_sample"][:2], torch.arange(2)])
+    assert torch.equal(running["first_frames"], samples[0, :2])
+
+
 def test_frechet_of_gaussians_matches_the_closed_form():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((20000, 3))
@@ -68,13 +82,21 @@ def test_svg_cli_run_and_evaluation(svg_run, data_dirs):
     for name in ("config.json", "checkpoints/svg.pt", "futures.gif", "metrics.json", "tensorboard"):
         assert (out / name).exists(), name
     quick = json.loads((out / "metrics.json").read_text())["quick_prediction"]
-    assert quick["n_past"] == 5 and 0 < quick["ssim"] <= 1
+    assert quick["split"] == "val" and quick["n_past"] == 5 and quick["sequences"] == 3
     result = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--run", str(out), "--mnist",
                              str(data_dirs.mnist), "--data-root", str(root), "--samples", "2", "--max-sequences",
                              "6", "--batch-size", "4"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    plan = result.stdout.splitlines()[0]   # what it will do, before doing it
+    assert "6 test sequences x 2 samples x 20 predicted frames" in plan and "published protocol" in plan
+    assert "prediction (samples)" in result.stderr   # the progress bar
     summary = json.loads((out / "metrics.json").read_text())["prediction"]
-    assert summary["test_sequences"] == 6 and summary["n_future"] == 20
+    assert summary["test_sequences"] == 6 and summary["n_future"] == 20 and summary["split"] == "test"
+    protocol = summary["protocol"]
+    if not torch.cuda.is_available():
+        assert protocol["name"] == "quick, overridden" and protocol["reason"].startswith("default without a GPU")
+    assert protocol["departures"] == ["2 samples per sequence (published protocol: 100)",
+                                      "the first 6 of the 5000 test sequences (published: all)"]
     lines = (out / "prediction_per_frame.csv").read_text().splitlines()
     assert lines[0].startswith("frame,psnr_mean") and len(lines) == 21
     assert (out / "prediction_per_frame.png").is_file() and (out / "prediction.gif").is_file()
@@ -116,7 +138,7 @@ def test_svg_fp_with_vgg_on_kth_frame_folders(tmp_path):
     from PIL import Image
 
     from experiments.run import main
-    for person, action in [(2, "walking"), (5, "boxing"), (18, "running")]:
+    for person, action in [(2, "walking"), (5, "boxing"), (18, "handwaving"), (22, "running")]:
         video = tmp_path / "kth" / action / f"person{person:02d}_{action}_d1"
         video.mkdir(parents=True)
         for k in range(14):
@@ -127,5 +149,5 @@ def test_svg_fp_with_vgg_on_kth_frame_folders(tmp_path):
                  "--rnn-size", "8", "--batch-size", "1", "--steps", "1", "--eval-samples", "1",
                  "--eval-sequences", "1", "--num-workers", "0", "--no-progress"]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["model"]["arch"] == "vgg" and config["model"]["last_frame_skip"] is True
+    assert config["model"]["arch"] == "vgg" and config["model"]["nf"] == 32   # the cpu preset's width applies
     assert json.loads((out / "metrics.json").read_text())["quick_prediction"]["n_future"] == 2

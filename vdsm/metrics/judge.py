@@ -3,43 +3,66 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from data import get_dataset
+from data import FOLDER_OPTIONS, get_dataset
 from data.common import data_root
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["Judge", "JUDGE_HEADS", "train_judge", "load_or_train_judge", "judge_accuracy"]
+__all__ = ["Judge", "JudgeSpec", "JUDGES", "JUDGE_HEADS", "train_judge", "load_or_train_judge", "judge_accuracy"]
 
 log = logging.getLogger(__name__)
 
-JUDGE_HEADS = {
-    "sprites": {"action": 9, "body": 6, "bottom": 6, "top": 6, "hair": 6},
-    "sprites-dsa": {"action": 3, "body": 7, "shirt": 4, "pants": 5, "hair": 6},
-    "mug": {"action": 6},
-    "pendulum": {"length": 3, "angle": 4, "damping": 2},
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """The labels a dataset's judge predicts (head -> number of classes), in two groups: ``dynamic``
+    heads describe the motion (what fixing the dynamics latent must keep), ``static`` heads the
+    appearance (what fixing the identity latent must keep). The judge, the protocols and
+    ``experiments.evaluate`` all read this one spec."""
+
+    dynamic: dict
+    static: dict
+
+    @property
+    def heads(self):
+        return {**self.dynamic, **self.static}
+
+
+JUDGES = {
+    "sprites": JudgeSpec(dynamic={"action": 9}, static={"body": 6, "bottom": 6, "top": 6, "hair": 6}),
+    "sprites-dsa": JudgeSpec(dynamic={"action": 3}, static={"body": 7, "shirt": 4, "pants": 5, "hair": 6}),
+    # MUG's identities are subjects, disjoint between splits: no static head a judge could score
+    "mug": JudgeSpec(dynamic={"action": 6}, static={}),
+    # the rod length is what the pendulum looks like; the start angle and the damping are how it moves
+    "pendulum": JudgeSpec(dynamic={"angle": 4, "damping": 2}, static={"length": 3}),
 }
-ACTION_HEADS = ("action",)
+JUDGE_HEADS = {name: spec.heads for name, spec in JUDGES.items()}
 
 
 class Judge(nn.Module):
     """Sequence classifier: conv frame features -> LSTM; heads read [last LSTM state, mean frame feature].
 
     :param heads: dict ``label -> number of classes``.
+    :param dynamic: the heads that describe motion (the others describe appearance).
 
     Example::
 
-        judge = Judge(3, {"action": 9, "hair": 6})
+        judge = Judge(3, {"action": 9, "hair": 6}, dynamic=["action"])
         logits = judge(torch.rand(4, 8, 3, 64, 64))   # {"action": [4, 9], "hair": [4, 6]}
     """
 
-    def __init__(self, nc, heads, width=16, hidden=128):
+    def __init__(self, nc, heads, width=16, hidden=128, dynamic=()):
         super().__init__()
         self.heads_spec = dict(heads)
+        self.dynamic_heads = [k for k in heads if k in dynamic]
+        self.static_heads = [k for k in heads if k not in dynamic]
         layers, c = [], nc
         for w in (width, 2 * width, 4 * width, 8 * width):   # 64 -> 4
             layers += [nn.Conv2d(c, w, 4, 2, 1), nn.BatchNorm2d(w), nn.LeakyReLU(0.2)]
@@ -83,28 +106,32 @@ def judge_accuracy(judge, dataset, device="cpu", max_sequences=None, batch_size=
 
 
 def train_judge(dataset_name, *, root=None, steps=1500, batch_size=32, lr=2e-3, device="cpu", seed=0,
-                num_workers=1, progress=False, max_train=None, max_test=None, **data_options):
-    """Train a judge on real training sequences of ``dataset_name``; returns (judge, test accuracy).
+                num_workers=1, progress=False, max_train=None, max_test=None, score_on=("val",), **data_options):
+    """Train a judge on real "train" sequences of ``dataset_name`` (val held out); returns (judge,
+    {split: accuracy per head} for the splits in ``score_on``).
 
     ``max_train`` / ``max_test`` restrict training / scoring to a seeded random subset.
     """
-    heads = JUDGE_HEADS[dataset_name]
+    spec = JUDGES[dataset_name]
+    heads = spec.heads
     torch.manual_seed(seed)
     train = get_dataset(dataset_name, "train", root, **data_options)
-    test = get_dataset(dataset_name, "test", root, **data_options)
+    scored = {split: get_dataset(dataset_name, split, root, **data_options) for split in score_on}
     if max_train:
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:max_train]
         train = torch.utils.data.Subset(train, pick.tolist())
     if max_test:
-        pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed + 1))[:max_test]
-        test = torch.utils.data.Subset(test, pick.tolist())
+        for split, ds in scored.items():
+            pick = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed + 1))[:max_test]
+            scored[split] = torch.utils.data.Subset(ds, pick.tolist())
     nc = train[0][0].shape[1]
-    judge = Judge(nc, heads).to(device)
+    judge = Judge(nc, heads, dynamic=list(spec.dynamic)).to(device)
     optimizer = torch.optim.Adam(judge.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True,
                                          num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
     step, started = 0, time.time()
+    bar = tqdm(total=steps, desc=f"judge ({dataset_name})", disable=not progress, dynamic_ncols=True)
     while step < steps:
         for x, labels in loader:
             judge.train()
@@ -115,13 +142,16 @@ def train_judge(dataset_name, *, root=None, steps=1500, batch_size=32, lr=2e-3, 
             optimizer.step()
             schedule.step()
             step += 1
-            if progress and step % 100 == 0:
-                log.info("judge step %d/%d loss %.4f", step, steps, loss.item())
+            bar.update(1)
             if step >= steps:
                 break
-    acc = judge_accuracy(judge, test, device)
-    log.info("judge trained in %.0f s; test accuracy %s", time.time() - started, acc)
+    bar.close()
+    acc = {split: judge_accuracy(judge, ds, device) for split, ds in scored.items()}
+    log.info("judge trained in %.0f s; accuracy %s", time.time() - started, acc)
     return judge, acc
+
+
+_FOLDER_OPTIONS = set(FOLDER_OPTIONS.values())
 
 
 def _cache_path(dataset_name, root, settings):
@@ -129,24 +159,36 @@ def _cache_path(dataset_name, root, settings):
     return data_root(root) / "judges" / f"{dataset_name}-{key}.pt"
 
 
-def load_or_train_judge(dataset_name, *, root=None, device="cpu", steps=1500, **data_options):
+def load_or_train_judge(dataset_name, *, root=None, device="cpu", steps=1500, progress=False, accuracy_on=("val",),
+                        **data_options):
     """The cached judge of ``dataset_name`` (trained and cached in the data root the first time).
 
-    Data folders (``sprites_layers`` ...) are not part of the cache key; the label layout and
-    training settings are. Returns (judge, test accuracy per head).
+    Data folders (``sprites_layers`` ...) are not part of the cache key; the label layout, the
+    training split and the training settings are. Returns (judge, {split: accuracy per head}) for
+    the splits in ``accuracy_on``; each split is scored once and cached with the judge, and only
+    when asked for (monitoring asks for "val" alone: it never reads the test split).
     """
-    if dataset_name not in JUDGE_HEADS:
-        raise ValueError(f"no judge for dataset {dataset_name!r}: judges exist for {', '.join(JUDGE_HEADS)}")
-    settings = {"heads": JUDGE_HEADS[dataset_name], "steps": steps,
-                **{k: v for k, v in data_options.items() if not k.endswith(("layers", "mnist", "mug"))}}
+    if dataset_name not in JUDGES:
+        raise ValueError(f"no judge for dataset {dataset_name!r}: judges exist for {', '.join(JUDGES)}")
+    spec = JUDGES[dataset_name]
+    settings = {"heads": spec.heads, "dynamic": list(spec.dynamic), "steps": steps, "trained_on": "train (val held out)",
+                **{k: v for k, v in data_options.items() if k not in _FOLDER_OPTIONS}}
     path = _cache_path(dataset_name, root, settings)
     if path.is_file():
         state = load_checkpoint(path, device)
-        judge = Judge(state["nc"], state["heads"]).to(device)
+        judge = Judge(state["nc"], state["heads"], dynamic=state["dynamic"]).to(device)
         judge.load_state_dict(state["judge"])
-        return judge.eval(), state["test_accuracy"]
-    judge, acc = train_judge(dataset_name, root=root, device=device, steps=steps, **data_options)
-    nc = next(iter(judge.frames.parameters())).shape[1]
-    save_checkpoint(path, {"judge": judge.state_dict(), "heads": judge.heads_spec, "nc": nc,
-                           "test_accuracy": acc, "settings": json.dumps(settings, default=str)})
-    return judge.eval(), acc
+        acc, changed = dict(state["accuracy"]), False
+    else:
+        judge, acc = train_judge(dataset_name, root=root, device=device, steps=steps, progress=progress, score_on=(),
+                                 **data_options)
+        changed = True
+    for split in accuracy_on:
+        if split not in acc:
+            acc[split] = judge_accuracy(judge, get_dataset(dataset_name, split, root, **data_options), device)
+            changed = True
+    if changed:
+        nc = next(iter(judge.frames.parameters())).shape[1]
+        save_checkpoint(path, {"judge": judge.state_dict(), "heads": judge.heads_spec, "dynamic": judge.dynamic_heads,
+                               "nc": nc, "accuracy": acc, "settings": json.dumps(settings, default=str)})
+    return judge.eval(), {split: acc[split] for split in accuracy_on}

@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["psnr", "ssim", "best_of_n", "mean_with_interval"]
+__all__ = ["psnr", "ssim", "best_of_n", "running_best_of_n", "mean_with_interval"]
 
 
 def psnr(pred, target, data_range=1.0):
@@ -69,6 +69,35 @@ def best_of_n(samples, target):
     rows = torch.arange(target.shape[0])
     return {"psnr": p[best_p, rows], "ssim": s[best_s, rows], "best_psnr_sample": best_p,
             "best_ssim_sample": best_s}
+
+
+def running_best_of_n(samples, target, keep_rows=0):
+    """``best_of_n`` over an iterable of samples [B, T, C, H, W], one at a time: memory stays that of
+    one sample, whatever N. Ties keep the earlier sample (as ``argmax``).
+
+    Besides the per-frame curves and chosen indices, returns for the first ``keep_rows`` sequences
+    the frames of their best-SSIM sample (``best_ssim_frames``) and of the first sample
+    (``first_frames``), for pictures, and ``samples`` (N).
+    """
+    best = None
+    for k, sample in enumerate(samples):
+        p, s = psnr(sample, target), ssim(sample, target)          # [B, T]
+        if best is None:
+            best = {"psnr": p, "ssim": s, "best_psnr_sample": torch.zeros(len(p), dtype=torch.long),
+                    "best_ssim_sample": torch.zeros(len(p), dtype=torch.long),
+                    "best_ssim_frames": sample[:keep_rows].clone(), "first_frames": sample[:keep_rows].clone()}
+        else:
+            for metric, value in (("psnr", p), ("ssim", s)):
+                better = value.mean(-1) > best[metric].mean(-1)
+                best[metric] = torch.where(better[:, None], value, best[metric])
+                best[f"best_{metric}_sample"][better.cpu()] = k
+                if metric == "ssim" and keep_rows:
+                    rows = better[:keep_rows]
+                    best["best_ssim_frames"][rows] = sample[:keep_rows][rows]
+    if best is None:
+        raise ValueError("running_best_of_n needs at least one sample")
+    best["samples"] = k + 1
+    return best
 
 
 def mean_with_interval(values):

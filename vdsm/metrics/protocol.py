@@ -1,21 +1,47 @@
-"""The judge protocols on a trained VDSM (REFERENCE section 5), batched and repeated.
+"""The judge protocols (REFERENCE section 5) on a trained model, batched and repeated.
 
-* ``fix_dynamics``: dynamics of a real test sequence kept (posterior mean), identity from
-  the prior; the judge's action head scores accuracy, IS, H(y|x), H(y).
-* ``fix_identity``: identity kept, dynamics from the prior; accuracy and entropies of the
-  attribute heads.
+The judge's heads come in two groups (``vdsm.metrics.judge.JudgeSpec``): dynamic heads (the
+motion, e.g. Sprites' action) and static heads (the appearance, e.g. hair colour). Each
+protocol runs the part its judge has heads for and says so when it skips the rest.
+
+* ``fix_dynamics``: the dynamics of a real sequence kept (posterior mean), identity from the
+  prior; the dynamic heads score accuracy against the real sequence's labels, IS, H(y|x), H(y).
+* ``fix_identity``: the identity kept, dynamics from the prior; the static heads score the same.
 * ``consistency`` (VDSM's own "accuracy consistency", not comparable with the above):
-  agreement of the judge on real test sequences and on their reconstructions.
-* ``action_transfer``: dynamics of A, identity of B; share judged as A's action and B's
-  attributes.
+  agreement of the judge on real sequences and on their reconstructions, with the reference
+  guide's inputs (``model.reference_guide_inputs()``; for VDSM with ``--guide-pose-input`` the
+  stage-2 guide otherwise also sees the frame poses), so that it stands beside the paper's
+  number; with pose input it is reported separately (``consistency_with_pose_input``).
+* ``transfer``: dynamics of A, identity of B; share of sequences whose dynamic heads read A's
+  labels, whose static heads read B's, and both.
+
+A model is anything with ``fix_dynamics``, ``fix_identity``, ``reconstruct`` and
+``transfer_action`` taking frames [B, T, C, H, W]. A VDSM trained in stage 1 only
+(``has_stage2`` False) has no dynamics latent: its "fixed dynamics" keeps every pose of the real
+sequence, so its numbers are labelled as not the protocol.
 """
+import contextlib
 import statistics
 
 import torch
+from tqdm.auto import tqdm
 
 from .disentanglement import prediction_summary
 
 __all__ = ["judge_protocol"]
+
+_STAGE1 = "stage-1 model (no dynamics latent): "
+WHAT = {
+    "fix_dynamics": (
+        "dynamics of a real sequence kept (posterior mean), identity drawn from the prior",
+        _STAGE1 + "every pose of the real sequence kept, identity drawn from the prior; NOT the protocol"),
+    "fix_identity": (
+        "identity of a real sequence kept (posterior mean), dynamics drawn from the prior",
+        _STAGE1 + "identity kept, poses drawn i.i.d. from N(0, I); NOT the protocol"),
+    "transfer": (
+        "dynamics of A, identity of B",
+        _STAGE1 + "poses of A, identity of B (an identity swap)"),
+}
 
 
 def _mean_std(values):
@@ -23,44 +49,77 @@ def _mean_std(values):
 
 
 def _aggregate(rows):
-    keys = rows[0].keys()
-    return {k: _mean_std([r[k] for r in rows]) for k in keys}
+    return {k: _mean_std([r[k] for r in rows]) for k in rows[0]}
+
+
+def _agreement(a, b, heads):
+    return {k: (a[k].argmax(-1) == b[k].argmax(-1)).float().mean().item() for k in heads}
 
 
 @torch.no_grad()
-def judge_protocol(vdsm, judge, test, *, batch_size=128, repeats=5, seed=0, action_heads=("action",), device="cpu"):
-    """All four protocols; every entry is {metric: {"mean", "std"}} over ``repeats`` batches.
+def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, device="cpu", progress=False):
+    """Every protocol that applies; each number is ``{"mean", "std"}`` over ``repeats`` batches.
 
-    Each repeat draws ``batch_size`` test sequences at random (seeded) and fresh prior samples.
+    Each repeat draws ``batch_size`` sequences of ``dataset`` at random (seeded) and fresh prior
+    samples. Sections without heads to score are ``{"skipped": why}``.
     """
-    attribute_heads = [k for k in judge.heads_spec if k not in action_heads]
+    dynamic, static = list(judge.dynamic_heads), list(judge.static_heads)
+    stage = 2 if getattr(model, "has_stage2", True) else 1
+    pose_input = bool(getattr(model, "shows_poses", False))
+    reference_inputs = getattr(model, "reference_guide_inputs", contextlib.nullcontext)
     generator = torch.Generator().manual_seed(seed)
-    results = {"fix_dynamics": [], "fix_identity": {k: [] for k in attribute_heads}, "consistency": [],
-               "action_transfer": []}
-    for _ in range(repeats):
-        idx = torch.randperm(len(test), generator=generator)[: min(batch_size, len(test))]
-        items = [test[int(i)] for i in idx]
+    rows = {"fix_dynamics": {h: [] for h in dynamic}, "fix_identity": {h: [] for h in static}, "consistency": [],
+            "consistency_with_pose_input": [], "transfer": []}
+    for _ in tqdm(range(repeats), desc="judge protocols", disable=not progress, dynamic_ncols=True):
+        idx = torch.randperm(len(dataset), generator=generator)[: min(batch_size, len(dataset))]
+        items = [dataset[int(i)] for i in idx]
         x = torch.stack([it[0] for it in items]).to(device)
         labels = {k: torch.tensor([it[1][k] for it in items], device=device) for k in judge.heads_spec}
         torch.manual_seed(int(torch.randint(2 ** 31, (), generator=generator)))
-        for head in action_heads:
-            probs = judge.predict(vdsm.fix_dynamics(x))[head]
-            results["fix_dynamics"].append(prediction_summary(probs, labels[head]))
-        generated = judge.predict(vdsm.fix_identity(x))
-        for head in attribute_heads:
-            results["fix_identity"][head].append(prediction_summary(generated[head], labels[head]))
-        real, recon = judge.predict(x), judge.predict(vdsm.reconstruct(x))
-        results["consistency"].append({k: (real[k].argmax(-1) == recon[k].argmax(-1)).float().mean().item()
-                                       for k in judge.heads_spec})
+        if dynamic:
+            generated = judge.predict(model.fix_dynamics(x))
+            for head in dynamic:
+                rows["fix_dynamics"][head].append(prediction_summary(generated[head], labels[head]))
+        if static:
+            generated = judge.predict(model.fix_identity(x))
+            for head in static:
+                rows["fix_identity"][head].append(prediction_summary(generated[head], labels[head]))
+        real = judge.predict(x)
+        with reference_inputs():
+            rows["consistency"].append(_agreement(real, judge.predict(model.reconstruct(x)), judge.heads_spec))
+        if pose_input:
+            rows["consistency_with_pose_input"].append(_agreement(real, judge.predict(model.reconstruct(x)),
+                                                                  judge.heads_spec))
         partner = torch.roll(torch.arange(len(x), device=device), 1)
-        moved = judge.predict(vdsm.transfer_action(x, x[partner]))
-        ok_action = torch.stack([moved[h].argmax(-1) == labels[h] for h in action_heads]).all(0)
-        ok_attrs = torch.stack([moved[h].argmax(-1) == labels[h][partner] for h in attribute_heads]).all(0)
-        results["action_transfer"].append({"action_of_A": ok_action.float().mean().item(),
-                                           "attributes_of_B": ok_attrs.float().mean().item(),
-                                           "both": (ok_action & ok_attrs).float().mean().item()})
-    return {"fix_dynamics": _aggregate(results["fix_dynamics"]),
-            "fix_identity": {k: _aggregate(v) for k, v in results["fix_identity"].items()},
-            "consistency": _aggregate(results["consistency"]),
-            "action_transfer": _aggregate(results["action_transfer"]),
-            "batch_size": int(min(batch_size, len(test))), "repeats": repeats}
+        moved = judge.predict(model.transfer_action(x, x[partner]))
+        row = {}
+        ok_a = torch.stack([moved[h].argmax(-1) == labels[h] for h in dynamic]).all(0) if dynamic else None
+        ok_b = torch.stack([moved[h].argmax(-1) == labels[h][partner] for h in static]).all(0) if static else None
+        if ok_a is not None:
+            row["dynamics_of_A"] = ok_a.float().mean().item()
+        if ok_b is not None:
+            row["identity_of_B"] = ok_b.float().mean().item()
+        if ok_a is not None and ok_b is not None:
+            row["both"] = (ok_a & ok_b).float().mean().item()
+        rows["transfer"].append(row)
+
+    def section(name, heads):
+        if not heads:
+            kind = "dynamic" if name == "fix_dynamics" else "static"
+            return {"skipped": f"the judge has no {kind} head"}
+        return {"what": WHAT[name][stage == 1], "protocol": stage == 2,
+                "heads": {h: _aggregate(rows[name][h]) for h in heads}}
+
+    result = {"stage": stage, "batch_size": int(min(batch_size, len(dataset))), "repeats": repeats,
+              "dynamic_heads": dynamic, "static_heads": static,
+              "fix_dynamics": section("fix_dynamics", dynamic), "fix_identity": section("fix_identity", static),
+              "consistency": {"what": "judge on real sequences vs on their reconstructions (VDSM's own metric)",
+                              "guide_inputs": "the reference guide's (no frame poses)",
+                              "heads": _aggregate(rows["consistency"])},
+              "transfer": {"what": WHAT["transfer"][stage == 1], "protocol": stage == 2,
+                           **_aggregate(rows["transfer"])}}
+    if pose_input:
+        result["consistency_with_pose_input"] = {
+            "what": "as consistency, with the stage-2 guide also seeing the frame poses (--guide-pose-input)",
+            "heads": _aggregate(rows["consistency_with_pose_input"])}
+    return result

@@ -1,0 +1,161 @@
+"""The judge protocols against a scripted stand-in model and an oracle judge.
+
+Frames carry their labels in pixels (one channel per head, the class index as brightness), the
+oracle judge reads them back, and stand-in models keep or scramble them exactly as a model that
+does or does not disentangle would: the protocol must score 1 for what is kept and chance for
+what is not, for any split of heads into dynamic and static ones.
+"""
+import contextlib
+import math
+
+import pytest
+import torch
+
+from vdsm.metrics.judge import JUDGES
+from vdsm.metrics.protocol import judge_protocol
+
+
+class OracleJudge:
+    """Reads each head's class from its channel: pixel value = (class + 0.5) / classes."""
+
+    def __init__(self, dynamic, static):
+        self.heads_spec = {**dynamic, **static}
+        self.dynamic_heads, self.static_heads = list(dynamic), list(static)
+
+    def predict(self, x):
+        out = {}
+        for c, (head, n) in enumerate(self.heads_spec.items()):
+            cls = (x[:, :, c].mean((1, 2, 3)) * n).long().clamp(0, n - 1)
+            out[head] = torch.nn.functional.one_hot(cls, n).float()
+        return out
+
+
+def encode(labels, heads, t=3, size=4):
+    """Frames [B, T, heads, size, size] that carry ``labels`` (dict head -> [B])."""
+    b = len(next(iter(labels.values())))
+    x = torch.zeros(b, t, len(heads), size, size)
+    for c, (head, n) in enumerate(heads.items()):
+        x[:, :, c] = ((labels[head].float() + 0.5) / n)[:, None, None, None]
+    return x
+
+
+def decode(x, heads):
+    return {head: (x[:, :, c].mean((1, 2, 3)) * n).long() for c, (head, n) in enumerate(heads.items())}
+
+
+class StandIn:
+    """A scripted model. ``disentangles=True``: fixing the dynamics keeps the dynamic labels and draws
+    the static ones afresh (uniformly, as a prior would), and so on. ``disentangles=False``: the
+    latents are swapped (the "dynamics" latent holds the appearance), so each protocol keeps the
+    wrong half."""
+
+    def __init__(self, judge, disentangles=True, has_stage2=True, shows_poses=False):
+        self.judge, self.ok, self.has_stage2, self.shows_poses = judge, disentangles, has_stage2, shows_poses
+        self.reference_inputs = False
+
+    def _mix(self, x, keep):
+        heads = self.judge.heads_spec
+        labels = decode(x, heads)
+        for head, n in heads.items():
+            if head not in keep:
+                labels[head] = torch.randint(n, labels[head].shape)
+        return encode(labels, heads, x.shape[1], x.shape[-1])
+
+    def fix_dynamics(self, x):
+        return self._mix(x, self.judge.dynamic_heads if self.ok else self.judge.static_heads)
+
+    def fix_identity(self, x):
+        return self._mix(x, self.judge.static_heads if self.ok else self.judge.dynamic_heads)
+
+    def reconstruct(self, x):
+        # with the reference guide's inputs this stand-in loses its dynamic labels
+        return self._mix(x, self.judge.static_heads) if self.reference_inputs else x
+
+    @contextlib.contextmanager
+    def reference_guide_inputs(self):
+        self.reference_inputs = True
+        yield
+        self.reference_inputs = False
+
+    def transfer_action(self, a, b):
+        la, lb = decode(a, self.judge.heads_spec), decode(b, self.judge.heads_spec)
+        dynamic_from, static_from = (la, lb) if self.ok else (lb, la)
+        labels = {h: (dynamic_from if h in self.judge.dynamic_heads else static_from)[h] for h in self.judge.heads_spec}
+        return encode(labels, self.judge.heads_spec, a.shape[1], a.shape[-1])
+
+
+def dataset(judge, n=400, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = {h: torch.randint(k, (n,), generator=g) for h, k in judge.heads_spec.items()}
+    x = encode(labels, judge.heads_spec)
+    return [(x[i], {h: int(labels[h][i]) for h in labels}) for i in range(n)]
+
+
+SPRITES = JUDGES["sprites"]
+
+
+def test_a_disentangling_model_keeps_what_each_protocol_fixes():
+    judge = OracleJudge(SPRITES.dynamic, SPRITES.static)
+    r = judge_protocol(StandIn(judge), judge, dataset(judge), batch_size=128, repeats=3)
+    action = r["fix_dynamics"]["heads"]["action"]
+    assert action["accuracy"]["mean"] == 1.0 and action["H(y|x)"]["mean"] == pytest.approx(0, abs=1e-6)
+    assert action["IS"]["mean"] > 7.5 and action["H(y)"]["mean"] > math.log(9) - 0.1   # 9 balanced classes
+    for head in SPRITES.static:
+        assert r["fix_identity"]["heads"][head]["accuracy"]["mean"] == 1.0
+    assert r["transfer"]["dynamics_of_A"]["mean"] == r["transfer"]["identity_of_B"]["mean"] == 1.0
+    assert r["stage"] == 2 and r["fix_dynamics"]["protocol"] and r["transfer"]["protocol"]
+
+
+def test_a_model_with_swapped_latents_scores_chance():
+    judge = OracleJudge(SPRITES.dynamic, SPRITES.static)
+    r = judge_protocol(StandIn(judge, disentangles=False), judge, dataset(judge), batch_size=128, repeats=3)
+    assert abs(r["fix_dynamics"]["heads"]["action"]["accuracy"]["mean"] - 1 / 9) < 0.06
+    for head in SPRITES.static:
+        assert abs(r["fix_identity"]["heads"][head]["accuracy"]["mean"] - 1 / 6) < 0.07
+    assert r["transfer"]["dynamics_of_A"]["mean"] < 0.25 and r["transfer"]["identity_of_B"]["mean"] < 0.05
+    assert r["transfer"]["both"]["mean"] < 0.05
+
+
+def test_a_judge_with_one_dynamic_head_and_no_static_head():
+    """MUG: the judge has only an action head."""
+    judge = OracleJudge(JUDGES["mug"].dynamic, JUDGES["mug"].static)
+    r = judge_protocol(StandIn(judge), judge, dataset(judge), batch_size=64, repeats=2)
+    assert r["fix_dynamics"]["heads"]["action"]["accuracy"]["mean"] == 1.0
+    assert r["fix_identity"] == {"skipped": "the judge has no static head"}
+    assert set(r["transfer"]) >= {"dynamics_of_A"} and "identity_of_B" not in r["transfer"]
+    assert set(r["consistency"]["heads"]) == {"action"}
+
+
+def test_a_judge_without_an_action_head():
+    """Pendulum: two dynamic heads (start angle, damping), one static (rod length)."""
+    spec = JUDGES["pendulum"]
+    judge = OracleJudge(spec.dynamic, spec.static)
+    good = judge_protocol(StandIn(judge), judge, dataset(judge), batch_size=128, repeats=2)
+    bad = judge_protocol(StandIn(judge, disentangles=False), judge, dataset(judge), batch_size=128, repeats=2)
+    assert set(good["fix_dynamics"]["heads"]) == {"angle", "damping"}
+    assert all(h["accuracy"]["mean"] == 1.0 for h in good["fix_dynamics"]["heads"].values())
+    assert good["fix_identity"]["heads"]["length"]["accuracy"]["mean"] == 1.0
+    assert abs(bad["fix_dynamics"]["heads"]["angle"]["accuracy"]["mean"] - 1 / 4) < 0.08
+    assert abs(bad["fix_identity"]["heads"]["length"]["accuracy"]["mean"] - 1 / 3) < 0.1
+    judge = OracleJudge({}, {"length": 3})
+    r = judge_protocol(StandIn(judge), judge, dataset(judge), batch_size=32, repeats=1)
+    assert r["fix_dynamics"] == {"skipped": "the judge has no dynamic head"} and "dynamics_of_A" not in r["transfer"]
+
+
+def test_a_stage1_model_is_labelled_not_the_protocol():
+    judge = OracleJudge(SPRITES.dynamic, SPRITES.static)
+    r = judge_protocol(StandIn(judge, has_stage2=False), judge, dataset(judge), batch_size=32, repeats=1)
+    assert r["stage"] == 1
+    for name in ("fix_dynamics", "fix_identity", "transfer"):
+        assert r[name]["protocol"] is False and "stage-1 model" in r[name]["what"]
+    assert "NOT the protocol" in r["fix_dynamics"]["what"]
+
+
+def test_consistency_uses_the_reference_guides_inputs_and_reports_pose_input_apart():
+    judge = OracleJudge(SPRITES.dynamic, SPRITES.static)
+    r = judge_protocol(StandIn(judge, shows_poses=True), judge, dataset(judge), batch_size=128, repeats=2)
+    assert r["consistency"]["heads"]["action"]["mean"] < 0.3           # scored with the reference inputs
+    assert r["consistency"]["heads"]["hair"]["mean"] == 1.0
+    assert r["consistency_with_pose_input"]["heads"]["action"]["mean"] == 1.0
+    plain = judge_protocol(StandIn(judge), judge, dataset(judge), batch_size=32, repeats=1)
+    assert "consistency_with_pose_input" not in plain
