@@ -40,9 +40,12 @@ class VDSMStage2Guide(nn.Module):
     With ``config.guide_pose_input`` = p > 0 the combiner also sees frame t's encoder pose
     mean and a flag saying whether it is shown. In training it is shown for a random share p
     of the sequences (the rest still go through d alone, so d keeps describing the motion);
-    in evaluation it is always shown. In the reference guide (p = 0) every pose comes from d,
-    and poses that d does not separate are drawn as their neighbours' (BENCHMARKS.md).
+    in evaluation it is always shown (unless ``show_poses_in_eval`` is False, as in
+    ``vdsm.api.VDSM.reference_guide_inputs``). In the reference guide (p = 0) every pose comes
+    from d, and poses that d does not separate are drawn as their neighbours' (BENCHMARKS.md).
     """
+
+    show_poses_in_eval = True
 
     def __init__(self, config):
         super().__init__()
@@ -83,7 +86,7 @@ class VDSMStage2Guide(nn.Module):
         if self.training:  # one draw per sequence: shown for all its frames or for none
             shown = (torch.rand(b, 1, 1, device=d.device) < p).to(z_means.dtype)
         else:
-            shown = z_means.new_ones(b, 1, 1)
+            shown = z_means.new_full((b, 1, 1), float(self.show_poses_in_eval))
         return torch.cat([context, shown * z_means, shown.expand(b, t, 1)], -1)
 
     def forward(self, x, *, factors, **unused):

@@ -53,9 +53,16 @@ class VDSMConfig:
         return cls(**d)
 
     def check(self):
-        for name in ("nc", "z_dim", "n_experts", "dynamics_dim", "trans_dim", "rnn_dim", "rnn_layers"):
+        for name in ("nc", "z_dim", "n_experts", "encoder_features", "dynamics_dim", "trans_dim", "rnn_dim",
+                     "rnn_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        for name in ("encoder_widths", "decoder_widths"):  # 64 px -> 4 px in four halvings, and back
+            widths = getattr(self, name)
+            if len(widths) != 4 or min(widths) < 1:
+                raise ValueError(f"{name}={list(widths)} must be four widths of at least 1")
+        if self.emission != "bernoulli" and not self.emission_scale > 0:
+            raise ValueError(f"emission_scale={self.emission_scale} must be positive")
         if not 0 <= self.rnn_dropout < 1:
             raise ValueError(f"rnn_dropout={self.rnn_dropout} must be in [0, 1)")
         if self.identity_scale_max < 0:

@@ -163,6 +163,94 @@ def test_train_stage_follows_the_schedules_learning_rate():
     assert stats["last_lr"] == 1e-3
 
 
+def test_autonormal_guide_refuses_a_batch_of_another_size_with_one_line():
+    from guides.common import GuideError
+
+    vdsm = VDSM(TINY)
+    vdsm.use_guide2("guides.examples:autonormal_identity", batch_size=3, seq_len=4)
+    vdsm.has_stage2 = True
+    vdsm.eval()
+    assert vdsm.reconstruct(frames(3, 4)).shape == (3, 4, 3, 64, 64)  # the size it was fitted at
+    with pytest.raises(GuideError, match="not amortised") as err:
+        vdsm.reconstruct(frames(5, 4))
+    assert "batch size 3" in str(err.value).splitlines()[0]  # (Pyro appends the trace's shapes below)
+
+
+def _fixed_batches(x):
+    while True:
+        yield x
+
+
+def test_a_guide_made_only_of_pyro_params_trains_and_resumes_exactly(tmp_path):
+    """train_stage optimises Pyro param sites (not only nn.Module parameters) and its checkpoints
+    restore them: an interrupted run continues with the same losses."""
+    from guides.examples import PyroParamStage1Guide
+    from vdsm.checkpoint import CheckpointManager
+
+    x = frames(4, 3)
+    opts = dict(schedule=Schedule(), device="cpu")
+
+    def train(steps, folder, resume=None, schedule_steps=None):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        vdsm = VDSM(TINY)
+        guide = PyroParamStage1Guide(TINY, seq_len=3)
+        assert not list(guide.parameters())  # nothing for an nn.Module optimiser to find
+        manager = CheckpointManager(folder, "stage1", every_steps=5, keep_last=5)
+        saved = manager.load_newest() if resume else None
+        stats = train_stage(vdsm.model1, guide, _fixed_batches(x), checkpoints=manager, resume=saved,
+                            options=TrainOptions(steps=steps, lr=3e-2, progress=False, schedule_steps=schedule_steps),
+                            **opts)
+        return stats, {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+    full, values = train(30, tmp_path / "full")
+    assert full["trained_tensors"] == 4 + len(list(VDSM(TINY).model1.parameters()))
+    assert not torch.allclose(values["identity_loc"], torch.zeros_like(values["identity_loc"]))   # moved
+    assert not torch.allclose(values["z_scale"], torch.ones_like(values["z_scale"]))
+    assert sum(full["losses"][-5:]) < sum(full["losses"][:5])                                    # learned
+    train(10, tmp_path / "cut", schedule_steps=30)   # the same schedule, stopped at step 10
+    resumed, resumed_values = train(30, tmp_path / "cut", resume=True)
+    assert resumed["losses"] == pytest.approx(full["losses"][10:], rel=1e-5)
+    for name, value in values.items():
+        assert torch.allclose(resumed_values[name], value, rtol=1e-5, atol=1e-6), name
+
+
+class _MeanGuide(torch.nn.Module):
+    """A guide with every latent at its mean: the loss is a deterministic function of the batch."""
+
+    def __init__(self, guide):
+        super().__init__()
+        self.guide = guide
+
+    def forward(self, x, **kwargs):
+        from vdsm.api import use_means
+
+        with use_means():
+            return self.guide(x, **kwargs)
+
+
+def test_clipping_bounds_the_gradient_of_the_per_frame_loss_whatever_the_batch():
+    def one_step(x, clip):
+        torch.manual_seed(0)
+        vdsm = VDSM(TINY)
+        stats = train_stage(vdsm.model1, _MeanGuide(vdsm.guide1), _fixed_batches(x), schedule=Schedule(), device="cpu",
+                            options=TrainOptions(steps=1, clip_norm=clip, progress=False))
+        params = [p for m in (vdsm.model1, vdsm.guide1) for p in m.parameters() if p.grad is not None]
+        applied = torch.sqrt(sum(p.grad.pow(2).sum() for p in params)).item()
+        return stats, applied
+
+    x = frames(2, 3)
+    free, summed = one_step(x, 0.0)
+    per_frame = free["grad_norms_per_frame"][0]
+    assert free["clipped_steps"] == 0 and per_frame == pytest.approx(summed / 6, rel=1e-4)
+    doubled, _ = one_step(torch.cat([x, x]), 0.0)   # twice the frames: twice the summed gradient, same per frame
+    assert doubled["grad_norms_per_frame"][0] == pytest.approx(per_frame, rel=1e-4)
+    clipped, applied = one_step(x, per_frame / 4)
+    assert clipped["clipped_steps"] == 1 and applied == pytest.approx(summed / 4, rel=1e-4)
+    loose, applied = one_step(x, per_frame * 2)
+    assert loose["clipped_steps"] == 0 and applied == pytest.approx(summed, rel=1e-4)
+
+
 @pytest.mark.parametrize("factory", [mean_field, autonormal_identity])
 def test_custom_stage2_guides_train_with_the_library_loop(factory):
     vdsm = VDSM(TINY)
@@ -184,8 +272,105 @@ def test_api_methods_are_batched_and_shaped():
     a, b = frames(3, 4), frames(3, 4)
     for out in (vdsm.reconstruct(a), vdsm.swap_identity(a, b), vdsm.transfer_action(a, b), vdsm.generate(3, 4)):
         assert out.shape == (3, 4, 3, 64, 64) and 0 <= out.min() and out.max() <= 1
-    # swapping identity with itself is the reconstruction
-    assert torch.allclose(vdsm.swap_identity(a, a), vdsm.reconstruct(a), atol=1e-6)
+
+
+def _sensitive_vdsm_and_sprites(data_dirs):
+    """A tiny VDSM whose outputs depend visibly on its inputs (weights N(0, 0.2); at PyTorch's
+    init an untrained net barely reacts), and three batches of real, different Sprites sequences."""
+    import data
+
+    torch.manual_seed(0)
+    vdsm = VDSM(TINY).eval()
+    with torch.no_grad():
+        for net in (vdsm.model1, vdsm.guide1, vdsm.model2, vdsm.guide2):
+            for p in net.parameters():
+                p.normal_(0, 0.2)
+    ds = data.get_dataset("sprites", "val", sprites_layers=data_dirs.sprites, seq_len=4)
+    a, b, c = (torch.stack([ds[i][0] for i in idx]) for idx in ([0, 13, 26], [100, 204, 311], [400, 505, 609]))
+    return vdsm, a, b, c
+
+
+def test_swap_identity_draws_the_poses_of_one_sequence_with_the_identity_of_another(data_dirs):
+    """Stage 1 written out with the networks: poses of a (encoder means), identity of b (mean over
+    b's frames), decoded at the schedule's temperature."""
+    vdsm, a, b, _ = _sensitive_vdsm_and_sprites(data_dirs)
+    z_a, _, _, _ = vdsm.guide1.encoder.encode_sequences(a)
+    _, _, id_b, _ = vdsm.guide1.encoder.encode_sequences(b)
+    mix = torch.softmax(vdsm.factors()["temp_id"] * id_b, -1)
+    expected = torch.sigmoid(vdsm.model1.decoder(z_a, mix))
+
+    def gap(frames_):
+        return (frames_ - expected).abs().max()
+
+    assert gap(vdsm.swap_identity(a, b)) < 1e-6
+    # the roles the other way round, the identity of a, the poses of b: all visibly different
+    assert min(gap(vdsm.swap_identity(b, a)), gap(vdsm.swap_identity(a, a)), gap(vdsm.swap_identity(b, b))) > 1e-3
+
+
+def test_transfer_action_keeps_dynamics_and_first_pose_of_one_sequence_and_the_identity_of_another(data_dirs):
+    """Stage 2 written out: d and z_1 at the guide's means for a, later poses the transition's means
+    from d, the identity of b."""
+    vdsm, a, b, c = _sensitive_vdsm_and_sprites(data_dirs)
+    vdsm.has_stage2 = True
+    guide, t = vdsm.guide2, a.shape[1]
+    z_means, _, _, _ = guide.encoder.encode_sequences(a)
+    d = guide.dynamics_params(z_means)[0]
+    h, context = guide.frame_states(d, t), guide.combiner_context(d, z_means)
+    poses = [guide.combiner(guide.z_q_0.expand(len(a), TINY.z_dim), h[:, 0], context[:, 0])[0]]
+    for _ in range(t - 1):
+        poses.append(vdsm.model2.trans(poses[-1], d)[0])
+    _, _, id_b, _ = guide.encoder.encode_sequences(b)
+    mix = torch.softmax(vdsm.factors()["temp_id"] * id_b, -1)
+    expected = torch.sigmoid(vdsm.model2.decoder(torch.stack(poses, 1), mix))
+
+    def gap(frames_):
+        return (frames_ - expected).abs().max()
+
+    assert gap(vdsm.transfer_action(a, b)) < 1e-6
+    assert gap(vdsm.transfer_action(b, a)) > 1e-3 and gap(vdsm.transfer_action(a, c)) > 1e-3
+    assert gap(vdsm.transfer_action(c, b)) > 1e-5   # another action source (its d matters less at this init)
+
+
+def test_loaded_runs_are_in_eval_mode_and_seeded_calls_repeat_exactly(tmp_path):
+    """VDSM.load gives eval mode (no dropout, no random shown draw in the stage-2 guide), so two
+    calls of any API method with the same seed give equal frames."""
+    import json
+
+    config = dataclasses.replace(TINY, rnn_dropout=0.5, guide_pose_input=0.5)
+    vdsm = VDSM(config)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": config.to_dict(), "stage2": {
+        "schedule": dataclasses.asdict(Schedule()), "batch_size": 2, "seq_len": 4}}))
+    for stage, (model, guide) in (("stage1", (vdsm.model1, vdsm.guide1)), ("stage2", (vdsm.model2, vdsm.guide2))):
+        torch.save({"model": model.state_dict(), "guide": guide.state_dict(), "step": 1}, run / "checkpoints" / f"{stage}.pt")
+    loaded = VDSM.load(run)
+    modules = [m for net in (loaded.model1, loaded.guide1, loaded.model2, loaded.guide2) for m in net.modules()]
+    assert loaded.has_stage2 and not any(m.training for m in modules)
+    a, b = frames(3, 4), frames(3, 4)
+    calls = {"reconstruct": lambda: loaded.reconstruct(a), "generate": lambda: loaded.generate(3, 4),
+             "swap_identity": lambda: loaded.swap_identity(a, b), "transfer_action": lambda: loaded.transfer_action(a, b),
+             "fix_dynamics": lambda: loaded.fix_dynamics(a), "fix_identity": lambda: loaded.fix_identity(a)}
+    for name, call in calls.items():
+        torch.manual_seed(7)
+        first = call()
+        torch.manual_seed(7)
+        assert torch.equal(first, call()), name
+    torch.manual_seed(8)
+    assert not torch.equal(loaded.generate(3, 4), calls["generate"]())  # the seed matters
+
+
+def test_reference_guide_inputs_hide_the_frame_poses_from_the_stage2_guide():
+    torch.manual_seed(0)
+    vdsm = VDSM(dataclasses.replace(TINY, guide_pose_input=0.5)).eval()
+    vdsm.has_stage2 = True
+    assert vdsm.shows_poses
+    a, b = frames(2, 3), frames(2, 3)
+    d = torch.randn(2, TINY.dynamics_dim)
+    assert not torch.equal(_first_pose_mean(vdsm.guide2, a, d), _first_pose_mean(vdsm.guide2, b, d))
+    with vdsm.reference_guide_inputs():  # as the reference guide: poses from d alone
+        assert torch.equal(_first_pose_mean(vdsm.guide2, a, d), _first_pose_mean(vdsm.guide2, b, d))
+    assert vdsm.guide2.show_poses_in_eval  # restored
 
 
 @pytest.mark.parametrize("model_cls,guide_cls", PAIRS)

@@ -132,7 +132,7 @@ TINY_FLAGS = [*tiny_run_flags(), "--checkpoint-every", "1", "--keep-last", "2"]
 def test_sigkill_never_leaves_a_broken_checkpoint(tmp_path, data_dirs):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "experiments.run", "--dataset", "sprites", "--sprites-layers", str(data_dirs.sprites),
-           "--stage", "1", "--stage1-steps", "400", *TINY_FLAGS]
+           "--stage", "1", "--stage1-steps", "60", *TINY_FLAGS]
     latest = out / "checkpoints" / "stage1.pt"
     for attempt, delay in enumerate([0.0, 0.37]):
         args = cmd + (["--resume", str(out)] if attempt else ["--out", str(out)])
@@ -148,10 +148,64 @@ def test_sigkill_never_leaves_a_broken_checkpoint(tmp_path, data_dirs):
             state = load_checkpoint(path)  # every file that exists is complete
             assert state["stage"] == "stage1"
         assert load_checkpoint(latest)["step"] >= before + 2  # at most the work since the last checkpoint is lost
-    finish = cmd + ["--stage1-steps", str(load_checkpoint(latest)["step"] + 2), "--resume", str(out)]
-    result = subprocess.run(finish, cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd + ["--resume", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert json.loads((out / "metrics.json").read_text())["stage1"]["steps"] >= 3
+    assert json.loads((out / "metrics.json").read_text())["stage1"]["steps"] == 60
+
+
+def test_checkpoints_reach_the_disk_before_they_are_named(tmp_path, monkeypatch):
+    """save: data fsync'd, then renamed into place, then the folder fsync'd (the rename is durable
+    when the call returns); the named copies of the manager are followed by a folder fsync too."""
+    import os
+
+    from vdsm import checkpoint
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        kind = "folder" if os.path.isdir(f"/proc/self/fd/{fd}") else "file"
+        events.append(("fsync", kind))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", Path(dst).name))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    checkpoint.save_checkpoint(tmp_path / "a.pt", {"w": torch.ones(3)})
+    assert events == [("fsync", "file"), ("rename", "a.pt"), ("fsync", "folder")]
+    events.clear()
+    CheckpointManager(tmp_path, "stage1").save(5, {"w": torch.ones(3)}, loss=1.0)
+    assert events[:3] == [("fsync", "file"), ("rename", "step-0000005.pt"), ("fsync", "folder")]
+    assert ("rename", "stage1.pt") in events and events[-1] == ("fsync", "folder")
+    assert torch.equal(load_checkpoint(tmp_path / "stage1.pt")["w"], torch.ones(3))
+
+
+def test_resume_falls_back_to_the_newest_periodic_checkpoint_that_loads(tmp_path, data_dirs):
+    out = tmp_path / "run"
+    flags = [*tiny_run_flags(steps=None), "--stage", "1", "--checkpoint-every", "2", "--keep-last", "3",
+             "--sprites-layers", str(data_dirs.sprites), "--stage2-steps", "2"]
+    first = subprocess.run([sys.executable, "-m", "experiments.run", "--dataset", "sprites", "--out", str(out),
+                            "--stage1-steps", "6", *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    folder = out / "checkpoints"
+    assert sorted(p.name for p in (folder / "stage1").iterdir()) == ["step-0000002.pt", "step-0000004.pt",
+                                                                       "step-0000006.pt"]
+    # a crash left the newest files damaged (replaced, not truncated in place: stage1.pt is a hard link)
+    for damaged in (folder / "stage1.pt", folder / "stage1" / "step-0000006.pt"):
+        data_ = damaged.read_bytes()
+        damaged.unlink()
+        damaged.write_bytes(data_[:len(data_) // 3])
+    resumed = subprocess.run([sys.executable, "-m", "experiments.run", "--dataset", "sprites", "--resume", str(out),
+                              "--stage1-steps", "8", *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    warning = [line for line in resumed.stderr.splitlines() if "did not load" in line]
+    assert len(warning) == 1 and "step-0000004.pt" in warning[0] and "step 4" in warning[0]
+    assert load_checkpoint(folder / "stage1.pt")["step"] == 8
+    stats = json.loads((out / "metrics.json").read_text())["stage1"]
+    assert stats["steps"] == 8
 
 
 class _MeanGuide(nn.Module):

@@ -54,6 +54,22 @@ class Schedule:
     lr_decay_frac: float = 0.0   # the learning rate decays over this last fraction of the stage (0: constant)
     lr_end: float = 0.1          # ... along a half cosine, to this factor of the stage's lr
 
+    def check(self):
+        """ValueError naming the field when a value would make a KL scale or the temperature reach 0 or
+        below (``poutine.scale`` needs positive scales), or the schedule's shape is undefined."""
+        for name in ("temp_id_start", "temp_id_end", "anneal_start_id", "anneal_end_id", "anneal_start_dynamics",
+                     "anneal_end_dynamics", "temp_id_frac", "anneal_frac_id", "anneal_frac_dynamics"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        if not 0 < self.midfrac1 < self.midfrac2 < 1:
+            raise ValueError(f"midfrac1={self.midfrac1} and midfrac2={self.midfrac2} must satisfy "
+                             f"0 < midfrac1 < midfrac2 < 1")
+        if not 0 <= self.lr_decay_frac <= 1 or self.lr_end < 0:
+            raise ValueError(f"lr_decay_frac={self.lr_decay_frac} must be in [0, 1] and lr_end={self.lr_end} "
+                             f"at least 0")
+        # start_t, mid_t1, mid_t2, end_t may be anything: the z KL scale is clipped to Z_KL_CLIP
+        return self
+
     def lr_factor(self, progress):
         """Factor on the stage's learning rate: 1, then a half cosine to ``lr_end`` over the last
         ``lr_decay_frac`` of training (late small steps settle fine detail such as colours)."""

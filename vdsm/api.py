@@ -1,4 +1,5 @@
 """Library API for a trained VDSM run: load, reconstruct, generate, swap identity, transfer action."""
+import contextlib
 import importlib
 import json
 from pathlib import Path
@@ -11,7 +12,8 @@ from guides.vdsm import VDSMStage1Guide, VDSMStage2Guide
 from models.vdsm import VDSMConfig, VDSMStage1Model, VDSMStage2Model
 
 from .annealing import Schedule
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, CheckpointManager
+from .train import load_param_store_state
 
 __all__ = ["VDSM", "use_means", "guide_factory"]
 
@@ -50,7 +52,9 @@ class VDSM:
     """A trained (or freshly built) VDSM: stage-1 and stage-2 model/guide pairs on one device.
 
     All methods take frames [B, T, C, 64, 64] in [0, 1], work on the whole batch at once
-    under ``torch.no_grad()``, and return frames of the same layout.
+    under ``torch.no_grad()``, and return frames of the same layout. Random draws come from
+    torch's global generator: the same seed gives the same frames. ``load`` returns the model in
+    evaluation mode (no dropout; the stage-2 guide shows the frame poses to every sequence).
 
     Example::
 
@@ -73,25 +77,31 @@ class VDSM:
 
     @classmethod
     def load(cls, run_dir, device="cpu"):
+        """The trained run in ``run_dir``, in evaluation mode. Pyro params of a custom guide (written
+        with ``pyro.param``) are restored into Pyro's global param store."""
         run_dir = Path(run_dir)
         config_path = run_dir / "config.json"
         if not config_path.is_file():
             raise CheckpointError(f"{run_dir} has no config.json: pass a run folder written by experiments.run")
         config = json.loads(config_path.read_text())
-        vdsm = cls(VDSMConfig.from_dict(config["model"]), Schedule(**config["stage2"]["schedule"]), device)
+        if config.get("model_name", "vdsm") != "vdsm":
+            raise CheckpointError(f"{run_dir} holds a {config['model_name']} run: load it with vdsm.svg_api.SVG")
+        schedule = Schedule(**config["stage2"]["schedule"])
+        vdsm = cls(VDSMConfig.from_dict(config["model"]), schedule, device)
         if config.get("guide2"):
             vdsm.use_guide2(config["guide2"], batch_size=config["stage2"]["batch_size"],
                             seq_len=config["stage2"]["seq_len"])
-        state = load_checkpoint(run_dir / "checkpoints" / "stage1.pt", vdsm.device)
+        state = CheckpointManager(run_dir / "checkpoints", "stage1").load_newest(vdsm.device)
         vdsm.model1.load_state_dict(state["model"])
         vdsm.guide1.load_state_dict(state["guide"])
-        stage2 = run_dir / "checkpoints" / "stage2.pt"
-        if stage2.is_file():
-            state = load_checkpoint(stage2, vdsm.device)
+        stage2 = CheckpointManager(run_dir / "checkpoints", "stage2")
+        if stage2.exists():
+            state = stage2.load_newest(vdsm.device)
             vdsm.model2.load_state_dict(state["model"])
             vdsm.guide2.load_state_dict(state["guide"])
+            load_param_store_state(state.get("param_store", {}))
             vdsm.has_stage2 = True
-        return vdsm
+        return vdsm.eval()
 
     def use_guide2(self, spec, batch_size=None, seq_len=None):
         """Replace the stage-2 guide by ``guide_factory(spec)(self)``; with a batch shape, run it once
@@ -107,6 +117,26 @@ class VDSM:
         for m in (self.model1, self.guide1, self.model2, self.guide2):
             m.eval()
         return self
+
+    @property
+    def shows_poses(self):
+        """True when the stage-2 guide also sees the frame poses in evaluation (``--guide-pose-input``)."""
+        return (self.has_stage2 and self.config.guide_pose_input > 0
+                and getattr(self.guide2, "show_poses_in_eval", False))
+
+    @contextlib.contextmanager
+    def reference_guide_inputs(self):
+        """Within it, the stage-2 guide sees what the reference guide sees: no frame poses (with
+        ``guide_pose_input`` > 0 it otherwise shows them to every sequence in evaluation). Used for
+        VDSM's own consistency metric beside the paper's number."""
+        guide, before = self.guide2, getattr(self.guide2, "show_poses_in_eval", None)
+        if before is not None:
+            guide.show_poses_in_eval = False
+        try:
+            yield self
+        finally:
+            if before is not None:
+                guide.show_poses_in_eval = before
 
     def _pair(self):
         return (self.model2, self.guide2) if self.has_stage2 else (self.model1, self.guide1)

@@ -1,30 +1,66 @@
-"""One checkpoint dict per stage, written atomically and loaded with ``weights_only=True``."""
+"""One checkpoint dict per stage, written durably and atomically, loaded with ``weights_only=True``."""
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "CheckpointManager"]
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "CheckpointManager", "fsync_folder",
+           "write_text_atomic"]
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
     """A missing, unreadable or mismatching checkpoint (one-line message with the fix)."""
 
 
-def save_checkpoint(path, state):
-    """Write ``state`` (tensors and plain data only) to ``path`` via a temp file and an atomic rename."""
+def fsync_folder(folder):
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path, write):
+    """``write(file)`` into a temp file beside ``path``, fsync it, rename it into place, fsync the folder.
+
+    After a kill at any moment ``path`` is the old file or the new one; after a power loss or a
+    kernel crash too, since the data reaches the disk before the rename and the rename before
+    this returns.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(state, tmp)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def save_checkpoint(path, state):
+    """Write ``state`` (tensors and plain data only) to ``path`` durably and atomically."""
+    return _write_durably(path, lambda f: torch.save(state, f))
+
+
+def write_text_atomic(path, text):
+    """Replace a text file (config.json, metrics.json) durably and atomically."""
+    return _write_durably(path, lambda f: f.write(text.encode()))
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -44,8 +80,9 @@ class CheckpointManager:
     ``<name>.pt`` is always the newest checkpoint, ``<name>-best.pt`` the one with the
     lowest smoothed training loss, and ``<name>/step-XXXXXXX.pt`` the last ``keep_last``
     periodic ones. A checkpoint is due every ``every_steps`` steps or ``every_minutes``
-    minutes, whichever comes first. Every file appears atomically (temp file + rename;
-    the named copies are hard links), so a killed process never leaves a partial one.
+    minutes, whichever comes first. Every file appears atomically and is on disk before it
+    is named (temp file, fsync, rename, fsync of the folder; the named copies are hard links),
+    so neither a killed process nor a crash of the machine leaves a partial one.
     """
 
     def __init__(self, folder, name, *, every_steps=200, every_minutes=10.0, keep_last=3):
@@ -62,6 +99,31 @@ class CheckpointManager:
     def best(self):
         return self.folder / f"{self.name}-best.pt"
 
+    def periodic(self):
+        """The periodic checkpoints, newest first."""
+        return sorted((self.folder / self.name).glob("step-*.pt"), reverse=True)
+
+    def exists(self):
+        return self.latest.is_file() or bool(self.periodic())
+
+    def load_newest(self, map_location="cpu"):
+        """The newest checkpoint that loads: ``<name>.pt``, else the newest periodic one that loads
+        (with a one-line warning); CheckpointError when none does."""
+        candidates = ([self.latest] if self.latest.is_file() else []) + self.periodic()
+        failed = []
+        for path in candidates:
+            try:
+                state = load_checkpoint(path, map_location)
+            except CheckpointError:
+                failed.append(path.name)
+                continue
+            if failed:
+                log.warning("warning: %s did not load (damaged); resuming from %s (step %s)",
+                            ", ".join(failed), path, state.get("step"))
+            return state
+        raise CheckpointError(f"no loadable checkpoint of {self.name} in {self.folder} "
+                              f"({', '.join(failed) or 'none written'}): start a new run")
+
     def due(self, step, now):
         if self._last_time is None:
             self._last_time = now
@@ -76,7 +138,7 @@ class CheckpointManager:
         if loss is not None and loss < self.best_loss:
             self.best_loss = loss
             self._link(periodic, self.best)
-        for old in sorted((self.folder / self.name).glob("step-*.pt"))[: -self.keep_last]:
+        for old in self.periodic()[self.keep_last:]:
             old.unlink()
         return periodic
 
@@ -87,3 +149,4 @@ class CheckpointManager:
             tmp.unlink()
         os.link(source, tmp)
         os.replace(tmp, target)
+        fsync_folder(target.parent)

@@ -7,7 +7,7 @@ import torch
 from guides.svg import SVGGuide
 from models.svg import SVGConfig, SVGModel, SVGNets
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, CheckpointManager
 
 __all__ = ["SVG", "ConstantFactors"]
 
@@ -43,11 +43,17 @@ class SVG:
             raise CheckpointError(f"{run_dir} has no config.json: pass a run folder written by experiments.run")
         config = json.loads((run_dir / "config.json").read_text())
         svg = cls(SVGConfig.from_dict(config["model"]), device)
-        state = load_checkpoint(run_dir / "checkpoints" / "svg.pt", svg.device)
+        state = CheckpointManager(run_dir / "checkpoints", "svg").load_newest(svg.device)
         svg.model.load_state_dict(state["model"])
-        return svg
+        return svg.eval()
+
+    def eval(self):
+        """Evaluation mode (BatchNorm's running statistics); ``load`` returns the model in it."""
+        self.nets.eval()
+        return self
 
     @torch.no_grad()
     def predict(self, x_past, n_future):
-        self.nets.eval()
+        """Frames [B, n_past + n_future, C, H, W]: ``x_past`` then sampled futures (the current mode:
+        ``load`` gives eval mode)."""
         return self.model.predict(x_past.to(self.device), n_future)

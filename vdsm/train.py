@@ -1,9 +1,21 @@
-"""The SVI loop: Trace_ELBO with annealing factors, NaN guard and rollback, checkpoints, DDP.
+"""The SVI loop: the model's ELBO estimator with annealing factors, NaN guard and rollback,
+gradient clipping, checkpoints, DDP.
 
-One step: factors = schedule.factors(step / steps) go to model and guide (and the learning rate
-is the stage's lr times schedule.lr_factor(step / steps)); the loss is
-``Trace_ELBO().differentiable_loss`` (the SVI estimator) and Adam updates every
-parameter that requires a gradient (frozen stage-1 networks are left out).
+One step: factors = schedule.factors(progress) go to model and guide, with progress =
+min(1, step / schedule_steps) (``schedule_steps`` is the stage's planned length: a run extended
+beyond it keeps the schedules' final values); the learning rate is the stage's lr times
+schedule.lr_factor(progress). The loss is ``differentiable_loss`` of the model's estimator
+(``model.elbo``, default ``Trace_ELBO``: the SVI objective; SVG uses ``TraceMeanField_ELBO``, its
+KL in closed form as the reference computes it), and Adam updates every parameter that requires
+a gradient: those of the model's and guide's ``nn.Module`` trees and every Pyro param site the
+pair reads (``pyro.param``, ``pyro.module``, ``PyroModule``; found by tracing one evaluation),
+frozen ones (stage 1's networks in stage 2) left out.
+
+Gradient clipping (``clip_norm`` > 0): the gradient of the loss per frame (the summed negative
+ELBO divided by batch x frames, over all processes) is rescaled to norm ``clip_norm`` when it is
+larger; the summed loss's gradient is what is actually applied, scaled by the same factor. Every
+step logs that per-frame norm and whether it was clipped; the stage's statistics count the
+clipped steps. ``clip_norm`` 0 turns clipping off.
 
 Faults: a non-finite loss or gradient skips the step (weights untouched). After
 ``max_bad_steps`` such steps in a row the run rolls back to its newest checkpoint and
@@ -25,12 +37,14 @@ import pyro
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from pyro import poutine
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError
 
-__all__ = ["TrainOptions", "train_stage", "ELBOLoss", "rng_state", "set_rng_state"]
+__all__ = ["TrainOptions", "train_stage", "ELBOLoss", "rng_state", "set_rng_state", "param_store_state",
+           "load_param_store_state"]
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +55,26 @@ class TrainOptions:
 
     steps: int
     lr: float = 1e-3
-    clip_norm: float = 10.0      # gradient norm clip
+    clip_norm: float = 0.0       # bound on the norm of the per-frame loss's gradient (0: no clipping)
     max_bad_steps: int = 5       # consecutive non-finite steps before a rollback
     lr_drop: float = 0.5         # learning-rate factor applied at each rollback
     max_rollbacks: int = 10
     amp: bool = False            # bf16 autocast of the networks; log-probs stay fp32
     progress: bool = True
+    schedule_steps: int = None   # length the schedules run over (default: steps)
 
 
 class ELBOLoss(nn.Module):
-    """The negative ELBO of a model/guide pair as a module (so that DDP can wrap it)."""
+    """The negative ELBO of a model/guide pair as a module (so that DDP can wrap it).
 
-    def __init__(self, model, guide):
+    The estimator is ``elbo``, else the model's ``elbo`` attribute (a Pyro ELBO class), else
+    ``Trace_ELBO``: training and the tests of a model's objective use this one class.
+    """
+
+    def __init__(self, model, guide, elbo=None):
         super().__init__()
         self.model, self.guide = model, guide
-        self.elbo = Trace_ELBO()
+        self.elbo = elbo or getattr(model, "elbo", Trace_ELBO)()
 
     def forward(self, x, factors):
         return self.elbo.differentiable_loss(self.model, self.guide, x, factors=factors)
@@ -84,6 +103,34 @@ def _distributed():
     return dist.is_available() and dist.is_initialized()
 
 
+def param_store_state():
+    """Pyro's param store as plain data: name -> unconstrained tensor (on the CPU)."""
+    return {k: v.detach().cpu() for k, v in pyro.get_param_store().named_parameters()}
+
+
+def load_param_store_state(saved):
+    """Copy saved values (``param_store_state``) into the param store's existing entries, in place
+    (so that an optimiser holding them keeps working). The entries must exist: run the model and
+    guide once first. A saved name the store lacks is a CheckpointError."""
+    store = dict(pyro.get_param_store().named_parameters())
+    missing = sorted(set(saved) - set(store))
+    if missing:
+        raise CheckpointError(f"the checkpoint holds Pyro params {', '.join(missing[:5])} that this model and "
+                              f"guide do not create: resume with the run's own config.json and guide")
+    with torch.no_grad():
+        for name, value in saved.items():
+            store[name].copy_(value.to(store[name].device))
+
+
+def _trainable(loss_module, run_once):
+    """Every tensor to optimise: ``nn.Module`` parameters of the pair and the unconstrained values of
+    the Pyro param sites that one evaluation (``run_once``) reads, those that require a gradient."""
+    with poutine.trace(param_only=True) as capture:
+        run_once()
+    pyro_params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+    return list({id(p): p for p in [*loss_module.parameters(), *pyro_params] if p.requires_grad}.values())
+
+
 def train_stage(model, guide, batches, *, options, schedule, device, checkpoints=None, resume=None,
                 extra_state=None, writer=None, tag="stage", fault_injector=None, on_step=None):
     """Optimise the ELBO of ``model``/``guide`` for ``options.steps`` steps; returns statistics.
@@ -107,24 +154,28 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
         first = next(batches)
         batches, shape = itertools.chain([first], batches), first.shape
     with torch.random.fork_rng(devices=[]):
-        loss_module(torch.zeros(shape, device=device), schedule.factors(0.0))
-    params = list({id(p): p for p in loss_module.parameters() if p.requires_grad}.values())
+        params = _trainable(loss_module, lambda: loss_module(torch.zeros(shape, device=device), schedule.factors(0.0)))
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         loss_module = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(params, lr=options.lr)
     start, lr_scale, smoothed = 0, 1.0, None
+    schedule_steps = options.schedule_steps or options.steps
+
+    def progress(step):
+        return min(1.0, step / schedule_steps)
 
     def state(step):
         return dict(extra_state or {}, model=model.state_dict(), guide=guide.state_dict(),
                     optimizer=optimizer.state_dict(), step=step, steps=options.steps, lr_scale=lr_scale,
                     loss=smoothed, data=batches.state() if hasattr(batches, "state") else None, rng=rng_state(),
-                    param_store={k: v.detach().cpu() for k, v in pyro.get_param_store().named_parameters()})
+                    param_store=param_store_state(), schedule_steps=schedule_steps)
 
     def restore(saved):
         model.load_state_dict(saved["model"])
         guide.load_state_dict(saved["guide"])
+        load_param_store_state(saved.get("param_store", {}))
         optimizer.load_state_dict(saved["optimizer"])
         for group in optimizer.param_groups:
             group["lr"] = options.lr * saved["lr_scale"]
@@ -136,16 +187,16 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
             batches.load_state(resume["data"])
         set_rng_state(resume["rng"])
 
-    events, losses, bad, rollbacks = [], [], 0, 0
+    events, losses, grad_norms, bad, rollbacks, clipped_steps = [], [], [], 0, 0, 0
     started = time.perf_counter()
     bar = tqdm(total=options.steps, initial=start, desc=tag, disable=not options.progress or rank != 0,
                dynamic_ncols=True)
     step = start
     while step < options.steps:
         x = next(batches).to(device, non_blocking=True)
-        factors = schedule.factors(step / options.steps)
+        factors = schedule.factors(progress(step))
         for group in optimizer.param_groups:  # rollbacks lower lr_scale; the schedule shapes it over the stage
-            group["lr"] = options.lr * lr_scale * schedule.lr_factor(step / options.steps)
+            group["lr"] = options.lr * lr_scale * schedule.lr_factor(progress(step))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.amp):
             loss = loss_module(x, factors)
         if fault_injector is not None:
@@ -154,10 +205,13 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
         if world > 1:  # every rank skips together, or DDP's gradient all-reduce would hang
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         grad_norm = None
+        frames = x.shape[0] * x.shape[1] * world   # the gradient is that of the combined batch's loss
         if ok.item():
             optimizer.zero_grad(set_to_none=True)
             (loss * world).backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, options.clip_norm)
+            # the bound applies to the per-frame loss's gradient, i.e. to the summed one at clip_norm * frames
+            bound = options.clip_norm * frames if options.clip_norm > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, bound) / frames
             ok = torch.isfinite(grad_norm)
         if not ok:
             bad += 1
@@ -173,6 +227,9 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
             continue
         optimizer.step()
         bad = 0
+        clipped = options.clip_norm > 0 and grad_norm.item() > options.clip_norm
+        clipped_steps += clipped
+        grad_norms.append(grad_norm.item())
         per_frame = loss.item() / (x.shape[0] * x.shape[1])
         smoothed = per_frame if smoothed is None else 0.98 * smoothed + 0.02 * per_frame
         losses.append(per_frame)
@@ -182,7 +239,8 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
             bar.set_postfix(loss_per_frame=f"{per_frame:.1f}", **{k: f"{v:.3g}" for k, v in factors.items()})
             if writer is not None:
                 writer.add_scalar(f"{tag}/loss_per_frame", per_frame, step)
-                writer.add_scalar(f"{tag}/grad_norm", float(grad_norm), step)
+                writer.add_scalar(f"{tag}/grad_norm_per_frame", float(grad_norm), step)
+                writer.add_scalar(f"{tag}/clipped", float(clipped), step)
                 writer.add_scalar(f"{tag}/lr", optimizer.param_groups[0]["lr"], step)
                 for k, v in factors.items():
                     writer.add_scalar(f"{tag}/factor_{k}", v, step)
@@ -197,15 +255,16 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
     tail = losses[-max(1, len(losses) // 10):] if losses else [math.nan]
     return {"steps": options.steps, "seconds": seconds, "seconds_per_step": seconds / max(1, len(losses)),
             "skipped_steps": sum(e["event"].endswith("skipped") for e in events), "rollbacks": rollbacks,
+            "clip_norm_per_frame": options.clip_norm, "clipped_steps": clipped_steps,
             "events": events, "final_loss_per_frame": sum(tail) / len(tail), "lr_scale": lr_scale,
             "last_lr": optimizer.param_groups[0]["lr"],
-            "trained_tensors": len(params), "losses": losses}
+            "trained_tensors": len(params), "losses": losses, "grad_norms_per_frame": grad_norms}
 
 
 def _roll_back(checkpoints, restore, optimizer, options, lr_scale, step, tag, events, device):
     """Back to the newest checkpoint (if any) with the learning rate lowered by ``lr_drop``."""
-    if checkpoints is not None and checkpoints.latest.is_file():
-        saved = load_checkpoint(checkpoints.latest, device)
+    if checkpoints is not None and checkpoints.exists():
+        saved = checkpoints.load_newest(device)
         step, _, smoothed = restore(saved)
         where = f"checkpoint of step {step}"
     else:
