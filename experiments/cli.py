@@ -1,14 +1,20 @@
-"""What every command-line entry point shares: one-line errors with exit code 2."""
+"""What every command-line entry point shares: one-line errors with exit code 2, device and preset choice."""
 import sys
 
 from data import DataError
+from guides.common import GuideError
 from vdsm.checkpoint import CheckpointError
 
-__all__ = ["UsageError", "cli_main", "preset_config"]
+__all__ = ["UsageError", "cli_main", "choose_device", "choose_preset", "first_line"]
 
 
 class UsageError(ValueError):
     """Bad command-line input: reported in one line with exit code 2."""
+
+
+def first_line(err):
+    """The message of ``err`` without what Pyro appends to errors raised inside a trace (its shapes)."""
+    return (str(err).splitlines() or [""])[0]
 
 
 def cli_main(parser, command, argv=None):
@@ -16,19 +22,30 @@ def cli_main(parser, command, argv=None):
     args = parser.parse_args(argv)
     try:
         command(args)
-    except (UsageError, DataError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (UsageError, DataError, CheckpointError, GuideError) as err:
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
     return 0
 
 
-def preset_config(args, loader):
-    """``(preset name, config dict)``: ``--preset`` (default paper on a GPU, cpu otherwise) of
-    ``args.dataset`` through ``loader(dataset, preset)``; unknown names become UsageErrors."""
+def choose_device(name=None):
+    """``torch.device`` of ``--device`` (default: cuda when available); UsageError when CUDA is asked
+    for and absent."""
     import torch
 
-    preset = args.preset or ("paper" if torch.cuda.is_available() else "cpu")
+    name = name or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA device here; use --device cpu")
     try:
-        return preset, loader(args.dataset, preset)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+        return torch.device(name)
+    except RuntimeError as err:
+        raise UsageError(f"--device {name}: {err}") from None
+
+
+def choose_preset(preset, device, what="preset", small="cpu"):
+    """``(name, reason)``: ``preset`` when given, else "paper" on a CUDA device and ``small`` otherwise."""
+    if preset:
+        return preset, f"--{what} {preset}"
+    if device.type == "cuda":
+        return "paper", f"default on a CUDA device: the published {what} (--{what} {small} for the small one)"
+    return small, f"default without a GPU: the {what} sized for a CPU (--{what} paper for the published one)"

@@ -88,12 +88,32 @@ def test_custom_guide_through_the_runner(tmp_path, data_dirs):
     (["--dataset", "sprites", "--sprites-layers", "/nonexistent"], "--sprites-layers"),
     (["--dataset", "sprites", "--z-dim", "0"], "z_dim=0"),
     (["--dataset", "sprites", "--batch-size", "0"], "--batch-size=0"),
-    (["--dataset", "sprites", "--stage1-lr-decay-frac", "1.5"], "--stage1-lr-decay-frac=1.5"),
+    (["--dataset", "sprites", "--stage1-lr-decay-frac", "1.5"], "bad stage1 schedule: lr_decay_frac=1.5"),
     (["--dataset", "sprites", "--identity-scale-max", "-1"], "identity_scale_max=-1"),
     (["--dataset", "sprites", "--guide-pose-input", "1.5"], "guide_pose_input=1.5"),
     (["--dataset", "sprites", "--resume", "/nonexistent/run"], "--resume"),
     (["--dataset", "sprites", "--guide2", "no.such:thing"], "guide factory"),
     (["--dataset", "kth"], "no VDSM config"),
+    # flags of another model or dataset are refused, not ignored
+    (["--dataset", "sprites", "--arch", "vgg"], "--arch only applies to --model svg-lp"),
+    (["--dataset", "sprites", "--n-future", "3", "--eval-samples", "2"], "--eval-samples, --n-future only apply"),
+    (["--dataset", "smmnist", "--model", "svg-lp", "--guide2", "guides.examples:mean_field"], "--guide2 only applies"),
+    (["--dataset", "smmnist", "--model", "svg-fp", "--stage1-steps", "3"], "--stage1-steps only applies"),
+    (["--dataset", "smmnist", "--model", "svg-lp", "--seq-len", "3"], "--seq-len only applies"),
+    (["--dataset", "smmnist", "--model", "svg-lp", "--n-experts", "3"], "--n-experts only applies"),
+    (["--dataset", "smmnist", "--model", "svg-lp", "--stage", "1"], "--stage only applies"),
+    (["--dataset", "sprites", "--kth", "/tmp"], "--kth does not apply to --dataset sprites"),
+    (["--dataset", "pendulum", "--mnist", "/tmp/m.npz"], "needs no data folder"),
+    # values that would fail later (a Pyro traceback after config.json was written) fail first
+    (["--dataset", "sprites", "--stage1-anneal-end-id", "0"], "anneal_end_id=0.0 must be positive"),
+    (["--dataset", "sprites", "--stage2-temp-id-end", "-1"], "temp_id_end=-1.0 must be positive"),
+    (["--dataset", "sprites", "--stage1-midfrac1", "0.9"], "midfrac1=0.9"),
+    (["--dataset", "sprites", "--encoder-widths", "4", "4", "4"], "encoder_widths=[4, 4, 4]"),
+    (["--dataset", "sprites", "--emission", "normal", "--emission-scale", "0"], "emission_scale=0.0"),
+    (["--dataset", "sprites", "--clip-norm", "-1"], "--clip-norm=-1.0"),
+    (["--dataset", "smmnist", "--model", "svg-lp", "--pixel-scale", "0"], "pixel_scale=0.0"),
+    (["--dataset", "smmnist", "--model", "svg-lp", "--eval-samples", "0"], "--eval-samples=0"),
+    (["--dataset", "sprites", "--resume", "/nonexistent/a", "--out", "/nonexistent/b"], "name different folders"),
 ])
 def test_bad_input_returns_2_with_one_line(args, message, tmp_path, capsys):
     from experiments.run import main
@@ -107,6 +127,66 @@ def test_bad_input_from_the_shell_exits_2_without_traceback(tmp_path):
     result = run_cli("--dataset", "sprites", "--sprites-layers", tmp_path / "missing", "--out", tmp_path / "bad")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_preset_is_printed_and_recorded_with_its_reason(tiny_run, tmp_path, data_dirs):
+    config = json.loads((tiny_run / "config.json").read_text())
+    if not torch.cuda.is_available():
+        assert config["preset"] == "cpu" and config["preset_reason"].startswith("default without a GPU")
+    out = tmp_path / "explicit"
+    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--out", out, "--preset", "cpu",
+                     "--stage", "1", *TINY_FLAGS)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "config.json").read_text())["preset_reason"] == "--preset cpu"
+    assert "preset cpu (--preset cpu)" in result.stdout.splitlines()[0]
+
+
+def _copy(run, folder):
+    import shutil
+    shutil.copytree(run, folder)
+    return folder
+
+
+def test_resume_extends_a_stage_and_keeps_its_schedule_length(tiny_run, tmp_path, data_dirs):
+    run = _copy(tiny_run, tmp_path / "extended")
+    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", run,
+                     "--stage2-steps", 5, *TINY_FLAGS)
+    assert result.returncode == 0, result.stderr
+    assert "stage2.steps extended 2 -> 5 steps" in result.stdout
+    config = json.loads((run / "config.json").read_text())
+    assert config["stage2"]["steps"] == 5 and config["stage2"]["schedule_steps"] == 2
+    assert config["stage1"]["steps"] == 2 and "schedule_steps" not in config["stage1"]
+    assert [e["section"] for e in config["extended"]] == ["stage2"]
+    saved = torch.load(run / "checkpoints" / "stage2.pt", weights_only=True)
+    assert saved["step"] == 5 and saved["schedule_steps"] == 2
+    assert json.loads((run / "metrics.json").read_text())["stage2"]["steps"] == 5
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--stage2-steps", "1"], "stage2.steps would shrink from 2 to 1"),
+    (["--stage1-steps", "4"], "stage 2 was trained on this stage 1"),
+    (["--lr", "0.5"], "stage1.lr (run: 0.002, asked: 0.5)"),
+    (["--seed", "3"], "seed (run: 0, asked: 3)"),
+    (["--stage1-start-t", "5"], "stage1.schedule.start_t"),
+    (["--clip-norm", "3"], "clip_norm"),
+    (["--train-split", "trainval"], "train_split"),
+    (["--guide2", "guides.examples:mean_field"], "guide2"),
+    (["--preset", "paper"], "--preset cpu, not paper"),
+    (["--model", "svg-lp"], "that run is --model vdsm"),
+])
+def test_resume_refuses_flags_that_contradict_the_run(tiny_run, tmp_path, data_dirs, flags, message):
+    run = _copy(tiny_run, tmp_path / "run")
+    before = (run / "config.json").read_text()
+    flags = [*flags, *([] if "--model" in flags else TINY_FLAGS)]
+    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", run, *flags)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (run / "config.json").read_text() == before   # nothing written
+
+
+def test_resume_of_another_dataset_is_refused(tiny_run):
+    result = run_cli("--dataset", "sprites-dsa", "--resume", tiny_run)
+    assert result.returncode == 2 and "trained on 'sprites'" in result.stderr
 
 
 def test_help_lists_the_main_options():
@@ -131,17 +211,25 @@ def test_a_checkpoint_from_another_config_is_refused_with_the_difference(tiny_ru
     assert "z_dim" in err and "checkpoint: z_dim=4" in err and len(err.strip().splitlines()) == 1
 
 
+def _config_of(argv):
+    from experiments.run import build_parser, check_flags, given_flags, prepare
+    args = build_parser().parse_args(argv)
+    args.given = given_flags(args)
+    check_flags(args, args.given)
+    return prepare(args, torch.device("cpu"))[1]
+
+
 def test_boolean_model_flags_override_the_preset_both_ways():
-    from experiments.run import build_parser, resolve_config
     for flag, want in (("--identity-film", True), ("--no-identity-film", False)):
-        config = resolve_config(build_parser().parse_args(["--dataset", "sprites", flag]))
-        assert config["model"]["identity_film"] is want
+        assert _config_of(["--dataset", "sprites", flag])["model"]["identity_film"] is want
+    for flag, want in (("--last-frame-skip", True), ("--no-last-frame-skip", False)):
+        assert _config_of(["--dataset", "smmnist", "--model", "svg-lp", flag])["model"]["last_frame_skip"] is want
 
 
 def test_learned_priors_are_fitted_in_their_stage_and_loaded_with_the_run(tmp_path, data_dirs):
     """The identity prior's mean is fitted in stage 1 and frozen in stage 2; the dynamics prior in stage 2."""
     out = tmp_path / "loc"
-    flags = [f for f in tiny_run_flags(steps=5) if f not in ("--steps", "5")]
+    flags = tiny_run_flags(steps=None)
     result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--out", out, "--stage1-steps", 20,
                      "--stage2-steps", 5, "--learned-identity-loc", "--identity-film", "--learned-dynamics-prior",
                      "--guide-pose-input", 0.5, *flags)
