@@ -221,8 +221,8 @@ class SVGModel(StateSpaceVideoModel):
                 (loc, scale), post_state = nets.posterior(target, post_state)
             if nets.prior is not None:
                 (p_loc, p_scale), prior_state = nets.prior(h, prior_state)
-            else:
-                p_loc, p_scale = torch.zeros_like(h[..., :c.z_dim]), torch.ones_like(h[..., :c.z_dim])
+            else:  # SVG-FP: N(0, I) of z_dim (which may exceed the encoding's g_dim)
+                p_loc, p_scale = h.new_zeros(*h.shape[:-1], c.z_dim), h.new_ones(*h.shape[:-1], c.z_dim)
             if t >= n_past:
                 loc, scale = p_loc, p_scale
             z = loc + scale * torch.randn_like(loc)

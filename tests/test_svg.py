@@ -141,6 +141,13 @@ def test_kth_and_bair_paper_presets_are_the_reference_commands():
         64, 2, 3, 100)
 
 
+@pytest.mark.parametrize("learned_prior", [True, False])
+def test_predict_with_a_latent_wider_than_the_encoding(learned_prior):
+    nets, model, _ = pair(tiny(n_past=2, z_dim=12, g_dim=8, learned_prior=learned_prior))
+    nets.eval()
+    assert model.predict(torch.rand(2, 2, 1, 64, 64), n_future=3).shape == (2, 5, 1, 64, 64)
+
+
 def test_predict_keeps_the_past_and_generates_the_future():
     nets, model, _ = pair(tiny(n_past=3))
     nets.eval()
