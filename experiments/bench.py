@@ -222,10 +222,18 @@ def main(argv=None):
 
         from experiments.time_to_quality import time_to_quality
 
-        summary = time_to_quality(args.quality_out, every_minutes=args.every_minutes,
-                                  val_sequences=args.val_sequences, run_flags=shlex.split(args.run_flags),
-                                  data_root=args.data_root, sprites_layers=args.sprites_layers,
-                                  judge_steps=args.judge_steps)
+        from data import DataError
+        from experiments.cli import UsageError, first_line
+        from vdsm.checkpoint import CheckpointError
+
+        try:
+            summary = time_to_quality(args.quality_out, every_minutes=args.every_minutes,
+                                      val_sequences=args.val_sequences, run_flags=shlex.split(args.run_flags),
+                                      data_root=args.data_root, sprites_layers=args.sprites_layers,
+                                      judge_steps=args.judge_steps)
+        except (UsageError, DataError, CheckpointError) as err:  # e.g. a bad --run-flags flag: one line, exit 2
+            print(f"error: {first_line(err)}", file=sys.stderr)
+            return 2
         results["quality"] = summary
         print(f"{'minutes':>8}{'stage':>8}{'step':>6}{'action':>8}{'attributes':>11}")
         for r in summary["rows"]:

@@ -13,7 +13,7 @@ training; the test split is for ``experiments.evaluate``'s final report only):
 During stage 1 the same protocol uses what stage 1 has (poses of the real sequence kept, or
 drawn from the N(0, I) pose prior: not the protocol, and labelled so in the "protocol" column);
 from stage 2 on it uses the dynamics model. Training time
-excludes the evaluations, which run under ``torch.random.fork_rng`` so the run trains exactly as
+excludes the evaluations, which run under ``vdsm.train.forked_rng`` so the run trains exactly as
 it would without the monitor. Writes ``time_to_quality.csv`` (a row per evaluation, written as
 it goes), ``time_to_quality.png`` and ``time_to_quality.json`` (first times at which each
 accuracy reached the target, and the accuracies at the time budget) into ``out_dir``.
@@ -29,6 +29,9 @@ import torch
 import data
 from vdsm.metrics.judge import JUDGES, load_or_train_judge
 from vdsm.metrics.protocol import judge_protocol
+from vdsm.train import forked_rng
+
+from .cli import UsageError
 
 __all__ = ["QualityMonitor", "time_to_quality"]
 
@@ -75,7 +78,7 @@ class QualityMonitor:
         vdsm.eval()
         vdsm.has_stage2 = stage == "stage2"
         try:
-            with torch.random.fork_rng(devices=[]):  # training continues with its own random numbers
+            with forked_rng(vdsm.device):  # training continues with its own random numbers (CPU and CUDA)
                 result = judge_protocol(vdsm, self.judge, self.items, batch_size=len(self.items), repeats=1,
                                         device=vdsm.device)
         finally:
@@ -144,6 +147,8 @@ def time_to_quality(out_dir, *, every_minutes=3.0, val_sequences=128, run_flags=
     if data_root:
         flags += ["--data-root", str(data_root)]
     args = runner.build_parser().parse_args(flags)
+    if args.train_split == "trainval":  # before the judge is trained: that takes minutes
+        raise UsageError("the quality monitor scores val sequences, which --train-split trainval trains on")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     options = {"seq_len": 8}
     if sprites_layers:

@@ -50,26 +50,35 @@ def test_time_to_quality_records_both_stages_and_leaves_training_unchanged(tmp_p
     assert "test" not in splits and {"train", "val"} <= set(splits)   # monitoring never reads the test split
     assert json.loads((tmp_path / "bench.json").read_text())["quality"]["evaluations"] == 6
 
-    # the evaluations draw random numbers under fork_rng: the same run without the monitor
-    # ends with exactly the same weights
+    # the evaluations draw random numbers under forked_rng (CPU and CUDA generators): the same run
+    # without the monitor ends with the same weights, exactly on a CPU; on CUDA up to its
+    # non-deterministic kernels (drawing from training's CUDA stream moved weights by ~1e-2)
     plain = tmp_path / "plain"
     runner.run(runner.build_parser().parse_args(["--dataset", "sprites", "--out", str(plain), "--sprites-layers",
                                                  str(data_dirs.sprites), *flags]))
+    exact = not torch.cuda.is_available()
     for stage in ("stage1", "stage2"):
         a = load_checkpoint(out / "run" / "checkpoints" / f"{stage}.pt", "cpu")
         b = load_checkpoint(plain / "checkpoints" / f"{stage}.pt", "cpu")
         for key in ("model", "guide"):
             for name, value in a[key].items():
-                assert torch.equal(value, b[key][name]), (stage, key, name)
+                same = torch.equal(value, b[key][name]) if exact else torch.allclose(value, b[key][name], rtol=1e-4,
+                                                                                      atol=1e-6)
+                assert same, (stage, key, name)
 
 
-def test_bad_bench_input_exits_2(capsys):
+def test_bad_bench_input_exits_2(capsys, tmp_path):
     import pytest
 
     with pytest.raises(SystemExit) as stop:
         bench_main(["--only", "quality", "--val-sequences", "0"])
     assert stop.value.code == 2
     assert "--val-sequences" in capsys.readouterr().err
+    # the monitor scores val sequences: a run that trains on them is refused before anything runs
+    assert bench_main(["--only", "quality", "--quality-out", str(tmp_path / "q"), "--data-root", str(tmp_path),
+                       "--run-flags", "--train-split trainval"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--train-split trainval" in err[0]
 
 
 def test_keep_freed_memory_applies_on_glibc_and_can_be_switched_off(monkeypatch):

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CheckpointError
 
 __all__ = ["TrainOptions", "train_stage", "ELBOLoss", "rng_state", "set_rng_state", "param_store_state",
-           "load_param_store_state"]
+           "load_param_store_state", "forked_rng"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,14 @@ def set_rng_state(state):
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def forked_rng(device):
+    """``torch.random.fork_rng`` over the CPU generator and, on CUDA, ``device``'s: random numbers
+    drawn inside (an evaluation, a dry run) leave training's streams untouched."""
+    device = torch.device(device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=cuda)
 
 
 def _distributed():
@@ -153,7 +161,7 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
     else:  # a plain iterator: peek at its first batch and put it back
         first = next(batches)
         batches, shape = itertools.chain([first], batches), first.shape
-    with torch.random.fork_rng(devices=[]):
+    with forked_rng(device):
         params = _trainable(loss_module, lambda: loss_module(torch.zeros(shape, device=device), schedule.factors(0.0)))
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
