@@ -12,7 +12,7 @@ from pyro.infer import SVI, Trace_ELBO
 from guides import VDSMStage1Guide, VDSMStage2Guide
 from guides.examples import autonormal_identity, mean_field
 from models import VDSMConfig, VDSMStage1Model, VDSMStage2Model
-from tests_helpers import check_elbo_under_bf16_autocast
+from tests_helpers import MeanGuide, check_elbo_under_bf16_autocast
 from vdsm.annealing import Schedule
 from vdsm.api import VDSM
 from vdsm.nets import MixtureOfExpertsDecoder
@@ -215,25 +215,11 @@ def test_a_guide_made_only_of_pyro_params_trains_and_resumes_exactly(tmp_path):
         assert torch.allclose(resumed_values[name], value, rtol=1e-5, atol=1e-6), name
 
 
-class _MeanGuide(torch.nn.Module):
-    """A guide with every latent at its mean: the loss is a deterministic function of the batch."""
-
-    def __init__(self, guide):
-        super().__init__()
-        self.guide = guide
-
-    def forward(self, x, **kwargs):
-        from vdsm.api import use_means
-
-        with use_means():
-            return self.guide(x, **kwargs)
-
-
 def test_clipping_bounds_the_gradient_of_the_per_frame_loss_whatever_the_batch():
     def one_step(x, clip):
         torch.manual_seed(0)
         vdsm = VDSM(TINY)
-        stats = train_stage(vdsm.model1, _MeanGuide(vdsm.guide1), _fixed_batches(x), schedule=Schedule(), device="cpu",
+        stats = train_stage(vdsm.model1, MeanGuide(vdsm.guide1), _fixed_batches(x), schedule=Schedule(), device="cpu",
                             options=TrainOptions(steps=1, clip_norm=clip, progress=False))
         params = [p for m in (vdsm.model1, vdsm.guide1) for p in m.parameters() if p.grad is not None]
         applied = torch.sqrt(sum(p.grad.pow(2).sum() for p in params)).item()

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 
 import data
 from models import VDSMConfig
 from vdsm.annealing import Schedule
-from tests_helpers import tiny_run_flags
-from vdsm.api import VDSM, use_means
+from tests_helpers import MeanGuide, tiny_run_flags
+from vdsm.api import VDSM
 from vdsm.batches import ResumableBatches
 from vdsm.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from vdsm.train import TrainOptions, train_stage
@@ -208,18 +207,6 @@ def test_resume_falls_back_to_the_newest_periodic_checkpoint_that_loads(tmp_path
     assert stats["steps"] == 8
 
 
-class _MeanGuide(nn.Module):
-    """The stage-1 guide with latents at their means: a noise-free ELBO to compare layouts exactly."""
-
-    def __init__(self, guide):
-        super().__init__()
-        self.guide = guide
-
-    def forward(self, x, **kwargs):
-        with use_means():
-            return self.guide(x, **kwargs)
-
-
 class _Frames(torch.utils.data.Dataset):
     def __init__(self):
         self.x = torch.rand(8, 3, 3, 64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -243,7 +230,7 @@ def _one_step(rank, world_size, batch_size, init_file, out_file):
     try:
         vdsm = VDSM(TINY)
         batches = ResumableBatches(_Frames(), batch_size, rank=rank, world_size=world_size)
-        train_stage(vdsm.model1, _MeanGuide(vdsm.guide1), batches, schedule=Schedule(), device="cpu",
+        train_stage(vdsm.model1, MeanGuide(vdsm.guide1), batches, schedule=Schedule(), device="cpu",
                     options=TrainOptions(steps=1, lr=1e-2, progress=False))
     finally:
         torch.set_default_dtype(default)
