@@ -49,7 +49,9 @@ def build_parser():
     p.add_argument("--data-root", default=None)
     for dest in sorted(set(data.FOLDER_OPTIONS.values())):
         p.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None)
-    p.add_argument("--batch-size", type=int, default=128, help="sequences per batch (judge: per repeat)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="judge protocols: sequences per repeat (default 128, the protocol's); prediction: "
+                        "sequences per forward pass (default 32; only memory and speed depend on it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     judge = p.add_argument_group("judge protocols (VDSM runs)")
     judge.add_argument("--repeats", type=int, default=None, help="batches drawn (default 5)")
@@ -82,7 +84,7 @@ def evaluate(args):
     for name in ("samples", "max_sequences", "n_future", "protocol"):
         if getattr(args, name) is not None:
             raise UsageError(f"--{name.replace('_', '-')} applies to prediction runs (SVG), not to this VDSM run")
-    args.repeats, args.judge_steps = args.repeats or 5, args.judge_steps or 1500
+    args.repeats, args.judge_steps, args.batch_size = args.repeats or 5, args.judge_steps or 1500, args.batch_size or 128
     return evaluate_judge(args, run_dir, config, device)
 
 
@@ -136,6 +138,21 @@ def _fmt(entry, percent=False):
     return f"{100 * m:.2f} ± {100 * s:.2f}%" if percent else f"{m:.3f} ± {s:.3f}"
 
 
+def _judge_table(title, section, published):
+    """Markdown lines of one protocol: its heads' accuracy and entropies, or why it was skipped;
+    ``published`` rows only beside a protocol the numbers follow."""
+    lines = [f"## {title}", ""]
+    if "skipped" in section:
+        return lines + [f"Skipped: {section['skipped']}.", ""]
+    lines += [f"What: {section['what']}.", "", "| head | Acc | IS | H(y\\|x) | H(y) |", "|---|---|---|---|---|"]
+    for head, r in section["heads"].items():
+        lines.append(f"| this run: {head} | {_fmt(r['accuracy'], True)} | {_fmt(r['IS'])} | {_fmt(r['H(y|x)'])} "
+                     f"| {_fmt(r['H(y)'])} |")
+    if section["protocol"]:
+        lines += ["| " + " | ".join(row) + " |" for row in published]
+    return lines + [""]
+
+
 def markdown(dataset, result):
     lines = [f"# Disentanglement evaluation ({dataset}, {result['split']} split, stage-{result['stage']} model)", "",
              "Judge accuracy per head on real " + result["split"] + " sequences: "
@@ -145,28 +162,9 @@ def markdown(dataset, result):
     if result["stage"] == 1:
         lines += ["**A stage-1 model has no dynamics latent: the first two tables are not the protocol "
                   "(see each table's note).**", ""]
-    fd = result["fix_dynamics"]
-    lines += ["## Fixed dynamics, identity from the prior (dynamic heads)", ""]
-    if "skipped" in fd:
-        lines += [f"Skipped: {fd['skipped']}.", ""]
-    else:
-        lines += [f"What: {fd['what']}.", "", "| head | Acc | IS | H(y\\|x) | H(y) |", "|---|---|---|---|---|"]
-        for head, r in fd["heads"].items():
-            lines.append(f"| this run: {head} | {_fmt(r['accuracy'], True)} | {_fmt(r['IS'])} | {_fmt(r['H(y|x)'])} "
-                         f"| {_fmt(r['H(y)'])} |")
-        if fd["protocol"] and result["split"] == "test":
-            lines += ["| " + " | ".join(row) + " |" for row in PUBLISHED.get(dataset, {}).get("fix_dynamics", [])]
-        lines.append("")
-    fi = result["fix_identity"]
-    lines += ["## Fixed identity, dynamics from the prior (static heads)", ""]
-    if "skipped" in fi:
-        lines += [f"Skipped: {fi['skipped']}.", ""]
-    else:
-        lines += [f"What: {fi['what']}.", "", "| head | Acc | IS | H(y\\|x) | H(y) |", "|---|---|---|---|---|"]
-        for head, r in fi["heads"].items():
-            lines.append(f"| {head} | {_fmt(r['accuracy'], True)} | {_fmt(r['IS'])} | {_fmt(r['H(y|x)'])} | "
-                         f"{_fmt(r['H(y)'])} |")
-        lines.append("")
+    published = PUBLISHED.get(dataset, {}).get("fix_dynamics", []) if result["split"] == "test" else []
+    lines += _judge_table("Fixed dynamics, identity from the prior (dynamic heads)", result["fix_dynamics"], published)
+    lines += _judge_table("Fixed identity, dynamics from the prior (static heads)", result["fix_identity"], [])
     cons = result["consistency"]
     heads = list(cons["heads"])
     lines += ["## VDSM's own accuracy consistency (not comparable with the tables above)", "",
@@ -228,6 +226,7 @@ def evaluate_prediction(args, run_dir, config, device):
 
     if args.repeats is not None or args.judge_steps is not None:
         raise UsageError("--repeats and --judge-steps apply to judge protocols (VDSM runs), not to this SVG run")
+    args.batch_size = args.batch_size or 32
     n_past = config["model"]["n_past"]
     n_future = args.n_future or config["eval"]["n_future"]
     sequences = data.get_dataset(config["dataset"], args.split, args.data_root,
