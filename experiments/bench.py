@@ -31,6 +31,8 @@ STEP_CONFIGS = {
     "stage2-cpu": ("stage2", "cpu", 8),
     "svg-lp-reference": ("svg", "paper", 15),
     "svg-lp-cpu": ("svg", "cpu", 15),
+    "srvp-reference": ("srvp", "paper", 15),   # the release's SM-MNIST config (DCGAN-64, ny = nz = 20, 15 frames)
+    "srvp-cpu": ("srvp", "cpu", 15),
 }
 
 
@@ -61,6 +63,10 @@ def _model_config(stage, overrides):
 
     if stage == "svg":
         return SVGConfig.from_dict(load_svg_preset("smmnist", overrides)["model"])
+    if stage == "srvp":
+        from models.srvp import SRVPConfig
+
+        return SRVPConfig.from_dict(load_svg_preset("smmnist", overrides, model="srvp")["model"])
     if overrides == "cpu":
         return VDSMConfig.from_dict(load_preset("sprites", "cpu")["model"])
     return VDSMConfig(**overrides)
@@ -90,6 +96,40 @@ def _svg_pair(config, device, batch_size, seq_len):
     return svg.model, svg.guide, x, nets_loss
 
 
+def _srvp_pair(config, device, batch_size, seq_len):
+    """SRVP's model/guide and the same networks' forward + backward without Pyro (the release's loss:
+    Gaussian NLL up to its constant, analytic KLs, the l2_res penalty)."""
+    from vdsm.srvp_api import SRVP
+
+    srvp = SRVP(config, device)
+    nets = srvp.nets
+    x = torch.rand(batch_size, seq_len, config.nc, 64, 64, device=device)
+    normal, kl_div = torch.distributions.Normal, torch.distributions.kl_divergence
+
+    def nets_loss():
+        h, skips = nets.encode(x)
+        nets.forget()
+        content, skip = nets.training_frames(batch_size, seq_len, x.device)
+        w = nets.content(h, content)
+        y_loc, y_scale = nets.q_y1(h)
+        y = y_loc + y_scale * torch.randn_like(y_loc)
+        kl = kl_div(normal(y_loc.float(), y_scale.float()), normal(0.0, 1.0)).sum()
+        q_loc, q_scale = nets.q_z(h)
+        ys, penalty = [y], 0.0
+        for k in range(seq_len - 1):
+            p_loc, p_scale = nets.p_z(y)
+            z = q_loc[:, k] + q_scale[:, k] * torch.randn_like(p_loc)
+            kl = kl + config.beta_z * kl_div(normal(q_loc[:, k].float(), q_scale[:, k].float()),
+                                             normal(p_loc.float(), p_scale.float())).sum()
+            y, p = nets.step(y, z)
+            ys.append(y)
+            penalty = penalty + p
+        mean = nets.decode(w, torch.stack(ys, 1), skips, skip)
+        return ((mean.float() - x) ** 2).sum() / (2 * config.obs_scale ** 2) + kl + config.l2_res * penalty.sum()
+
+    return srvp.model, srvp.guide, x, nets_loss
+
+
 def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
     """Seconds per SVI step (Trace_ELBO + Adam) of one configuration, and of its nets without Pyro.
 
@@ -104,10 +144,11 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
 
     stage, overrides, seq_len = STEP_CONFIGS[name]
     config = _model_config(stage, overrides)
-    if stage == "svg":
+    if stage in ("svg", "srvp"):
         from vdsm.svg_api import ConstantFactors
 
-        model, guide, x, svg_nets_loss = _svg_pair(config, device, batch_size, seq_len)
+        pair = _svg_pair if stage == "svg" else _srvp_pair
+        model, guide, x, svg_nets_loss = pair(config, device, batch_size, seq_len)
         factors = ConstantFactors().factors(0.5)
     else:
         vdsm = VDSM(config, device=device)
@@ -137,7 +178,7 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
 
     def nets_step():  # the same networks, no Pyro: reparameterised samples, a plain loss
         with autocast():
-            loss = svg_nets_loss() if stage == "svg" else vdsm_nets_loss()
+            loss = svg_nets_loss() if stage in ("svg", "srvp") else vdsm_nets_loss()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -5,7 +5,7 @@ scores the judge protocols of ``vdsm.metrics.protocol``; writes ``metrics.json``
 "judge_protocol") and ``disentanglement.md`` (tables laid out like the papers', published
 numbers beside the rows that follow their protocol).
 
-SVG runs: the prediction protocol (condition on n_past frames, N sampled futures per sequence,
+Prediction runs (SVG-LP, SVG-FP, SRVP): the prediction protocol (condition on n_past frames, N sampled futures per sequence,
 best per metric, predicted frames only); writes ``prediction_per_frame.csv``/``.png``,
 ``prediction.gif`` and ``metrics.json`` (key "prediction").
 
@@ -29,6 +29,7 @@ import data
 from vdsm.checkpoint import write_text_atomic
 
 from .cli import UsageError, choose_device, choose_preset, cli_main
+from .registry import PREDICTION_MODELS
 
 PUBLISHED = {  # REFERENCE.md section 6
     "sprites": {"consistency": [("VDSM (paper, own protocol)", "99.53%")]},
@@ -56,7 +57,7 @@ def build_parser():
     judge = p.add_argument_group("judge protocols (VDSM runs)")
     judge.add_argument("--repeats", type=int, default=None, help="batches drawn (default 5)")
     judge.add_argument("--judge-steps", type=int, default=None, help="training steps of a new judge (default 1500)")
-    pred = p.add_argument_group("prediction protocol (SVG runs)")
+    pred = p.add_argument_group("prediction protocol (SVG and SRVP runs)")
     pred.add_argument("--samples", type=int, default=None, help="futures per sequence (overrides the protocol's)")
     pred.add_argument("--max-sequences", type=int, default=None,
                       help="evaluate the first N sequences (overrides the protocol's)")
@@ -79,11 +80,11 @@ def evaluate(args):
         raise UsageError(f"{', '.join('--' + d.replace('_', '-') for d in sorted(wrong))} do not apply to this "
                          f"{config['dataset']} run: drop them")
     device = choose_device(args.device)
-    if config.get("model_name", "vdsm").startswith("svg"):
+    if config.get("model_name", "vdsm") in PREDICTION_MODELS:
         return evaluate_prediction(args, run_dir, config, device)
     for name in ("samples", "max_sequences", "n_future", "protocol"):
         if getattr(args, name) is not None:
-            raise UsageError(f"--{name.replace('_', '-')} applies to prediction runs (SVG), not to this VDSM run")
+            raise UsageError(f"--{name.replace('_', '-')} applies to prediction runs (SVG, SRVP), not to this VDSM run")
     args.repeats, args.judge_steps, args.batch_size = args.repeats or 5, args.judge_steps or 1500, args.batch_size or 128
     return evaluate_judge(args, run_dir, config, device)
 
@@ -184,7 +185,7 @@ def markdown(dataset, result):
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- prediction (SVG)
+# ---------------------------------------------------------------- prediction (SVG, SRVP)
 
 
 def prediction_plan(args, config, n_available, device):
@@ -221,11 +222,12 @@ def evaluate_prediction(args, run_dir, config, device):
     import matplotlib.pyplot as plt
 
     from vdsm.metrics.prediction import mean_with_interval, running_best_of_n
-    from vdsm.svg_api import SVG
     from vdsm.viz import save_gif
 
+    from .registry import api_class
+
     if args.repeats is not None or args.judge_steps is not None:
-        raise UsageError("--repeats and --judge-steps apply to judge protocols (VDSM runs), not to this SVG run")
+        raise UsageError("--repeats and --judge-steps apply to judge protocols (VDSM runs), not to this prediction run")
     args.batch_size = args.batch_size or 32
     n_past = config["model"]["n_past"]
     n_future = args.n_future or config["eval"]["n_future"]
@@ -237,7 +239,7 @@ def evaluate_prediction(args, run_dir, config, device):
           f"x {n_future} predicted frames after {n_past}"
           + (f"; departs from the published protocol: {'; '.join(plan['departures'])}" if plan["departures"] else ""),
           flush=True)
-    svg = SVG.load(run_dir, device)
+    svg = api_class(config["model_name"]).load(run_dir, device)
     curves = {"psnr": [], "ssim": []}
     batches = range(0, n, args.batch_size)
     bar = tqdm(total=len(batches) * n_samples, desc="prediction (samples)", disable=args.no_progress,

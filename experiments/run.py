@@ -1,6 +1,7 @@
 """Train a model and write a run folder: ``python -m experiments.run --dataset sprites [--model vdsm]``.
 
-VDSM trains stage 1, then stage 2; ``--model svg-lp`` / ``svg-fp`` train SVG (``run_svg``). The
+VDSM trains stage 1, then stage 2; the prediction models of ``experiments.registry`` (``--model
+svg-lp`` / ``svg-fp`` / ``srvp``) train in one stage (``run_svg``). The
 run folder holds config.json, checkpoints/, tensorboard/ and metrics.json, and for VDSM
 reconstructions.png, samples.gif, identity_swap.png, action_transfer.png/.gif (SVG:
 futures.gif). The end-of-run pictures and numbers use the val split; the test split is for
@@ -15,6 +16,7 @@ learning-rate decay keep their original length, so the added steps use their fin
 import argparse
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -29,7 +31,6 @@ import torch
 
 import data
 from guides.common import GuideError
-from models.svg import SVGConfig
 from models.vdsm import VDSMConfig
 from vdsm.annealing import Schedule
 from vdsm.api import VDSM, guide_factory
@@ -41,16 +42,16 @@ from vdsm.viz import save_gif, save_grid, sequence_strip
 
 from .cli import UsageError, choose_device, choose_preset, cli_main, first_line
 from .configs import load_preset, load_svg_preset
+from .registry import PREDICTION_MODELS
 
 log = logging.getLogger("experiments.run")
-MODELS = ("vdsm", "svg-lp", "svg-fp")
+MODELS = ("vdsm", *PREDICTION_MODELS)
 STAGES = ("stage1", "stage2")
 # Flags that only steer this process (free to change on --resume), with their defaults.
 RUNTIME_DEFAULTS = {"model": "vdsm", "num_workers": 1, "eval_sequences": 256, "checkpoint_every": 200,
                     "checkpoint_minutes": 10.0, "keep_last": 3}
 # Flags recorded in config.json (a different value on --resume is refused), with their defaults.
 RECORDED_DEFAULTS = {"seed": 0, "train_split": "train", "max_bad_steps": 5, "lr_drop": 0.5}
-SHARED_MODEL_FIELDS = {"nc", "z_dim"}  # fields of both VDSMConfig and SVGConfig
 
 
 def _flag(dest):
@@ -108,12 +109,21 @@ def build_parser():
     for stage in STAGES:
         for f in dataclasses.fields(Schedule):
             vdsm.add_argument(f"--{stage}-{f.name.replace('_', '-')}", type=float, dest=f"{stage}_{f.name}")
-    svg = p.add_argument_group("SVG only (--model svg-lp / svg-fp)")
-    svg.add_argument("--n-future", type=int, help="frames predicted during training")
-    svg.add_argument("--eval-samples", type=int, help="futures sampled per sequence for metrics.json")
-    for f in dataclasses.fields(SVGConfig):
-        if f.name not in SHARED_MODEL_FIELDS and f.name != "learned_prior":  # learned_prior: --model svg-lp / svg-fp
-            _model_flag(svg, f)
+    pred = p.add_argument_group(f"prediction models only (--model {' / '.join(PREDICTION_MODELS)}); "
+                                "each model's own sizes")
+    pred.add_argument("--n-future", type=int, help="frames predicted during training (SRVP: trains on n_past + "
+                                                   "n-future frames)")
+    pred.add_argument("--eval-samples", type=int, help="futures sampled per sequence for metrics.json")
+    added = {f.name: f for f in dataclasses.fields(VDSMConfig)}
+    for entry in PREDICTION_MODELS.values():
+        for f in dataclasses.fields(entry.config_cls):
+            if f.name in entry.fixed:
+                continue
+            if f.name in added:  # one flag per name: the same type everywhere
+                assert type(added[f.name].default) is type(f.default), f.name
+                continue
+            added[f.name] = f
+            _model_flag(pred, f)
     return p
 
 
@@ -127,15 +137,13 @@ def _model_flag(group, field):
         group.add_argument(_flag(field.name), type=kind)
 
 
-def _vdsm_only():
-    fields = {f.name for f in dataclasses.fields(VDSMConfig)} - SHARED_MODEL_FIELDS
-    schedule = {f"{stage}_{f.name}" for stage in STAGES for f in dataclasses.fields(Schedule)}
-    return {"stage", "stage1_steps", "stage2_steps", "seq_len", "guide2"} | fields | schedule
-
-
-def _svg_only():
-    fields = {f.name for f in dataclasses.fields(SVGConfig)} - SHARED_MODEL_FIELDS - {"learned_prior"}
-    return {"n_future", "eval_samples"} | fields
+def own_flags(model):
+    """The model-specific flags (dests) that apply to ``model``."""
+    if model == "vdsm":
+        schedule = {f"{stage}_{f.name}" for stage in STAGES for f in dataclasses.fields(Schedule)}
+        fields = {f.name for f in dataclasses.fields(VDSMConfig)}
+        return {"stage", "stage1_steps", "stage2_steps", "seq_len", "guide2"} | fields | schedule
+    return {"n_future", "eval_samples"} | PREDICTION_MODELS[model].flags()
 
 
 def given_flags(args):
@@ -150,11 +158,12 @@ def check_flags(args, given):
         raise UsageError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
     if args.dataset not in data.DATASETS:
         raise UsageError(f"unknown dataset {args.dataset!r}: choose one of {', '.join(data.DATASETS)}")
-    foreign = sorted(given & (_svg_only() if model == "vdsm" else _vdsm_only()))
+    foreign = sorted(given & (set().union(*map(own_flags, MODELS)) - own_flags(model)))
     if foreign:
-        owner = "--model svg-lp / svg-fp" if model == "vdsm" else "--model vdsm"
+        owners = [m for m in MODELS if foreign[0] in own_flags(m)]
         verb = "applies" if len(foreign) == 1 else "apply"
-        raise UsageError(f"{', '.join(map(_flag, foreign))} only {verb} to {owner}, not --model {model}: drop them")
+        raise UsageError(f"{', '.join(map(_flag, foreign))} only {verb} to --model {' / '.join(owners)}, "
+                         f"not --model {model}: drop them")
     own = data.FOLDER_OPTIONS.get(args.dataset)
     wrong = sorted(d for d in set(data.FOLDER_OPTIONS.values()) & given if d != own)
     if wrong:
@@ -505,7 +514,8 @@ def prepare(args, device):
     complete = complete_vdsm_config if vdsm else complete_svg_config
     resolve = vdsm_config if vdsm else svg_config
     if not args.resume:
-        return None, new_config(args, device, load_preset if vdsm else load_svg_preset, resolve), {}
+        loader = load_preset if vdsm else functools.partial(load_svg_preset, model=args.model)
+        return None, new_config(args, device, loader, resolve), {}
     run_dir = Path(args.resume)
     saved, wanted = resume_config(args, run_dir, complete, resolve)
     steps = [f"{stage}.steps" for stage in STAGES] if vdsm else ["train.steps"]

@@ -1,6 +1,7 @@
-"""Training SVG-LP / SVG-FP from the runner: ``python -m experiments.run --dataset smmnist --model svg-lp``.
+"""Training the prediction models (SVG-LP, SVG-FP, SRVP: ``experiments.registry``) from the runner:
+``python -m experiments.run --dataset smmnist --model svg-lp`` (or ``svg-fp``, ``srvp``).
 
-The run folder receives config.json, checkpoints/svg.pt (+ best and periodic ones),
+The run folder receives config.json, checkpoints/<svg|srvp>.pt (+ best and periodic ones),
 tensorboard/, futures.gif (ground truth | best of the samples | a random sample, on val
 sequences) and a quick prediction score on val sequences in metrics.json
 (``python -m experiments.evaluate --run DIR`` runs the full protocol on the test split).
@@ -14,23 +15,26 @@ import time
 import torch
 
 import data
-from models.svg import SVGConfig
 from vdsm.batches import ResumableBatches
 from vdsm.checkpoint import write_text_atomic
 from vdsm.metrics.prediction import mean_with_interval, running_best_of_n
-from vdsm.svg_api import SVG, ConstantFactors
+from vdsm.svg_api import ConstantFactors
 from vdsm.train import TrainOptions, train_stage
 from vdsm.viz import save_gif
 
 from .cli import UsageError
+from .registry import api_class, prediction_model
 
 log = logging.getLogger("experiments.run")
 
 
 def complete_svg_config(config):
-    """An SVG config.json of any age with every key this version reads (older runs: their behaviour)."""
+    """A prediction model's config.json of any age with every key this version reads (older runs:
+    their behaviour)."""
     config = copy.deepcopy(config)
-    config["model"] = dataclasses.asdict(SVGConfig.from_dict(config["model"]))
+    entry = prediction_model(config["model_name"])
+    config["model"] = dataclasses.asdict(entry.config_cls.from_dict(config["model"]))
+    config["train"].setdefault("lr_decay_frac", 0.0)
     config.setdefault("seed", 0)
     config.setdefault("train_split", "trainval")  # before the val split, "train" was all training data
     config.setdefault("safety", {"max_bad_steps": 5, "lr_drop": 0.5})
@@ -44,22 +48,24 @@ def svg_config(args, base):
     config = copy.deepcopy(base)
     config.update(model_name=args.model, seed=args.seed, train_split=args.train_split,
                   safety={"max_bad_steps": args.max_bad_steps, "lr_drop": args.lr_drop})
-    config["model"]["learned_prior"] = args.model == "svg-lp"
-    for f in dataclasses.fields(SVGConfig):
-        value = getattr(args, f.name, None)
-        if value is not None and f.name != "learned_prior":
-            config["model"][f.name] = value
+    entry = prediction_model(args.model)
+    config["model"].update(entry.fixed)
+    for name in entry.flags():
+        value = getattr(args, name, None)
+        if value is not None:
+            config["model"][name] = value
     for key in ("steps", "batch_size", "lr", "n_future", "clip_norm"):
         if getattr(args, key) is not None:
             config["train"][key] = getattr(args, key)
     config["train"].setdefault("clip_norm", 0.0)
+    config["train"].setdefault("lr_decay_frac", 0.0)
     if args.eval_samples is not None:
         config["eval"]["samples"] = args.eval_samples
     try:
-        model = SVGConfig.from_dict(config["model"])
+        model = entry.config_cls.from_dict(config["model"])
         model.check()
     except (ValueError, TypeError) as err:
-        raise UsageError(f"bad SVG hyperparameter: {err}") from None
+        raise UsageError(f"bad {args.model} hyperparameter: {err}") from None
     config["model"] = dataclasses.asdict(model)
     for key in ("steps", "batch_size", "n_future"):
         if config["train"][key] < 1:
@@ -105,8 +111,9 @@ def run_svg(args, config, run_dir, device, rank=0, world_size=1):
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tensorboard"))
-    svg = SVG(SVGConfig.from_dict(config["model"]), device)
-    checkpoints = checkpoint_manager(args, run_dir, "svg")
+    entry = prediction_model(config["model_name"])
+    svg = api_class(entry.name)(entry.config_cls.from_dict(config["model"]), device)
+    checkpoints = checkpoint_manager(args, run_dir, entry.checkpoint)
     resume = checkpoints.load_newest(device) if checkpoints.exists() else None
     metrics = {"dataset": args.dataset, "model": args.model, "preset": config["preset"],
                "preset_reason": config.get("preset_reason"), "device": str(device)}
@@ -118,9 +125,10 @@ def run_svg(args, config, run_dir, device, rank=0, world_size=1):
                                max_bad_steps=config["safety"]["max_bad_steps"], lr_drop=config["safety"]["lr_drop"],
                                amp=args.amp, progress=not args.no_progress, schedule_steps=t.get("schedule_steps"))
         metrics["train"] = without_losses(train_stage(
-            svg.model, svg.guide, batches, options=options, schedule=ConstantFactors(), device=device,
+            svg.model, svg.guide, batches, options=options, schedule=ConstantFactors(t["lr_decay_frac"]), device=device,
             checkpoints=checkpoints if rank == 0 else None, resume=resume,
-            extra_state={"config": config["model"], "stage": "svg"}, writer=writer, tag="svg"))
+            extra_state={"config": config["model"], "stage": entry.checkpoint}, writer=writer,
+            tag=entry.checkpoint))
     else:
         svg.model.load_state_dict(resume["model"])
     if rank == 0:

@@ -4,17 +4,23 @@ Generative process for a batch of sequences x[b, t]:
 
     s ~ p(s)                        static latent, site "identity" (hook ``static_prior``)
     d ~ p(d)                        dynamics latent, site "dynamics" (hook ``dynamics_prior``)
-    z ~ p(z_1:T | d, x)             per-frame latents, hook ``frame_prior_kind``:
-                                      "normal": one site "z" [B, T', z_dim], N(0, I)
-                                      "markov": sites "z_1".."z_T", z_t ~ N(transition(z_{t-1}, d))
-                                      "learned": one site "z", z_t ~ N(learned_prior(x_<t))
+    z ~ p(z_1:T | d, x)             per-frame latents: the hook ``frame_prior``, an object that
+                                    registers the sites and returns what ``emit`` reads:
+      IndependentNormal()             one site "z" [B, T', z_dim], N(0, I)           (VDSM stage 1, SVG-FP)
+      LearnedFromFrames()             one site "z", N(model.learned_prior(x)): every input is
+                                      known, so it is scored over the sequence at once   (SVG-LP)
+      MarkovTransition()              sites "z_1".."z_T", z_t ~ N(model.transition(z_{t-1}, d)) (VDSM stage 2)
+      ResidualState()                 a deterministic state y carried through time: site "y_1",
+                                      sites "z_2".."z_T" ~ N(model.state_prior(y_{t-1})),
+                                      y_t = model.step(y_{t-1}, z_t) (SRVP); returns y_1..y_T
     x ~ p(x | z, s, x_<t)           site "obs" (hook ``emit``; ``observed(x)`` picks the frames
                                     that are scored, e.g. all but the first for SVG)
 
 One batch plate ("sequences", dim -1) holds every site; time and pixels are event
 dimensions, so the number of sites never depends on the batch size. Each latent group's
 KL is annealed with ``poutine.scale`` by ``factors[group]`` (the guide applies the same
-factor). A configuration (VDSM stage 1 or 2) fills in the hooks.
+factor). A configuration (VDSM stage 1 or 2, SVG, SRVP) fills in the hooks; a new kind of
+per-frame prior is a new ``FramePrior`` class, not a branch here.
 """
 import pyro
 import pyro.distributions as dist
@@ -24,7 +30,8 @@ from pyro import poutine
 
 from vdsm.precision import Normal, full_precision
 
-__all__ = ["StateSpaceVideoModel", "emission_distribution"]
+__all__ = ["StateSpaceVideoModel", "emission_distribution", "FramePrior", "IndependentNormal",
+           "LearnedFromFrames", "MarkovTransition", "ResidualState"]
 
 
 def emission_distribution(kind, logits, scale=0.1):
@@ -44,21 +51,78 @@ def emission_distribution(kind, logits, scale=0.1):
     raise ValueError(f"unknown emission {kind!r}: use bernoulli, normal or laplace")
 
 
+class FramePrior:
+    """How a configuration draws its per-frame latents: ``sample(model, b, t, d, ref, x)`` registers
+    the sites (inside the batch plate and the "z" KL scale) and returns what ``model.emit`` reads."""
+
+    def sample(self, model, b, t, d, ref, x=None):
+        raise NotImplementedError
+
+
+class IndependentNormal(FramePrior):
+    def sample(self, model, b, t, d, ref, x=None):
+        return pyro.sample("z", dist.Normal(ref.new_zeros(b, t, model.z_dim), 1.0).to_event(2))
+
+
+class LearnedFromFrames(FramePrior):
+    """z_t ~ N(learned_prior(x)[t]): the prior reads earlier frames only, all known in training."""
+
+    def sample(self, model, b, t, d, ref, x=None):
+        loc, scale = model.learned_prior(x)
+        return pyro.sample("z", Normal(loc, scale).to_event(2))
+
+
+class MarkovTransition(FramePrior):
+    """z_1 ~ N(0, I), z_t ~ N(transition(z_{t-1}, d)): sites "z_1".."z_T" (``pyro.markov``)."""
+
+    def sample(self, model, b, t, d, ref, x=None):
+        zs, z_prev = [], None
+        for k in pyro.markov(range(1, t + 1)):
+            if z_prev is None:
+                loc, scale = ref.new_zeros(b, model.z_dim), ref.new_ones(b, model.z_dim)
+            else:
+                loc, scale = model.transition(z_prev, d)
+            z_prev = pyro.sample(f"z_{k}", Normal(loc, scale).to_event(1))
+            zs.append(z_prev)
+        return torch.stack(zs, 1)
+
+
+class ResidualState(FramePrior):
+    """A deterministic state y carried through time (SRVP): y_1 ~ N(0, I) (site "y_1"), then for
+    t = 2..T z_t ~ N(state_prior(y_{t-1})) (sites "z_t", KL times ``model.z_kl_scale``) and
+    ``y_t, penalty_t = step(y_{t-1}, z_t)``; the summed penalties enter as ``pyro.factor("l2_res",
+    -model.penalty_scale * sum)``. Returns the states y_1..y_T [B, T, y_dim]."""
+
+    def sample(self, model, b, t, d, ref, x=None):
+        y = pyro.sample("y_1", dist.Normal(ref.new_zeros(b, model.y_dim), 1.0).to_event(1))
+        ys, penalty = [y], 0.0
+        for k in pyro.markov(range(2, t + 1)):
+            loc, scale = model.state_prior(y)
+            with poutine.scale(scale=model.z_kl_scale):
+                z = pyro.sample(f"z_{k}", Normal(loc, scale).to_event(1))
+            y, p = model.step(y, z)
+            ys.append(y)
+            penalty = penalty + p
+        if model.penalty_scale > 0 and t > 1:
+            pyro.factor("l2_res", -model.penalty_scale * penalty)
+        return torch.stack(ys, 1)
+
+
 class StateSpaceVideoModel(nn.Module):
     """Base class: owns the plate and the order of sample sites; subclasses fill the hooks.
 
     Hooks: ``static_prior(batch, x_like)`` and ``dynamics_prior(batch, x_like)`` return a
-    distribution (event dim 1) or None; ``frame_prior_kind`` is "normal" or "markov";
-    ``transition(z_prev, d)`` returns (loc, scale) for "markov"; ``learned_prior(x)`` returns
-    (loc, scale) [B, T', z_dim] for "learned"; ``num_latent_frames(t)`` is T' (default T);
-    ``emit(z, s, factors, x)`` returns the distribution of ``observed(x)``.
+    distribution (event dim 1) or None; ``frame_prior`` is a :class:`FramePrior` (which calls
+    the model's ``transition(z_prev, d)``, ``learned_prior(x)`` or ``state_prior(y)`` / ``step(y,
+    z)`` as it needs); ``num_latent_frames(t)`` is T' (default T); ``emit(z, s, factors, x)``
+    returns the distribution of ``observed(x)``.
 
     ``forward(x, *, factors, batch_size=None, seq_len=None)``: with ``x=None`` the model
     samples (give ``batch_size`` and ``seq_len``).
     """
 
     z_dim = None
-    frame_prior_kind = "normal"
+    frame_prior = IndependentNormal()
     kl_scale = 1.0  # a constant factor on the per-frame KL (SVG's beta * C * H * W)
 
     def static_prior(self, batch, ref):
@@ -96,23 +160,6 @@ class StateSpaceVideoModel(nn.Module):
                 with poutine.scale(scale=factors["dynamics"]):
                     d = pyro.sample("dynamics", prior)
             with poutine.scale(scale=factors["z"] * self.kl_scale):
-                z = self.sample_frames(b, self.num_latent_frames(t), d, ref, x)
+                z = self.frame_prior.sample(self, b, self.num_latent_frames(t), d, ref, x)
             obs = None if x is None else self.observed(x)
             return pyro.sample("obs", self.emit(z, s, factors, x), obs=obs)
-
-    def sample_frames(self, b, t, d, ref, x=None):
-        zeros = ref.new_zeros(b, t, self.z_dim)
-        if self.frame_prior_kind == "normal":
-            return pyro.sample("z", dist.Normal(zeros, 1.0).to_event(2))
-        if self.frame_prior_kind == "learned":
-            loc, scale = self.learned_prior(x)
-            return pyro.sample("z", Normal(loc, scale).to_event(2))
-        zs, z_prev = [], None
-        for k in pyro.markov(range(1, t + 1)):
-            if z_prev is None:
-                loc, scale = zeros[:, 0], torch.ones_like(zeros[:, 0])
-            else:
-                loc, scale = self.transition(z_prev, d)
-            z_prev = pyro.sample(f"z_{k}", Normal(loc, scale).to_event(1))
-            zs.append(z_prev)
-        return torch.stack(zs, 1)

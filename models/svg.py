@@ -2,8 +2,8 @@
 
 How it maps onto the family (``models.family``): no static and no dynamics latent; one
 per-frame latent site "z" [B, T-1, z_dim] for the frames after the first, with a learned
-prior p(z_t | x_<t) from an LSTM over the previous frames' encodings ("learned"; SVG-LP)
-or N(0, I) ("normal"; SVG-FP); a deterministic state g_t = predictor([enc(x_{t-1}), z_t])
+prior p(z_t | x_<t) from an LSTM over the previous frames' encodings (``LearnedFromFrames``; SVG-LP)
+or N(0, I) (``IndependentNormal``; SVG-FP); a deterministic state g_t = predictor([enc(x_{t-1}), z_t])
 (an LSTM); emission "obs" = frames 1..T-1, Normal(dec(g_t, skips), 1/sqrt(2)).
 
 With teacher forcing every LSTM input is known, so the prior, the posterior (in
@@ -35,7 +35,7 @@ from pyro.infer import TraceMeanField_ELBO
 from vdsm.nets import DCGANDecoder, DCGANEncoder, SequenceLSTM, VGGDecoder, VGGEncoder
 from vdsm.precision import full_precision
 
-from .family import StateSpaceVideoModel
+from .family import IndependentNormal, LearnedFromFrames, StateSpaceVideoModel
 
 __all__ = ["SVGConfig", "SVGNets", "SVGModel", "reference_init"]
 
@@ -173,7 +173,7 @@ class SVGModel(StateSpaceVideoModel):
         super().__init__()
         self.nets, c = nets, nets.config
         self.z_dim = c.z_dim
-        self.frame_prior_kind = "learned" if c.learned_prior else "normal"
+        self.frame_prior = LearnedFromFrames() if c.learned_prior else IndependentNormal()
         self.kl_scale = None  # set from the frame size on first use: beta * C * H * W
 
     def num_latent_frames(self, t):

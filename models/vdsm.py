@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from vdsm.nets import GatedTransition, MixtureOfExpertsDecoder
 
-from .family import StateSpaceVideoModel, emission_distribution
+from .family import IndependentNormal, MarkovTransition, StateSpaceVideoModel, emission_distribution
 
 __all__ = ["VDSMConfig", "VDSMStage1Model", "VDSMStage2Model"]
 
@@ -83,7 +83,7 @@ class VDSMStage1Model(StateSpaceVideoModel):
     decode to something no training sequence looks like.
     """
 
-    frame_prior_kind = "normal"
+    frame_prior = IndependentNormal()
 
     def __init__(self, config: VDSMConfig):
         super().__init__()
@@ -116,7 +116,7 @@ class VDSMStage2Model(VDSMStage1Model):
     sequence instead of rolling out an average motion.
     """
 
-    frame_prior_kind = "markov"
+    frame_prior = MarkovTransition()
 
     def __init__(self, config: VDSMConfig):
         super().__init__(config)

@@ -104,7 +104,8 @@ def test_every_step_config_runs_both_timed_paths_with_its_sample_sites():
 
     from experiments.bench import STEP_CONFIGS, bench_step
 
-    sites = {"stage1": 3, "stage2": 3 + 8, "svg": 2}  # stage 2: identity, dynamics, z_1..z_8, obs
+    # stage 2: identity, dynamics, z_1..z_8, obs; SRVP (15 frames): y_1, z_2..z_15, l2_res, obs
+    sites = {"stage1": 3, "stage2": 3 + 8, "svg": 2, "srvp": 1 + 14 + 2}
     for name, (stage, _, _) in STEP_CONFIGS.items():
         for batch_size in (2, 3) if name == "stage2-cpu" else (2,):
             r = bench_step(name, batch_size, warmup=0, repeats=1)

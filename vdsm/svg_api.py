@@ -13,13 +13,20 @@ __all__ = ["SVG", "ConstantFactors"]
 
 
 class ConstantFactors:
-    """SVG trains without annealing: the per-frame KL factor is always 1 (beta is in the model)."""
+    """SVG and SRVP train without annealing: the KL factor is always 1 (beta is in the model). The
+    learning rate is constant, then (SRVP) decays linearly to 0 over the last ``lr_decay_frac`` of
+    training."""
+
+    def __init__(self, lr_decay_frac=0.0):
+        self.lr_decay_frac = lr_decay_frac
 
     def factors(self, progress):
         return {"z": 1.0}
 
     def lr_factor(self, progress):
-        return 1.0
+        if self.lr_decay_frac <= 0:
+            return 1.0
+        return min(1.0, max(0.0, (1.0 - progress) / self.lr_decay_frac))
 
 
 class SVG:

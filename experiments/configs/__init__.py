@@ -19,11 +19,15 @@ def load_preset(dataset, preset):
     return json.loads(path.read_text())[preset]
 
 
-def load_svg_preset(dataset, preset):
-    """SVG's config dict of ``preset`` for ``dataset``: {"model", "train", "eval"}."""
+def load_svg_preset(dataset, preset, model="svg-lp"):
+    """A prediction model's config dict of ``preset`` for ``dataset``: {"model", "train", "eval"}
+    (the presets file is the model's, ``experiments.registry``)."""
+    from experiments.registry import prediction_model
+
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: choose {' or '.join(PRESETS)}")
-    configs = json.loads((_HERE / "svg.json").read_text())
-    if dataset not in configs:
-        raise ValueError(f"no SVG config for dataset {dataset!r}: choose one of {', '.join(configs)}")
+    configs = json.loads((_HERE / prediction_model(model).presets).read_text())
+    if dataset not in configs or preset not in configs[dataset]:
+        known = ", ".join(f"{d} ({'/'.join(configs[d])})" for d in configs)
+        raise ValueError(f"no {model} {preset} preset for dataset {dataset!r}: choose one of {known}")
     return configs[dataset][preset]

@@ -15,10 +15,10 @@ def feature_network(run_dir, device="cpu"):
     """frames [N, C, H, W] -> features [N, D] from the run's trained frame encoder (cached per run)."""
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
-    if config.get("model_name", "vdsm").startswith("svg"):
-        from vdsm.svg_api import SVG
+    if config.get("model_name", "vdsm") != "vdsm":  # a prediction model (experiments.registry)
+        from experiments.registry import api_class
 
-        encoder = SVG.load(run_dir, device).nets.encoder.eval()
+        encoder = api_class(config["model_name"]).load(run_dir, device).nets.encoder.eval()
         return lambda frames: encoder(frames)[0]
     from vdsm.api import VDSM
 

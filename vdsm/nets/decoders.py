@@ -119,14 +119,20 @@ class _SkipDecoder(nn.Module):
     def between(self, h, k):
         return h
 
+    skip = True
+
     def forward(self, g, skips=None, terms=None):
-        """g [N, dim] and either skips (encoder outputs of the N frames) or their ``skip_terms``."""
-        if terms is None:
+        """g [N, dim] and either skips (encoder outputs of the N frames) or their ``skip_terms``
+        (neither for a decoder built with ``skip=False``)."""
+        if not self.skip:
+            terms = [None] * len(self.stages())
+        elif terms is None:
             terms = self.skip_terms(skips)
         h = conv_layout(self.start(g))
         for k, (stage, term) in enumerate(zip(self.stages(), terms)):
-            # in place: a convolution's backward does not need its output
-            h = _partial_conv(stage[0], h, slice(0, h.shape[1]), stage[0].bias).add_(term)
+            h = _partial_conv(stage[0], h, slice(0, h.shape[1]), stage[0].bias)
+            if term is not None:
+                h = h.add_(term)  # in place: a convolution's backward does not need its output
             for layer in stage[1:]:
                 h = layer(h)
             h = self.between(h, k)
@@ -137,12 +143,14 @@ class DCGANDecoder(_SkipDecoder):
     """SVG's DCGAN-64 decoder with U-Net skips: each block sees its input concatenated with the
     encoder skip of the same size; sigmoid output in [0, 1]."""
 
-    def __init__(self, nc, dim=128, nf=64):
+    def __init__(self, nc, dim=128, nf=64, skip=True):
         super().__init__()
+        self.skip, m = skip, 2 if skip else 1  # without skips each block sees its input only
         self.inp = nn.Sequential(nn.ConvTranspose2d(dim, 8 * nf, 4, 1, 0), nn.BatchNorm2d(8 * nf),
                                  nn.LeakyReLU(0.2, inplace=True))
-        self.blocks = nn.ModuleList([_upconv_bn(16 * nf, 4 * nf), _upconv_bn(8 * nf, 2 * nf), _upconv_bn(4 * nf, nf)])
-        self.out = nn.ConvTranspose2d(2 * nf, nc, 4, 2, 1)
+        self.blocks = nn.ModuleList([_upconv_bn(8 * m * nf, 4 * nf), _upconv_bn(4 * m * nf, 2 * nf),
+                                     _upconv_bn(2 * m * nf, nf)])
+        self.out = nn.ConvTranspose2d(m * nf, nc, 4, 2, 1)
 
     def stages(self):
         return [*self.blocks, [self.out]]
@@ -159,17 +167,18 @@ class VGGDecoder(_SkipDecoder):
     """SVG's VGG-64 decoder: upsampling plus 3x3 conv blocks, with the VGG encoder's skips (widths
     from ``nf`` as in :class:`vdsm.nets.VGGEncoder`; the reference: ``nf`` = 64)."""
 
-    def __init__(self, nc, dim=128, nf=64):
+    def __init__(self, nc, dim=128, nf=64, skip=True):
         super().__init__()
+        self.skip, m = skip, 2 if skip else 1  # without skips each block sees its input only
         w1, w2, w3, w4 = nf, 2 * nf, 4 * nf, 8 * nf
         self.inp = nn.Sequential(nn.ConvTranspose2d(dim, w4, 4, 1, 0), nn.BatchNorm2d(w4),
                                  nn.LeakyReLU(0.2, inplace=True))
         self.blocks = nn.ModuleList([
-            nn.Sequential(_vgg_up(2 * w4, w4), _vgg_up(w4, w4), _vgg_up(w4, w3)),   # 8
-            nn.Sequential(_vgg_up(2 * w3, w3), _vgg_up(w3, w3), _vgg_up(w3, w2)),   # 16
-            nn.Sequential(_vgg_up(2 * w2, w2), _vgg_up(w2, w1)),                    # 32
+            nn.Sequential(_vgg_up(m * w4, w4), _vgg_up(w4, w4), _vgg_up(w4, w3)),   # 8
+            nn.Sequential(_vgg_up(m * w3, w3), _vgg_up(w3, w3), _vgg_up(w3, w2)),   # 16
+            nn.Sequential(_vgg_up(m * w2, w2), _vgg_up(w2, w1)),                    # 32
         ])
-        self.last = nn.Sequential(_vgg_up(2 * w1, w1), nn.ConvTranspose2d(w1, nc, 3, 1, 1))  # 64
+        self.last = nn.Sequential(_vgg_up(m * w1, w1), nn.ConvTranspose2d(w1, nc, 3, 1, 1))  # 64
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
 
     def stages(self):
