@@ -4,6 +4,7 @@ import inspect
 
 from .bair import BAIR
 from .common import SPLITS, DataError, check_split, data_root
+from .human36m import Human36M
 from .kth import KTH
 from .moving_mnist import MovingMNIST
 from .mug import MUG
@@ -23,12 +24,14 @@ DATASETS = {
     "mug": MUG,
     "kth": KTH,
     "bair": BAIR,
+    "human36m": Human36M,
 }
 
 # The option (and command-line flag, with dashes) that names each dataset's raw-data folder or
 # file; datasets without one are generated.
 FOLDER_OPTIONS = {"sprites": "sprites_layers", "sprites-dsa": "lpc_layers", "smmnist": "mnist", "mmnist": "mnist",
-                  "mug": "mug", "kth": "kth", "bair": "bair"}
+                  "mug": "mug", "kth": "kth", "bair": "bair",
+                  "human36m": "human36m"}
 
 
 def get_dataset(name, split="train", root=None, **options):

@@ -239,6 +239,7 @@ def test_srvp_paper_presets_are_the_reference_table():
     assert row("smmnist") == (20, 20, 2.0, 1, 1.41, "dcgan", False, 5, 5, 1.0, 128, 15, 1100000, 3e-4)
     assert row("kth") == (50, 50, 1.0, 2, 1.2, "vgg", True, 3, 10, 0.2, 100, 20, 200000, 3e-4)
     assert row("bair") == (50, 50, 1.0, 2, 1.41, "vgg", True, 2, 2, 0.71, 192, 12, 1500000, 3e-4)
+    assert row("human36m") == (50, 50, 1.0, 2, 1.2, "vgg", True, 3, 8, 0.2, 100, 16, 350000, 3e-4)
     kth = load_svg_preset("kth", "paper", model="srvp")["train"]
     assert kth["lr_decay_frac"] == 0.25   # 150k constant, then 50k of linear decay to 0
 
