@@ -23,7 +23,7 @@ Departures from the release, by design: conv layers keep a bias (before BatchNor
 the last layer's bias is an extra parameter), and linear layers other than the residual MLP keep
 PyTorch's initialisation (as the release).
 """
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
@@ -35,13 +35,14 @@ from pyro.infer import TraceMeanField_ELBO
 from vdsm.nets import DCGANDecoder, DCGANEncoder, VGGDecoder, VGGEncoder
 from vdsm.precision import full_precision
 
+from .config import DictConfig, check_values
 from .family import ResidualState, StateSpaceVideoModel
 
 __all__ = ["SRVPConfig", "SRVPNets", "SRVPModel", "srvp_init"]
 
 
 @dataclass
-class SRVPConfig:
+class SRVPConfig(DictConfig):
     """SRVP sizes (defaults: the reference's stochastic SM-MNIST config)."""
 
     nc: int = 1
@@ -63,23 +64,10 @@ class SRVPConfig:
     y_hidden: int = 256          # q(y_1) MLP width
     mlp_hidden: int = 512        # prior and residual MLP width
 
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(**d)
-
     def check(self):
-        if self.arch not in ("dcgan", "vgg"):
-            raise ValueError(f"arch={self.arch!r}: use dcgan or vgg")
-        for name in ("nc", "nf", "nh", "ny", "nz", "content_dim", "nt_inf", "n_past", "n_euler_steps", "rnn_size",
-                     "y_hidden", "mlp_hidden"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        for name in ("res_gain", "obs_scale", "beta_z"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        check_values(self, archs=("dcgan", "vgg"), positive=("res_gain", "obs_scale", "beta_z"),
+                     at_least_one=("nc", "nf", "nh", "ny", "nz", "content_dim", "nt_inf", "n_past", "n_euler_steps",
+                                   "rnn_size", "y_hidden", "mlp_hidden"))
         if self.l2_res < 0:
             raise ValueError(f"l2_res={self.l2_res} must be at least 0")
         if self.nt_inf > self.n_past:

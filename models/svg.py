@@ -25,7 +25,7 @@ Skips: as in the reference code, target frame t uses the encoder skips of frame 
 t < n_past (or always, with ``last_frame_skip``) and afterwards keeps those of frame n_past-2.
 """
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import pyro.distributions as dist
 import torch
@@ -35,13 +35,14 @@ from pyro.infer import TraceMeanField_ELBO
 from vdsm.nets import DCGANDecoder, DCGANEncoder, SequenceLSTM, VGGDecoder, VGGEncoder
 from vdsm.precision import full_precision
 
+from .config import DictConfig, check_values
 from .family import IndependentNormal, LearnedFromFrames, StateSpaceVideoModel
 
 __all__ = ["SVGConfig", "SVGNets", "SVGModel", "reference_init"]
 
 
 @dataclass
-class SVGConfig:
+class SVGConfig(DictConfig):
     """SVG sizes (defaults: the reference's SM-MNIST config)."""
 
     nc: int = 1
@@ -59,23 +60,10 @@ class SVGConfig:
     n_past: int = 5
     pixel_scale: float = 1 / math.sqrt(2)
 
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(**d)
-
     def check(self):
-        if self.arch not in ("dcgan", "vgg"):
-            raise ValueError(f"arch={self.arch!r}: use dcgan or vgg")
-        for name in ("nc", "nf", "g_dim", "z_dim", "rnn_size", "prior_rnn_layers", "posterior_rnn_layers",
-                     "predictor_rnn_layers", "n_past"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        for name in ("beta", "pixel_scale"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        check_values(self, archs=("dcgan", "vgg"), positive=("beta", "pixel_scale"),
+                     at_least_one=("nc", "nf", "g_dim", "z_dim", "rnn_size", "prior_rnn_layers",
+                                   "posterior_rnn_layers", "predictor_rnn_layers", "n_past"))
 
 
 def reference_init(module):

@@ -1,13 +1,8 @@
 """Library API for a trained SVG run: load it and sample conditioned futures."""
-import json
-from pathlib import Path
-
-import torch
-
 from guides.svg import SVGGuide
 from models.svg import SVGConfig, SVGModel, SVGNets
 
-from .checkpoint import CheckpointError, CheckpointManager
+from .prediction_api import PredictionModelAPI
 
 __all__ = ["SVG", "ConstantFactors"]
 
@@ -29,7 +24,7 @@ class ConstantFactors:
         return min(1.0, max(0.0, (1.0 - progress) / self.lr_decay_frac))
 
 
-class SVG:
+class SVG(PredictionModelAPI):
     """SVG-LP/FP model and guide on one device. ``predict(x_past, n_future)`` samples futures.
 
     Example::
@@ -38,29 +33,5 @@ class SVG:
         futures = svg.predict(x[:, :5], n_future=20)    # [B, 25, 1, 64, 64]
     """
 
-    def __init__(self, config: SVGConfig, device="cpu"):
-        self.config, self.device = config, torch.device(device)
-        self.nets = SVGNets(config).to(self.device)
-        self.model, self.guide = SVGModel(self.nets), SVGGuide(self.nets)
-
-    @classmethod
-    def load(cls, run_dir, device="cpu"):
-        run_dir = Path(run_dir)
-        if not (run_dir / "config.json").is_file():
-            raise CheckpointError(f"{run_dir} has no config.json: pass a run folder written by experiments.run")
-        config = json.loads((run_dir / "config.json").read_text())
-        svg = cls(SVGConfig.from_dict(config["model"]), device)
-        state = CheckpointManager(run_dir / "checkpoints", "svg").load_newest(svg.device)
-        svg.model.load_state_dict(state["model"])
-        return svg.eval()
-
-    def eval(self):
-        """Evaluation mode (BatchNorm's running statistics); ``load`` returns the model in it."""
-        self.nets.eval()
-        return self
-
-    @torch.no_grad()
-    def predict(self, x_past, n_future):
-        """Frames [B, n_past + n_future, C, H, W]: ``x_past`` then sampled futures (the current mode:
-        ``load`` gives eval mode)."""
-        return self.model.predict(x_past.to(self.device), n_future)
+    config_cls, nets_cls, model_cls, guide_cls = SVGConfig, SVGNets, SVGModel, SVGGuide
+    checkpoint_name = "svg"
