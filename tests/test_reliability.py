@@ -81,6 +81,28 @@ def test_nan_steps_are_skipped_and_repeated_failures_roll_back(tmp_path, data_di
     assert load_checkpoint(checkpoints.latest)["lr_scale"] == stats["lr_scale"]
 
 
+def test_without_a_checkpoint_a_rollback_returns_to_the_starting_weights(data_dirs):
+    torch.manual_seed(0)
+    vdsm = VDSM(TINY)
+    initial = {k: v.clone() for k, v in vdsm.guide1.state_dict().items()}
+    ds = data.get_dataset("sprites", sprites_layers=data_dirs.sprites, seq_len=2)
+    calls, seen = [], []
+
+    def inject(step, loss):  # two good steps, then two non-finite ones: a rollback with no checkpoint
+        calls.append(step)
+        if len(calls) == 5:  # the first step after the rollback starts from the initial weights again
+            seen.append(all(torch.equal(initial[k], v) for k, v in vdsm.guide1.state_dict().items()))
+        return loss * float("nan") if len(calls) in (3, 4) else loss
+
+    stats = train_stage(vdsm.model1, vdsm.guide1, ResumableBatches(ds, 2), schedule=Schedule(), device="cpu",
+                        options=TrainOptions(steps=3, max_bad_steps=2, lr_drop=0.5, progress=False),
+                        fault_injector=inject)
+    events = [e["event"] for e in stats["events"]]
+    assert any(e.startswith("rolled back to the weights the stage started from (step 0") for e in events), events
+    assert seen == [True] and stats["rollbacks"] == 1 and stats["lr_scale"] == 0.5
+    assert len(stats["losses"]) == 2 + 3   # two steps before, then all three again
+
+
 def test_a_skipped_step_leaves_the_weights_untouched(data_dirs):
     torch.manual_seed(0)
     vdsm = VDSM(TINY)

@@ -25,6 +25,7 @@ Distributed: when ``torch.distributed`` is initialised, the ELBO is wrapped in
 ``DistributedDataParallel``; each rank's loss is multiplied by the world size so that
 the averaged gradient equals the gradient of the combined batch's ELBO.
 """
+import copy
 import itertools
 import logging
 import math
@@ -195,6 +196,8 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
             batches.load_state(resume["data"])
         set_rng_state(resume["rng"])
 
+    # what a rollback returns to before the first checkpoint exists: the weights the stage started from
+    initial = copy.deepcopy({k: v for k, v in state(start).items() if k not in ("data", "rng")})
     events, losses, grad_norms, bad, rollbacks, clipped_steps = [], [], [], 0, 0, 0
     started = time.perf_counter()
     bar = tqdm(total=options.steps, initial=start, desc=tag, disable=not options.progress or rank != 0,
@@ -226,8 +229,8 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
             events.append({"step": step, "event": "non-finite loss or gradient: step skipped"})
             log.warning("%s step %d: non-finite loss or gradient, step skipped (%d in a row)", tag, step, bad)
             if bad >= options.max_bad_steps:
-                step, lr_scale, smoothed, bad = _roll_back(checkpoints, restore, optimizer, options, lr_scale, step,
-                                                           tag, events, device)
+                step, lr_scale, smoothed, bad = _roll_back(checkpoints, restore, initial, optimizer, options, lr_scale,
+                                                           step, tag, events, device)
                 rollbacks += 1
                 if rollbacks > options.max_rollbacks:
                     raise RuntimeError(f"{tag}: {rollbacks} rollbacks without recovering; lower --lr and resume")
@@ -269,14 +272,16 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
             "trained_tensors": len(params), "losses": losses, "grad_norms_per_frame": grad_norms}
 
 
-def _roll_back(checkpoints, restore, optimizer, options, lr_scale, step, tag, events, device):
-    """Back to the newest checkpoint (if any) with the learning rate lowered by ``lr_drop``."""
+def _roll_back(checkpoints, restore, initial, optimizer, options, lr_scale, step, tag, events, device):
+    """Back to the newest checkpoint, or without one to the weights the stage started from, with the
+    learning rate lowered by ``lr_drop``."""
     if checkpoints is not None and checkpoints.exists():
         saved = checkpoints.load_newest(device)
         step, _, smoothed = restore(saved)
         where = f"checkpoint of step {step}"
     else:
-        smoothed, where = None, "current weights (no checkpoint yet)"
+        step, _, smoothed = restore(copy.deepcopy(initial))
+        where = f"the weights the stage started from (step {step}; no checkpoint yet)"
     lr_scale *= options.lr_drop
     for group in optimizer.param_groups:
         group["lr"] = options.lr * lr_scale
