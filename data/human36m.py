@@ -41,19 +41,30 @@ def convert_frames(frames, image_size=64):
                      for f in frames])
 
 
-def _video_length(path):
-    """Frames in ``path``'s ``image`` array, from the npz member's header (no data read)."""
+def _video_layout(path):
+    """(offset, dtype, shape) of the ``image`` array inside an .npz video, read from the headers only:
+    ``np.savez`` stores members uncompressed, so the frames can be memory-mapped where they lie
+    (offset None: a compressed member, read whole when used)."""
     try:
-        with zipfile.ZipFile(path) as z, z.open("image.npy") as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, _ = read(f)
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo("image.npy")
+            with z.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read(f)
+                header = f.tell()
+        offset = None
+        if info.compress_type == zipfile.ZIP_STORED and not fortran:
+            with open(path, "rb") as raw:  # the member's data start: after its local file header
+                raw.seek(info.header_offset + 26)
+                name_len, extra_len = np.frombuffer(raw.read(4), "<u2")
+            offset = info.header_offset + 30 + int(name_len) + int(extra_len) + header
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
         raise DataError(f"cannot read {path} ({err}): expected an .npz with an 'image' array as written by "
                         f"SRVP's preprocessing/human/convert.py; convert that video again") from None
     if len(shape) != 4 or shape[-1] != 3:
         raise DataError(f"{path}: 'image' has shape {shape}, expected [T, 64, 64, 3] uint8 frames")
-    return shape[0]
+    return offset, dtype, shape
 
 
 class Human36M(Dataset):
@@ -75,18 +86,22 @@ class Human36M(Dataset):
             files = [files[k] for k in carve(np.arange(len(files)), split, VAL_FRACTION, VAL_SEED)]
         self.seq_len, self.subsampling, self.split = seq_len, subsampling, split
         self.span = (seq_len - 1) * subsampling + 1
-        lengths = np.array([_video_length(f) for f in files])
+        layouts = [_video_layout(f) for f in files]
+        lengths = np.array([shape[0] for _, _, shape in layouts])
         fits = lengths >= self.span
         if not fits.any():
             raise DataError(f"no {sub} video of {folder} has {self.span} frames ({seq_len} frames, one in "
                             f"{subsampling}): lower --seq-len")
         self.files, self.lengths = [f for f, ok in zip(files, fits) if ok], lengths[fits]
+        self.layouts = [v for v, ok in zip(layouts, fits) if ok]
+        self._maps = {}                                    # memory maps, opened per process on first use
+        self.clips = self.lengths - self.span + 1          # clip starts per video
+        self.first_clip = np.cumsum(self.clips)            # to draw every clip equally likely
         self.starts = None
         if split == "test":  # the release's draw over every test video
             self.starts = self._fixed_draw(test_size, TEST_SEED, files, lengths)
         elif split == "val":
             self.starts = self._fixed_draw(val_size, VAL_SEED + 1, self.files, self.lengths)
-        self._cache = (None, None)
 
     def _fixed_draw(self, size, seed, all_files, all_lengths):
         """(file index, start) pairs, the release's procedure: a video uniformly, then a start."""
@@ -102,21 +117,27 @@ class Human36M(Dataset):
         return draws
 
     def __len__(self):
-        return len(self.starts) if self.starts is not None else int(sum(self.lengths - self.span + 1))
+        return len(self.starts) if self.starts is not None else int(self.clips.sum())
+
+    def __getstate__(self):  # DataLoader workers open their own maps
+        return {**self.__dict__, "_maps": {}}
 
     def _video(self, k):
-        if self._cache[0] != k:  # consecutive items often come from one video in evaluation
-            with np.load(self.files[k]) as z:
-                self._cache = (k, z["image"])
-        return self._cache[1]
+        if k not in self._maps:
+            offset, dtype, shape = self.layouts[k]
+            if offset is None:
+                with np.load(self.files[k]) as z:
+                    self._maps[k] = z["image"]
+            else:
+                self._maps[k] = np.memmap(self.files[k], dtype=dtype, mode="r", offset=offset, shape=shape)
+        return self._maps[k]
 
     def __getitem__(self, i):
         if self.starts is not None:
             k, t0 = self.starts[i]
         else:  # each clip of each video equally likely, a new draw per item
-            clips = self.lengths - self.span + 1
-            k = int(np.searchsorted(np.cumsum(clips), int(torch.randint(int(clips.sum()), ())), side="right"))
-            t0 = int(torch.randint(int(clips[k]), ()))
-        frames = self._video(k)[t0:t0 + self.span:self.subsampling]
+            k = int(np.searchsorted(self.first_clip, int(torch.randint(int(self.first_clip[-1]), ())), side="right"))
+            t0 = int(torch.randint(int(self.clips[k]), ()))
+        frames = np.array(self._video(k)[t0:t0 + self.span:self.subsampling])
         subject = self.files[k].name.split("-")[0].lstrip("S")
         return frames_to_tensor(frames), {"subject": int(subject) if subject.isdigit() else -1}

@@ -239,7 +239,7 @@ def evaluate_prediction(args, run_dir, config, device):
           f"x {n_future} predicted frames after {n_past}"
           + (f"; departs from the published protocol: {'; '.join(plan['departures'])}" if plan["departures"] else ""),
           flush=True)
-    svg = api_class(config["model_name"]).load(run_dir, device)
+    predictor = api_class(config["model_name"]).load(run_dir, device)
     curves = {"psnr": [], "ssim": []}
     batches = range(0, n, args.batch_size)
     bar = tqdm(total=len(batches) * n_samples, desc="prediction (samples)", disable=args.no_progress,
@@ -247,7 +247,7 @@ def evaluate_prediction(args, run_dir, config, device):
 
     def samples_of(x):
         for _ in range(n_samples):
-            yield svg.predict(x[:, :n_past], n_future)[:, n_past:]
+            yield predictor.predict(x[:, :n_past], n_future)[:, n_past:]
             bar.update(1)
 
     started = time.time()

@@ -179,10 +179,8 @@ class SRVPNets(nn.Module):
         if self.config.skipco:
             chosen = [level[torch.arange(b, device=level.device), frame] for level in skips]
             terms = [term.repeat_interleave(t, 0) for term in self.decoder.skip_terms(chosen)]
-        return self.decoder(g, terms=terms).reshape(b, t, *self.decoder_shape())
-
-    def decoder_shape(self):
-        return (self.config.nc, 64, 64)
+        frames = self.decoder(g, terms=terms)
+        return frames.reshape(b, t, *frames.shape[1:])
 
 
 class SRVPModel(StateSpaceVideoModel):
