@@ -4,6 +4,7 @@
     python -m experiments.bench --only data      # data loading only
     python -m experiments.bench --only steps --batch-sizes 5 10 --device cuda
     python -m experiments.bench --only quality   # train the default Sprites run (~30 min on 2 cores)
+    python -m experiments.bench --only prediction --run-flags="--mnist PATH"   # SVG-LP and SRVP on SM-MNIST
                                                  # and record judge accuracy on val sequences against
                                                  # training time
 
@@ -21,6 +22,8 @@ import sys
 import time
 
 import torch
+
+from experiments.registry import PREDICTION_MODELS
 
 STEP_CONFIGS = {
     # name: (stage, model overrides or preset name, frames per sequence)
@@ -228,8 +231,8 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--only", choices=["data", "steps", "quality"], default=None,
-                   help="one part; without it: data and steps (quality takes half an hour)")
+    p.add_argument("--only", choices=["data", "steps", "quality", "prediction"], default=None,
+                   help="one part; without it: data and steps (quality takes half an hour, prediction an hour)")
     p.add_argument("--configs", nargs="+", default=list(STEP_CONFIGS), choices=list(STEP_CONFIGS))
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[5, 10, 20, 40])
     p.add_argument("--device", default="cpu")
@@ -239,15 +242,32 @@ def main(argv=None):
     p.add_argument("--sprites-layers", default=None)
     p.add_argument("--json", default="bench.json", help="where to write the results")
     q = p.add_argument_group("time to quality (--only quality)")
-    q.add_argument("--quality-out", default="bench_quality", help="folder for the run, CSV, PNG and JSON")
-    q.add_argument("--every-minutes", type=float, default=3.0, help="training minutes between evaluations")
-    q.add_argument("--val-sequences", type=int, default=128, help="size of the fixed subset of val sequences")
+    q.add_argument("--quality-out", help="folder for the runs, CSV, PNG and JSON (default bench_quality; "
+                                         "prediction: bench_prediction)")
+    q.add_argument("--every-minutes", type=float, default=None,
+                   help="training minutes between evaluations (default 3; prediction 5)")
+    q.add_argument("--val-sequences", type=int, default=None,
+                   help="size of the fixed subset of val sequences (default 128; prediction 64)")
     q.add_argument("--data-root", default=None)
     q.add_argument("--judge-steps", type=int, default=1500, help="training steps of the judge if none is cached")
     q.add_argument("--run-flags", default="",
                    help='extra flags for experiments.run, written with "=": --run-flags="--stage1-steps 600"')
+    pq = p.add_argument_group("prediction quality against time (--only prediction; also --quality-out, "
+                              "--every-minutes, --val-sequences, --run-flags)")
+    pq.add_argument("--models", nargs="+", choices=list(PREDICTION_MODELS), help="default: svg-lp srvp")
+    pq.add_argument("--dataset", help="a dataset the models train on (default smmnist)")
+    pq.add_argument("--samples", type=int, default=None, help="futures per sequence (default: the preset's)")
+    pq.add_argument("--budget-minutes", type=float, help="the budgets reported: every-minutes up to this")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one step config
     args = p.parse_args(argv)
+    prediction = args.only == "prediction"
+    if not prediction and any(v is not None for v in (args.models, args.dataset, args.samples, args.budget_minutes)):
+        p.error("--models, --dataset, --samples and --budget-minutes belong to --only prediction")
+    args.models, args.dataset = args.models or ["svg-lp", "srvp"], args.dataset or "smmnist"
+    args.budget_minutes = args.budget_minutes or 30.0
+    args.quality_out = args.quality_out or ("bench_prediction" if prediction else "bench_quality")
+    args.every_minutes = args.every_minutes if args.every_minutes is not None else (5.0 if prediction else 3.0)
+    args.val_sequences = args.val_sequences or (64 if prediction else 128)
     if args.val_sequences < 1 or args.repeats < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
         p.error("--val-sequences, --repeats and --batch-sizes must be at least 1, --warmup at least 0")
     from vdsm.runtime import keep_freed_memory
@@ -280,6 +300,29 @@ def main(argv=None):
         for r in summary["rows"]:
             print(f"{r['train_seconds'] / 60:>8.1f}{r['stage']:>8}{r['step']:>6}"
                   f"{100 * r['action_accuracy']:>7.1f}%{100 * r['attribute_accuracy']:>10.1f}%")
+    if prediction:
+        import shlex
+
+        from experiments.prediction_quality import prediction_quality
+
+        from data import DataError
+        from experiments.cli import UsageError, first_line
+        from vdsm.checkpoint import CheckpointError
+
+        try:
+            summary = prediction_quality(args.quality_out, models=args.models, dataset=args.dataset,
+                                         every_minutes=args.every_minutes, val_sequences=args.val_sequences,
+                                         samples=args.samples, run_flags=shlex.split(args.run_flags),
+                                         budget_minutes=args.budget_minutes)
+        except (UsageError, DataError, CheckpointError) as err:
+            print(f"error: {first_line(err)}", file=sys.stderr)
+            return 2
+        results["prediction"] = summary
+        print(f"{'model':<8}{'minutes':>8}{'step':>7}{'PSNR':>8}{'SSIM':>8}")
+        for model, curve in summary["curves"].items():
+            for r in curve["at_budgets"]:
+                if r["psnr"] is not None:
+                    print(f"{model:<8}{r['minutes']:>8.1f}{r['step']:>7}{r['psnr']:>8.2f}{r['ssim']:>8.3f}")
     if args.only in (None, "data"):
         results["data"] = [bench_data(num_workers=w, sprites_layers=args.sprites_layers, pair_actions=pair)
                            for w in (0, 1, 2) for pair in (False, True)]

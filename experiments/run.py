@@ -527,15 +527,16 @@ def prepare(args, device):
 
 
 def run(args, monitor=None):
-    """Train (and draw) one run; ``monitor(vdsm, stage, step, last)``, if given, is called after
-    every optimiser step of a VDSM run (see ``experiments.time_to_quality``)."""
+    """Train (and draw) one run; ``monitor(model, stage, step, last)``, if given, is called after
+    every optimiser step (VDSM: ``experiments.time_to_quality``; prediction models:
+    ``experiments.prediction_quality``, whose monitor also has ``prepare(args, config)``)."""
     args.given = given_flags(args)
     check_flags(args, args.given)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(level=logging.INFO if rank0 else logging.ERROR, format="%(message)s")
     device = choose_device(args.device)
-    if monitor is not None and args.model != "vdsm":
-        raise UsageError("the quality monitor scores VDSM runs only")
+    if monitor is not None and (args.model == "vdsm") == hasattr(monitor, "prepare"):
+        raise UsageError(f"this quality monitor does not score {args.model} runs")
     run_dir, config, extended = prepare(args, device)
     if monitor is not None and config["train_split"] == "trainval":
         raise UsageError("the quality monitor scores val sequences, which --train-split trainval trains on")
@@ -568,7 +569,7 @@ def run(args, monitor=None):
     else:
         from .run_svg import run_svg
 
-        run_svg(args, config, run_dir, device, rank, world_size)
+        run_svg(args, config, run_dir, device, rank, world_size, monitor)
     if rank == 0:
         log.info("run folder: %s", run_dir)
     if world_size > 1:

@@ -102,7 +102,7 @@ def check_svg_data(args, config):
     return train
 
 
-def run_svg(args, config, run_dir, device, rank=0, world_size=1):
+def run_svg(args, config, run_dir, device, rank=0, world_size=1, monitor=None):
     from .run import checkpoint_manager, without_losses
 
     train = check_svg_data(args, config)
@@ -119,6 +119,8 @@ def run_svg(args, config, run_dir, device, rank=0, world_size=1):
                "preset_reason": config.get("preset_reason"), "device": str(device)}
     t = config["train"]
     if resume is None or resume["step"] < t["steps"]:
+        if monitor is not None:
+            monitor.prepare(args, config)
         batches = ResumableBatches(train, t["batch_size"], seed=config["seed"], num_workers=args.num_workers,
                                    rank=rank, world_size=world_size, pin_memory=device.type == "cuda")
         options = TrainOptions(steps=t["steps"], lr=t["lr"], clip_norm=t["clip_norm"],
@@ -128,7 +130,8 @@ def run_svg(args, config, run_dir, device, rank=0, world_size=1):
             svg.model, svg.guide, batches, options=options, schedule=ConstantFactors(t["lr_decay_frac"]), device=device,
             checkpoints=checkpoints if rank == 0 else None, resume=resume,
             extra_state={"config": config["model"], "stage": entry.checkpoint}, writer=writer,
-            tag=entry.checkpoint))
+            tag=entry.checkpoint,
+            on_step=None if monitor is None else lambda step, last: monitor(svg, entry.checkpoint, step, last)))
     else:
         svg.model.load_state_dict(resume["model"])
     if rank == 0:

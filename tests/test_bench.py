@@ -1,6 +1,7 @@
 import csv
 import json
 
+import pytest
 import torch
 
 from experiments import run as runner
@@ -139,3 +140,53 @@ def test_bench_steps_writes_what_it_measured_and_exits_1_when_a_config_fails(tmp
     assert bench_main(argv[:5] + ["2", "3"] + argv[6:]) == 1
     written = json.loads(out.read_text())
     assert [r["batch_size"] for r in written["steps"]] == [2] and written["failed"] == ["stage2-cpu:3"]
+
+
+def test_prediction_quality_scores_val_and_leaves_training_unchanged(tmp_path, data_dirs, monkeypatch):
+    import data
+    from test_srvp import SRVP_TINY
+
+    splits = []
+    get = data.get_dataset
+
+    def recording(name, split="train", *args, **kwargs):
+        splits.append(split)
+        return get(name, split, *args, **kwargs)
+
+    monkeypatch.setattr(data, "get_dataset", recording)
+    flags = ["--mnist", str(data_dirs.mnist), "--data-root", str(tmp_path / "root"), "--steps", "3", "--seed", "2",
+             *SRVP_TINY]
+    out = tmp_path / "prediction"
+    assert bench_main(["--only", "prediction", "--models", "srvp", "--quality-out", str(out), "--every-minutes", "0",
+                       "--val-sequences", "3", "--samples", "2", "--run-flags", " ".join(flags),
+                       "--json", str(tmp_path / "bench.json")]) == 0
+    with (out / "srvp" / "prediction_quality.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]   # every-minutes 0: after every step
+    for r in rows:
+        assert 0 < float(r["ssim"]) <= 1 and float(r["psnr"]) > 0
+    summary = json.loads((out / "prediction_quality.json").read_text())["curves"]["srvp"]
+    assert (summary["val_sequences"], summary["samples"], summary["n_past"], summary["n_future"]) == (3, 2, 5, 20)
+    assert (out / "prediction_quality.png").stat().st_size > 0
+    assert "test" not in splits and {"train", "val"} <= set(splits)
+
+    # the evaluations run under forked_rng in eval mode: the same run without the monitor ends
+    # with the same weights
+    plain = tmp_path / "plain"
+    runner.run(runner.build_parser().parse_args(["--dataset", "smmnist", "--model", "srvp", "--out", str(plain),
+                                                 *flags]))
+    monitored = load_checkpoint(out / "srvp" / "run" / "checkpoints" / "srvp.pt", "cpu")["model"]
+    for key, value in load_checkpoint(plain / "checkpoints" / "srvp.pt", "cpu")["model"].items():
+        assert torch.equal(value, monitored[key]), key
+
+
+def test_prediction_quality_checks_every_model_flags_before_training(tmp_path, data_dirs, capsys):
+    out = tmp_path / "prediction"
+    code = bench_main(["--only", "prediction", "--models", "svg-lp", "srvp", "--quality-out", str(out),
+                       "--run-flags", f"--mnist {data_dirs.mnist} --ny 3", "--json", str(tmp_path / "b.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--ny" in err[0]
+    assert not out.exists()
+    with pytest.raises(SystemExit) as exit_:   # prediction-only options with another part: refused
+        bench_main(["--only", "steps", "--models", "srvp"])
+    assert exit_.value.code == 2 and "--only prediction" in capsys.readouterr().err

@@ -1,0 +1,161 @@
+"""Prediction quality against training time: train prediction models (SVG-LP/FP, SRVP) through the
+runner and score their predictions on fixed **val** sequences every few training minutes.
+
+Each evaluation conditions on the model's ``n_past`` frames of ``val_sequences`` fixed val sequences,
+draws ``samples`` futures over the evaluation horizon (the preset's ``eval.n_future``: SM-MNIST
+5 -> 20), and keeps the best sample per sequence and metric (PSNR and SSIM averaged over the future
+frames), as the prediction protocol of ``experiments.evaluate`` does on the test split. Training
+time excludes the evaluations, which run under ``vdsm.train.forked_rng`` in eval mode, so the run
+trains exactly as it would without the monitor. The test split is never read here: it is scored
+once, at the end, by ``experiments.evaluate --run DIR``.
+
+Writes, per model, ``<out>/<model>/run`` (the run folder) and ``<out>/<model>/prediction_quality.csv``
+(a row per evaluation, written as it goes); for all models together ``prediction_quality.json``
+(rows, and PSNR/SSIM at each budget: the last evaluation within it) and ``prediction_quality.png``.
+"""
+import csv
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import data
+from vdsm.metrics.prediction import mean_with_interval, running_best_of_n
+from vdsm.train import forked_rng
+
+from .cli import UsageError
+
+__all__ = ["PredictionMonitor", "prediction_quality"]
+
+COLUMNS = ["train_seconds", "step", "psnr", "psnr_ci95", "ssim", "ssim_ci95", "eval_seconds"]
+
+
+class PredictionMonitor:
+    """Called as ``monitor(api, stage, step, last)`` after every optimiser step of a prediction run;
+    evaluates when ``every_seconds`` of training time have passed and after the last step.
+    ``prepare(args, config)`` (called by the runner before training) loads the val sequences."""
+
+    def __init__(self, csv_path, every_seconds, val_sequences=64, samples=None, batch_size=32):
+        self.csv_path, self.every = Path(csv_path), every_seconds
+        self.val_sequences, self.samples, self.batch_size = val_sequences, samples, batch_size
+        self.rows, self.eval_seconds, self.next_due, self.started = [], 0.0, every_seconds, None
+        self.x = None
+
+    def prepare(self, args, config):
+        from .run_svg import data_options
+
+        if config["train_split"] == "trainval":
+            raise UsageError("the quality monitor scores val sequences, which --train-split trainval trains on")
+        self.n_past, self.n_future = config["model"]["n_past"], config["eval"]["n_future"]
+        self.samples = self.samples or config["eval"]["samples"]
+        val = data.get_dataset(args.dataset, "val", args.data_root,
+                               **data_options(args, self.n_past + self.n_future))
+        n = min(self.val_sequences, len(val))
+        self.x = torch.stack([val[i][0] for i in range(n)])  # the first n: a fixed, seeded val draw
+        with self.csv_path.open("w", newline="") as f:
+            csv.writer(f).writerow(COLUMNS)
+        self.started = time.perf_counter()
+
+    def train_seconds(self):
+        return time.perf_counter() - self.started - self.eval_seconds
+
+    def __call__(self, api, stage, step, last):
+        train_seconds = self.train_seconds()
+        if not last and train_seconds < self.next_due:
+            return
+        while 0 < self.every and self.next_due <= train_seconds:  # every <= 0: after every step
+            self.next_due += self.every
+        t0 = time.perf_counter()
+        row = {"train_seconds": round(train_seconds, 1), "step": step, **self.evaluate(api)}
+        row["eval_seconds"] = round(time.perf_counter() - t0, 1)
+        self.eval_seconds += time.perf_counter() - t0
+        self.rows.append(row)
+        with self.csv_path.open("a", newline="") as f:
+            csv.writer(f).writerow([row[c] for c in COLUMNS])
+
+    @torch.no_grad()
+    def evaluate(self, api):
+        was_training = api.nets.training
+        api.eval()
+        psnr, ssim = [], []
+        try:
+            with forked_rng(api.device):  # training continues with its own random numbers
+                for x in self.x.split(self.batch_size):
+                    x = x.to(api.device)
+                    best = running_best_of_n((api.predict(x[:, :self.n_past], self.n_future)[:, self.n_past:]
+                                              for _ in range(self.samples)), x[:, self.n_past:])
+                    psnr.append(best["psnr"].mean(-1))
+                    ssim.append(best["ssim"].mean(-1))
+        finally:
+            api.nets.train(was_training)
+        (p, p_ci), (s, s_ci) = (mean_with_interval(torch.cat(v)) for v in (psnr, ssim))
+        return {"psnr": round(float(p), 4), "psnr_ci95": round(float(p_ci), 4),
+                "ssim": round(float(s), 5), "ssim_ci95": round(float(s_ci), 5)}
+
+
+def at_budgets(rows, budgets_seconds):
+    """For each budget, the last evaluation within it (None when there is none)."""
+    out = []
+    for budget in budgets_seconds:
+        inside = [r for r in rows if r["train_seconds"] <= budget]
+        out.append({"minutes": budget / 60, **({k: inside[-1][k] for k in ("step", "train_seconds", "psnr", "ssim")}
+                                               if inside else {"psnr": None, "ssim": None})})
+    return out
+
+
+def plot(curves, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, rows in curves.items():
+        minutes = [r["train_seconds"] / 60 for r in rows]
+        for ax, key in zip(axes, ("psnr", "ssim")):
+            ax.errorbar(minutes, [r[key] for r in rows], yerr=[r[f"{key}_ci95"] for r in rows], marker="o",
+                        capsize=2, label=name)
+    for ax, label in zip(axes, ("PSNR (dB), best of N", "SSIM, best of N")):
+        ax.set_xlabel("training wall-clock (minutes, evaluations excluded)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def prediction_quality(out_dir, *, models=("svg-lp", "srvp"), dataset="smmnist", every_minutes=5.0,
+                       val_sequences=64, samples=None, run_flags=(), budget_minutes=30.0):
+    """Train each model in ``out_dir/<model>/run`` with a :class:`PredictionMonitor`; returns the summary."""
+    from experiments import run as runner
+
+    out_dir = Path(out_dir)
+    parser = runner.build_parser()
+    for model in models:  # every model's flags are checked before the first run starts
+        args = parser.parse_args(["--dataset", dataset, "--model", model, *run_flags])
+        runner.check_flags(args, runner.given_flags(args))
+        if args.resume or args.out:
+            raise UsageError("--run-flags: the benchmark chooses the run folders; drop --resume/--out")
+    summary = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "dataset": dataset,
+               "models": list(models), "run_flags": list(run_flags), "threads": torch.get_num_threads(),
+               "split": "val", "every_minutes": every_minutes, "budget_minutes": budget_minutes, "curves": {}}
+    budgets = [60 * every_minutes * k for k in range(1, int(budget_minutes / every_minutes + 1e-9) + 1)] \
+        if every_minutes > 0 else [60 * budget_minutes]
+    for model in models:
+        folder = out_dir / model
+        folder.mkdir(parents=True, exist_ok=True)
+        monitor = PredictionMonitor(folder / "prediction_quality.csv", 60 * every_minutes, val_sequences, samples)
+        flags = ["--dataset", dataset, "--model", model, "--out", str(folder / "run"), *run_flags]
+        runner.run(parser.parse_args(flags), monitor=monitor)
+        summary["curves"][model] = {"flags": flags, "val_sequences": len(monitor.x), "samples": monitor.samples,
+                                    "n_past": monitor.n_past, "n_future": monitor.n_future, "rows": monitor.rows,
+                                    "at_budgets": at_budgets(monitor.rows, budgets)}
+        (out_dir / "prediction_quality.json").write_text(json.dumps(summary, indent=1))
+    curves = {m: c["rows"] for m, c in summary["curves"].items()}
+    first = next(iter(summary["curves"].values()))
+    plot(curves, out_dir / "prediction_quality.png",
+         f"{dataset} {first['n_past']}->{first['n_future']}: {first['val_sequences']} val sequences, best of "
+         f"{first['samples']} samples ({summary['date']}, {summary['threads']} threads)")
+    return summary
