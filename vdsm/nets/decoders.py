@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .bn_act import BatchNormLeakyReLU
 from .layout import conv_layout
 
 __all__ = ["MixtureOfExpertsDecoder", "DCGANDecoder", "VGGDecoder"]
@@ -81,8 +82,7 @@ class MixtureOfExpertsDecoder(nn.Module):
 
 
 def _upconv_bn(c_in, c_out):
-    return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out),
-                         nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), BatchNormLeakyReLU(c_out))
 
 
 def _partial_conv(layer, x, channels, bias):
@@ -146,8 +146,7 @@ class DCGANDecoder(_SkipDecoder):
     def __init__(self, nc, dim=128, nf=64, skip=True):
         super().__init__()
         self.skip, m = skip, 2 if skip else 1  # without skips each block sees its input only
-        self.inp = nn.Sequential(nn.ConvTranspose2d(dim, 8 * nf, 4, 1, 0), nn.BatchNorm2d(8 * nf),
-                                 nn.LeakyReLU(0.2, inplace=True))
+        self.inp = nn.Sequential(nn.ConvTranspose2d(dim, 8 * nf, 4, 1, 0), BatchNormLeakyReLU(8 * nf))
         self.blocks = nn.ModuleList([_upconv_bn(8 * m * nf, 4 * nf), _upconv_bn(4 * m * nf, 2 * nf),
                                      _upconv_bn(2 * m * nf, nf)])
         self.out = nn.ConvTranspose2d(m * nf, nc, 4, 2, 1)
@@ -160,7 +159,7 @@ class DCGANDecoder(_SkipDecoder):
 
 
 def _vgg_up(c_in, c_out):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1), BatchNormLeakyReLU(c_out))
 
 
 class VGGDecoder(_SkipDecoder):
@@ -171,8 +170,7 @@ class VGGDecoder(_SkipDecoder):
         super().__init__()
         self.skip, m = skip, 2 if skip else 1  # without skips each block sees its input only
         w1, w2, w3, w4 = nf, 2 * nf, 4 * nf, 8 * nf
-        self.inp = nn.Sequential(nn.ConvTranspose2d(dim, w4, 4, 1, 0), nn.BatchNorm2d(w4),
-                                 nn.LeakyReLU(0.2, inplace=True))
+        self.inp = nn.Sequential(nn.ConvTranspose2d(dim, w4, 4, 1, 0), BatchNormLeakyReLU(w4))
         self.blocks = nn.ModuleList([
             nn.Sequential(_vgg_up(m * w4, w4), _vgg_up(w4, w4), _vgg_up(w4, w3)),   # 8
             nn.Sequential(_vgg_up(m * w3, w3), _vgg_up(w3, w3), _vgg_up(w3, w2)),   # 16

@@ -3,6 +3,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from antialiased_cnns import BlurPool
 
+from .bn_act import BatchNormLeakyReLU
 from .layout import conv_layout
 
 __all__ = ["BlurPoolEncoder"]
@@ -67,7 +68,7 @@ class BlurPoolEncoder(nn.Module):
 
 
 def _conv_bn(c_in, c_out):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 4, 2, 1), BatchNormLeakyReLU(c_out))
 
 
 class DCGANEncoder(nn.Module):
@@ -91,7 +92,7 @@ class DCGANEncoder(nn.Module):
 
 
 def _vgg_layer(c_in, c_out):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1), BatchNormLeakyReLU(c_out))
 
 
 class VGGEncoder(nn.Module):
