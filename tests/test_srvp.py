@@ -249,3 +249,28 @@ def test_the_learning_rate_is_constant_then_decays_linearly_to_zero():
     assert [s.lr_factor(p) for p in (0.0, 0.5, 0.75)] == [1.0, 1.0, 1.0]
     assert s.lr_factor(0.875) == pytest.approx(0.5) and s.lr_factor(1.0) == 0.0
     assert ConstantFactors().lr_factor(0.99) == 1.0
+
+
+@pytest.mark.parametrize("name", ["svg", "srvp"])
+def test_prediction_apis_share_predict_with_samples_and_reconstruct(name):
+    from test_svg import tiny as tiny_svg
+    from vdsm.srvp_api import SRVP
+    from vdsm.svg_api import SVG
+
+    torch.manual_seed(0)
+    api = (SVG(tiny_svg(n_past=2)) if name == "svg" else SRVP(tiny())).eval()
+    x = frames(3, 5)
+    draws = api.predict(x[:, :2], 3, n_samples=4)
+    assert draws.shape == (4, 3, 5, 1, 64, 64)
+    assert torch.equal(draws[:, :, :2], x[:, :2].expand(4, -1, -1, -1, -1, -1))
+    assert not torch.equal(draws[0, :, 2:], draws[1, :, 2:])   # independent futures
+    torch.manual_seed(3)
+    recon = api.reconstruct(x)
+    torch.manual_seed(3)
+    assert torch.equal(recon, api.reconstruct(x)) and recon.shape == x.shape
+    assert 0 <= float(recon.min()) and float(recon.max()) <= 1
+    if name == "svg":   # SVG conditions on its first frame: it is the input's
+        assert torch.equal(recon[:, 0], x[:, 0]) and not torch.equal(recon[:, 1], x[:, 1])
+    else:   # every latent at its posterior mean: the sequence seen decides the frames
+        torch.manual_seed(3)
+        assert not torch.equal(recon, api.reconstruct(frames(3, 5, seed=1)))

@@ -1,11 +1,13 @@
 """The library API every prediction model shares (SVG, SRVP): build, ``load(run_dir)`` in eval
-mode, ``predict(x_past, n_future)``. A model's class names its config, networks, model, guide and
+mode, ``predict(x_past, n_future, n_samples)``, ``reconstruct(x)``. A model's class names its config, networks, model, guide and
 checkpoint; ``experiments.registry`` lists the classes."""
 import json
 from pathlib import Path
 
 import torch
+from pyro import poutine
 
+from .api import use_means
 from .checkpoint import CheckpointError, CheckpointManager
 
 __all__ = ["PredictionModelAPI"]
@@ -40,7 +42,22 @@ class PredictionModelAPI:
         return self
 
     @torch.no_grad()
-    def predict(self, x_past, n_future):
+    def predict(self, x_past, n_future, n_samples=None):
         """Frames [B, n_past + n_future, C, H, W]: ``x_past`` then sampled futures (the current mode:
-        ``load`` gives eval mode)."""
-        return self.model.predict(x_past.to(self.device), n_future)
+        ``load`` gives eval mode); with ``n_samples``, that many independent draws stacked first:
+        [n_samples, B, n_past + n_future, C, H, W]."""
+        x_past = x_past.to(self.device)
+        if n_samples is None:
+            return self.model.predict(x_past, n_future)
+        return torch.stack([self.model.predict(x_past, n_future) for _ in range(n_samples)])
+
+    @torch.no_grad()
+    def reconstruct(self, x):
+        """Frames [B, T, C, H, W]: every latent at its posterior mean given all of ``x``, frames at the
+        likelihood's mean. Frames the model conditions on rather than reconstructs (SVG: the first)
+        are those of ``x``."""
+        x, factors = x.to(self.device), {"z": 1.0}
+        guide_trace = poutine.trace(use_means()(self.guide)).get_trace(x, factors=factors)
+        trace = poutine.trace(poutine.replay(self.model, guide_trace)).get_trace(x, factors=factors)
+        mean = trace.nodes["obs"]["fn"].mean
+        return torch.cat([x[:, :x.shape[1] - mean.shape[1]], mean], 1)
