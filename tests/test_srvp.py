@@ -188,7 +188,8 @@ def test_srvp_trains_resumes_and_evaluates_through_the_runner(tmp_path, data_dir
     assert main([*common, "--out", str(out), "--steps", "2", *SRVP_TINY]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["model_name"] == "srvp" and config["model"]["nt_inf"] == 5 and config["model"]["ny"] == 3
-    assert config["train"]["lr_decay_frac"] == 0.3 and any("NOT TUNED" in d for d in config["departs_from_paper"])
+    assert config["train"]["lr_decay_frac"] == 0.3 and config["train"]["clip_norm"] == 1000
+    assert any("clip_norm 1000" in d for d in config["departs_from_paper"])
     for name in ("checkpoints/srvp.pt", "futures.gif", "metrics.json"):
         assert (out / name).exists(), name
     assert json.loads((out / "metrics.json").read_text())["quick_prediction"]["split"] == "val"
