@@ -275,3 +275,48 @@ def test_prediction_apis_share_predict_with_samples_and_reconstruct(name):
     else:   # every latent at its posterior mean: the sequence seen decides the frames
         torch.manual_seed(3)
         assert not torch.equal(recon, api.reconstruct(frames(3, 5, seed=1)))
+
+
+def _srvp_one_step(rank, world_size, batch_size, init_file, out_file):
+    """One training step of a tiny SRVP through ``train_stage``, in a process of ``world_size``.
+
+    Deterministic so that ranks and one process see the same function: latents at their means,
+    the content frames fixed (the first nt_inf, skip frame 0), BatchNorm on running statistics
+    (under DDP, batch statistics are per process)."""
+    import torch.distributed as dist
+
+    from tests_helpers import MeanGuide
+    from test_reliability import _Frames
+    from vdsm.batches import ResumableBatches
+
+    if world_size > 1:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        nets, model, guide = pair(tiny(nc=3))
+        nets.eval()
+        nets.training_frames = lambda b, t, device: (torch.arange(2).expand(b, 2), torch.zeros(b, dtype=torch.long))
+        batches = ResumableBatches(_Frames(), batch_size, rank=rank, world_size=world_size)
+        train_stage(model, MeanGuide(guide), batches, schedule=ConstantFactors(), device="cpu",
+                    options=TrainOptions(steps=1, lr=1e-2, progress=False))
+    finally:
+        torch.set_default_dtype(default)
+    if rank == 0:
+        torch.save({k: v.clone() for k, v in nets.state_dict().items()}, out_file)
+    if world_size > 1:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_train_srvp_as_one_process_on_the_combined_batch(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_srvp_one_step, args=(2, 2, str(tmp_path / "init"), str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    _srvp_one_step(0, 1, 4, None, str(tmp_path / "single.pt"))
+    ddp, single = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "single.pt")
+    torch.manual_seed(0)
+    initial = SRVPNets(tiny(nc=3)).state_dict()
+    assert any(not torch.allclose(single[k].double(), v.double()) for k, v in initial.items())  # the step moved them
+    for k in single:
+        assert torch.allclose(ddp[k], single[k], atol=1e-9, rtol=1e-8), k
