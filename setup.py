@@ -21,6 +21,7 @@ setup(
         "tensorboard>=2.12,<3",
         "matplotlib>=3.6,<4",
         "scipy>=1.10,<2",
+        "lpips>=0.1.4,<0.2",
     ],
     extras_require={
         "test": ["pytest>=7", "scikit-image>=0.21", "nbclient>=0.8", "nbformat>=5.9", "ipykernel>=6"],

@@ -62,6 +62,10 @@ def build_parser():
     pred.add_argument("--max-sequences", type=int, default=None,
                       help="evaluate the first N sequences (overrides the protocol's)")
     pred.add_argument("--n-future", type=int, default=None, help="frames to predict (default per dataset)")
+    pred.add_argument("--lpips-backbone", default=None, metavar="PATH",
+                      help="torchvision AlexNet state dict for LPIPS (default: torchvision's download, cached)")
+    pred.add_argument("--fvd-model", default=None, metavar="PATH",
+                      help="TorchScript I3D: adds FVD (first sample per video, conditioning frames prepended)")
     return p
 
 
@@ -82,7 +86,7 @@ def evaluate(args):
     device = choose_device(args.device)
     if config.get("model_name", "vdsm") in PREDICTION_MODELS:
         return evaluate_prediction(args, run_dir, config, device)
-    for name in ("samples", "max_sequences", "n_future", "protocol"):
+    for name in ("samples", "max_sequences", "n_future", "protocol", "lpips_backbone", "fvd_model"):
         if getattr(args, name) is not None:
             raise UsageError(f"--{name.replace('_', '-')} applies to prediction runs (SVG, SRVP), not to this VDSM run")
     args.repeats, args.judge_steps, args.batch_size = args.repeats or 5, args.judge_steps or 1500, args.batch_size or 128
@@ -235,27 +239,37 @@ def evaluate_prediction(args, run_dir, config, device):
                                  **_data_options(args, config, n_past + n_future))
     plan = prediction_plan(args, config, len(sequences), device)
     n, n_samples = plan["sequences"], plan["samples"]
+    lpips, lpips_skipped = perceptual_metric(args, device)
+    fvd = video_metric(args, device, n, (n_past + n_future, config["model"]["nc"]))
     print(f"prediction protocol {plan['name']} ({plan['reason']}): {n} {args.split} sequences x {n_samples} samples "
           f"x {n_future} predicted frames after {n_past}"
           + (f"; departs from the published protocol: {'; '.join(plan['departures'])}" if plan["departures"] else ""),
           flush=True)
     predictor = api_class(config["model_name"]).load(run_dir, device)
-    curves = {"psnr": [], "ssim": []}
+    curves = {"psnr": [], "ssim": [], **({"lpips": []} if lpips is not None else {})}
+    fvd_features = {"real": [], "fake": []}
     batches = range(0, n, args.batch_size)
     bar = tqdm(total=len(batches) * n_samples, desc="prediction (samples)", disable=args.no_progress,
                dynamic_ncols=True)
 
-    def samples_of(x):
-        for _ in range(n_samples):
-            yield predictor.predict(x[:, :n_past], n_future)[:, n_past:]
+    def samples_of(x, first):
+        for k in range(n_samples):
+            sample = predictor.predict(x[:, :n_past], n_future)[:, n_past:]
+            if k == 0:
+                first.append(sample)
+            yield sample
             bar.update(1)
 
     started = time.time()
     for start in batches:
         x = torch.stack([sequences[i][0] for i in range(start, min(n, start + args.batch_size))]).to(device)
-        best = running_best_of_n(samples_of(x), x[:, n_past:], keep_rows=8 if start == 0 else 0)
+        first = []
+        best = running_best_of_n(samples_of(x, first), x[:, n_past:], keep_rows=8 if start == 0 else 0, lpips=lpips)
         for k in curves:
             curves[k].append(best[k].cpu())
+        if fvd is not None:  # SRVP's FVD: the first sample, conditioning frames prepended to both videos
+            fvd_features["real"].append(fvd.features(x))
+            fvd_features["fake"].append(fvd.features(torch.cat([x[:, :n_past], first[0]], 1)))
         if start == 0:
             rows = min(8, len(x))
             save_gif(torch.cat([x[:rows, n_past:], best["best_ssim_frames"], best["first_frames"]], -1),
@@ -272,13 +286,21 @@ def evaluate_prediction(args, run_dir, config, device):
         per_frame[k] = mean_with_interval(values)
         mean, half = mean_with_interval(values.mean(1))
         summary[k], summary[f"{k}_ci95"] = float(mean), float(half)
+    if lpips is None:
+        summary["lpips"] = {"skipped": lpips_skipped}
+    else:
+        summary["lpips_protocol"] = "AlexNet, v0.1 linear weights, [-1, 1], grey repeated to 3 channels, best of N = lowest"
+    if fvd is not None:
+        summary["fvd"] = fvd.distance(torch.cat(fvd_features["real"]), torch.cat(fvd_features["fake"]))
+        summary["fvd_protocol"] = (f"{n} videos, first sample, {n_past} conditioning frames prepended, I3D at 224 x 224 "
+                                   f"({args.fvd_model})")
     suffix = "" if args.split == "test" else "_val"
     with open(run_dir / f"prediction_per_frame{suffix}.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["frame", "psnr_mean", "psnr_ci95", "ssim_mean", "ssim_ci95"])
+        writer.writerow(["frame", *(f"{k}_{part}" for k in curves for part in ("mean", "ci95"))])
         for t in range(n_future):
             writer.writerow([n_past + t + 1, *(f"{float(per_frame[k][i][t]):.5f}" for k in curves for i in (0, 1))])
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.4))
     frames = range(n_past + 1, n_past + n_future + 1)
     for ax, k in zip(axes, curves):
         mean, half = per_frame[k]
@@ -294,8 +316,41 @@ def evaluate_prediction(args, run_dir, config, device):
     plt.close(fig)
     _update_metrics(run_dir, "prediction" if args.split == "test" else "prediction_val", summary)
     print(f"PSNR {summary['psnr']:.2f} ± {summary['psnr_ci95']:.2f}, SSIM {summary['ssim']:.4f} ± "
-          f"{summary['ssim_ci95']:.4f} ({args.split}, protocol {plan['name']})", flush=True)
+          f"{summary['ssim_ci95']:.4f}"
+          + (f", LPIPS {summary['lpips']:.4f} ± {summary['lpips_ci95']:.4f}" if lpips is not None else "")
+          + (f", FVD {summary['fvd']:.1f}" if fvd is not None else "")
+          + f" ({args.split}, protocol {plan['name']})", flush=True)
     return summary
+
+
+def perceptual_metric(args, device):
+    """LPIPS, or (None, why) when its weights are unavailable and no --lpips-backbone was given
+    (with a bad --lpips-backbone: a usage error before anything is written)."""
+    from vdsm.metrics.perceptual import LPIPS, LPIPSError
+
+    try:
+        return LPIPS(args.lpips_backbone).to(device), None
+    except LPIPSError as err:
+        if args.lpips_backbone is not None:
+            raise UsageError(str(err)) from None
+        print(f"LPIPS skipped: {err}", flush=True)
+        return None, str(err)
+
+
+def video_metric(args, device, n_videos, frames_and_channels):
+    from vdsm.metrics.fvd import FVD, MIN_VIDEOS, FVDError
+
+    if args.fvd_model is None:
+        return None
+    if n_videos < MIN_VIDEOS:
+        raise UsageError(f"--fvd-model: FVD needs at least {MIN_VIDEOS} videos, this plan has {n_videos}: "
+                         f"raise --max-sequences")
+    try:
+        fvd = FVD(args.fvd_model, device)
+        fvd.features(torch.zeros(2, frames_and_channels[0], frames_and_channels[1], 8, 8))  # fails now, not after hours
+    except FVDError as err:
+        raise UsageError(str(err)) from None
+    return fvd
 
 
 def main(argv=None):

@@ -35,3 +35,17 @@ def clean_pyro():
     pyro.enable_validation(True)
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture(scope="session")
+def alexnet_features(tmp_path_factory):
+    """A randomly initialised torchvision AlexNet's ``features`` weights as a state-dict file: what
+    ``--lpips-backbone`` reads, without downloading the ImageNet weights."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    state = {k: v for k, v in torchvision.models.alexnet().state_dict().items() if k.startswith("features.")}
+    path = tmp_path_factory.mktemp("alexnet") / "alexnet_features.pth"
+    torch.save(state, path)
+    return path

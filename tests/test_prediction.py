@@ -77,28 +77,36 @@ def svg_run(tmp_path_factory, data_dirs):
     return out, root
 
 
-def test_svg_cli_run_and_evaluation(svg_run, data_dirs):
+def test_svg_cli_run_and_evaluation(svg_run, data_dirs, alexnet_features, tmp_path):
+    from test_perceptual import StandInI3D
+
     out, root = svg_run
+    i3d = tmp_path / "i3d.pt"
+    torch.jit.script(StandInI3D()).save(str(i3d))
     for name in ("config.json", "checkpoints/svg.pt", "futures.gif", "metrics.json", "tensorboard"):
         assert (out / name).exists(), name
     quick = json.loads((out / "metrics.json").read_text())["quick_prediction"]
     assert quick["split"] == "val" and quick["n_past"] == 5 and quick["sequences"] == 3
     result = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--run", str(out), "--mnist",
                              str(data_dirs.mnist), "--data-root", str(root), "--samples", "2", "--max-sequences",
-                             "6", "--batch-size", "4"], cwd=REPO, capture_output=True, text=True, timeout=300)
+                             "16", "--batch-size", "8", "--lpips-backbone", str(alexnet_features), "--fvd-model",
+                             str(i3d)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     plan = result.stdout.splitlines()[0]   # what it will do, before doing it
-    assert "6 test sequences x 2 samples x 20 predicted frames" in plan and "published protocol" in plan
+    assert "16 test sequences x 2 samples x 20 predicted frames" in plan and "published protocol" in plan
     assert "prediction (samples)" in result.stderr   # the progress bar
     summary = json.loads((out / "metrics.json").read_text())["prediction"]
-    assert summary["test_sequences"] == 6 and summary["n_future"] == 20 and summary["split"] == "test"
+    assert summary["test_sequences"] == 16 and summary["n_future"] == 20 and summary["split"] == "test"
+    assert 0 < summary["lpips"] < 2 and summary["lpips_ci95"] >= 0 and "AlexNet" in summary["lpips_protocol"]
+    assert summary["fvd"] >= 0 and "first sample" in summary["fvd_protocol"]
+    assert "LPIPS" in result.stdout.splitlines()[-1] and "FVD" in result.stdout.splitlines()[-1]
     protocol = summary["protocol"]
     if not torch.cuda.is_available():
         assert protocol["name"] == "quick, overridden" and protocol["reason"].startswith("default without a GPU")
     assert protocol["departures"] == ["2 samples per sequence (published protocol: 100)",
-                                      "the first 6 of the 5000 test sequences (published: all)"]
+                                      "the first 16 of the 5000 test sequences (published: all)"]
     lines = (out / "prediction_per_frame.csv").read_text().splitlines()
-    assert lines[0].startswith("frame,psnr_mean") and len(lines) == 21
+    assert lines[0] == "frame,psnr_mean,psnr_ci95,ssim_mean,ssim_ci95,lpips_mean,lpips_ci95" and len(lines) == 21
     assert (out / "prediction_per_frame.png").is_file() and (out / "prediction.gif").is_file()
 
 
@@ -151,3 +159,28 @@ def test_svg_fp_with_vgg_on_kth_frame_folders(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["arch"] == "vgg" and config["model"]["nf"] == 32   # the cpu preset's width applies
     assert json.loads((out / "metrics.json").read_text())["quick_prediction"]["n_future"] == 2
+
+
+def test_evaluate_without_lpips_weights_says_how_to_get_them_and_reports_the_rest(svg_run, data_dirs, tmp_path,
+                                                                                   monkeypatch, capsys):
+    import json
+
+    from experiments.evaluate import main as evaluate_main
+
+    out, root = svg_run
+    common = ["--run", str(out), "--mnist", str(data_dirs.mnist), "--data-root", str(root), "--samples", "1",
+              "--max-sequences", "2", "--split", "val", "--no-progress"]
+    before = (out / "metrics.json").read_text()
+    assert evaluate_main([*common, "--lpips-backbone", str(tmp_path / "missing.pth")]) == 2   # asked for: refused
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.pth" in err[0] and (out / "metrics.json").read_text() == before
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    assert evaluate_main(common) == 0
+    skipped = [line for line in capsys.readouterr().out.splitlines() if line.startswith("LPIPS skipped")]
+    assert len(skipped) == 1 and "--lpips-backbone" in skipped[0]
+    summary = json.loads((out / "metrics.json").read_text())["prediction_val"]
+    assert "--lpips-backbone" in summary["lpips"]["skipped"] and summary["ssim"] > 0

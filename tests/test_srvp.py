@@ -176,7 +176,7 @@ SRVP_TINY = ["--nf", "4", "--nh", "8", "--ny", "3", "--nz", "2", "--content-dim"
              "--eval-sequences", "3", "--num-workers", "0", "--no-progress"]
 
 
-def test_srvp_trains_resumes_and_evaluates_through_the_runner(tmp_path, data_dirs, capsys):
+def test_srvp_trains_resumes_and_evaluates_through_the_runner(tmp_path, data_dirs, capsys, alexnet_features):
     import json
 
     from experiments.evaluate import main as evaluate_main
@@ -198,7 +198,7 @@ def test_srvp_trains_resumes_and_evaluates_through_the_runner(tmp_path, data_dir
     assert load_checkpoint(out / "checkpoints" / "srvp.pt", "cpu")["step"] == 4
     # the prediction protocol on the test split, through the same code path as SVG
     assert evaluate_main(["--run", str(out), "--mnist", str(data_dirs.mnist), "--data-root", str(root), "--samples",
-                          "2", "--max-sequences", "4", "--no-progress"]) == 0
+                          "2", "--max-sequences", "4", "--no-progress", "--lpips-backbone", str(alexnet_features)]) == 0
     summary = json.loads((out / "metrics.json").read_text())["prediction"]
     assert summary["n_past"] == 5 and summary["n_future"] == 20 and summary["test_sequences"] == 4
     assert 0 < summary["ssim"] <= 1 and summary["psnr"] > 0

@@ -72,24 +72,27 @@ def best_of_n(samples, target):
             "best_ssim_sample": best_s}
 
 
-def running_best_of_n(samples, target, keep_rows=0):
+def running_best_of_n(samples, target, keep_rows=0, lpips=None):
     """``best_of_n`` over an iterable of samples [B, T, C, H, W], one at a time: memory stays that of
-    one sample, whatever N. Ties keep the earlier sample (as ``argmax``).
+    one sample, whatever N. Ties keep the earlier sample (as ``argmax``). With ``lpips`` (a
+    distance per image, e.g. :class:`vdsm.metrics.perceptual.LPIPS`) also "lpips": the sample with
+    the lowest mean distance per sequence.
 
     Besides the per-frame curves and chosen indices, returns for the first ``keep_rows`` sequences
     the frames of their best-SSIM sample (``best_ssim_frames``) and of the first sample
     (``first_frames``), for pictures, and ``samples`` (N).
     """
-    best = None
+    best, sign = None, {"psnr": 1, "ssim": 1, "lpips": -1}   # lpips: lower is better
     for k, sample in enumerate(samples):
-        p, s = psnr(sample, target), ssim(sample, target)          # [B, T]
+        values = {"psnr": psnr(sample, target), "ssim": ssim(sample, target)}          # [B, T]
+        if lpips is not None:
+            values["lpips"] = lpips(sample, target)
         if best is None:
-            best = {"psnr": p, "ssim": s, "best_psnr_sample": torch.zeros(len(p), dtype=torch.long),
-                    "best_ssim_sample": torch.zeros(len(p), dtype=torch.long),
+            best = {**values, **{f"best_{m}_sample": torch.zeros(len(v), dtype=torch.long) for m, v in values.items()},
                     "best_ssim_frames": sample[:keep_rows].clone(), "first_frames": sample[:keep_rows].clone()}
         else:
-            for metric, value in (("psnr", p), ("ssim", s)):
-                better = value.mean(-1) > best[metric].mean(-1)
+            for metric, value in values.items():
+                better = sign[metric] * value.mean(-1) > sign[metric] * best[metric].mean(-1)
                 best[metric] = torch.where(better[:, None], value, best[metric])
                 best[f"best_{metric}_sample"][better.cpu()] = k
                 if metric == "ssim" and keep_rows:
