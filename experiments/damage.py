@@ -1,0 +1,304 @@
+"""The damage experiment: how predictions degrade as a trained network is damaged, a little at a time.
+
+    python -m experiments.damage --run runs/smmnist-svg-lp-<time> [--which all encoder decoder]
+
+A fork of the SRVP release added this probe (REFERENCE.md section 3): predict from fixed
+conditioning frames, damage the network (``--hits`` times: pick a state-dict tensor uniformly,
+one of its elements uniformly, multiply it by U(0, 1)), predict again, ``--iterations`` times,
+and watch the videos. Here it is also measured: PSNR and SSIM of the predictions against the
+share of weights damaged, mean and spread over ``--repeats`` independent damage sequences, for
+every group named in ``--which`` (``all``, or the model's submodules: the encoder, decoder,
+prior, ...); the groups are ranked by fragility in a table.
+
+What is damaged: the run's weights, in a copy in memory (the checkpoints are never written).
+``--target tensor`` is the fork's choice (a tensor uniformly, then an element: small tensors such
+as biases and BatchNorm weights are hit densely); ``--target weight`` makes every element equally
+likely. BatchNorm running statistics and integer buffers (``num_batches_tracked``) are left out
+unless ``--include-buffers`` (the fork damaged them: it walked the state dict). Predictions use
+the same conditioning frames and the same random numbers at every iteration, so the curves move
+with the damage only. Deterministic given ``--seed``.
+
+Writes into ``--out`` (default ``RUN/damage``): ``damage.gif`` per group (ground truth row, then
+the predictions as damage accumulates), ``weights/<group>/iter_XXX.png`` (repeat 0: every
+damaged tensor, 2-D matrices as grey images, conv kernels [out, in, kh, kw] as [out, in*kh*kw],
+vectors as one row, damaged positions in red), ``damage.csv`` (a row per group, repeat and
+iteration), ``damage.png`` (PSNR and SSIM against the share damaged: mean and spread),
+``damage.json`` and ``fragility.md``. VDSM runs (judge accuracies instead of PSNR) are not
+supported yet: refused with a one-line error.
+"""
+import argparse
+import copy
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import data
+from vdsm.metrics.prediction import psnr, ssim
+from vdsm.viz import save_gif
+
+from .cli import UsageError, choose_device, cli_main
+from .registry import PREDICTION_MODELS, api_class
+
+__all__ = ["Damage", "main"]
+
+
+class Damage:
+    """Damage to some tensors of a module, applied in place, with a record of the hit elements.
+
+    ``candidates`` are (name, tensor) pairs; ``hit(n, generator)`` multiplies ``n`` elements by
+    U(0, 1), choosing as ``target`` says; ``share()`` is the fraction of candidate elements hit
+    at least once."""
+
+    def __init__(self, candidates, target="tensor"):
+        if not candidates:
+            raise UsageError("nothing to damage: the chosen submodules have no tensors")
+        self.names = [name for name, _ in candidates]
+        self.tensors = [t for _, t in candidates]
+        self.sizes = torch.tensor([t.numel() for t in self.tensors])
+        self.target = target
+        self.hit_mask = [torch.zeros(t.numel(), dtype=torch.bool) for t in self.tensors]
+
+    def hit(self, n, generator):
+        if self.target == "tensor":
+            which = torch.randint(len(self.tensors), (n,), generator=generator)
+            elements = (torch.rand(n, generator=generator) * self.sizes[which]).long()
+        else:  # every element equally likely: an index into all elements
+            flat = torch.randint(int(self.sizes.sum()), (n,), generator=generator)
+            bounds = self.sizes.cumsum(0)
+            which = torch.searchsorted(bounds, flat, right=True)
+            elements = flat - (bounds[which] - self.sizes[which])
+        factors = torch.rand(n, generator=generator, dtype=torch.float64)
+        with torch.no_grad():
+            for k, i, u in zip(which.tolist(), elements.tolist(), factors.tolist()):
+                values = self.tensors[k].view(-1)
+                if values.is_floating_point():
+                    values[i] *= u
+                else:  # integer buffers (with --include-buffers): the product, rounded down
+                    values[i] = int(values[i].item() * u)
+                self.hit_mask[k][i] = True
+
+    def share(self):
+        return float(sum(m.sum() for m in self.hit_mask)) / float(self.sizes.sum())
+
+    def picture(self, path, title):
+        """The damaged tensors as grey images (2-D views), hit elements in red."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        shown = [k for k, m in enumerate(self.hit_mask) if m.any()]
+        if not shown:
+            return
+        cols = min(4, len(shown))
+        rows = (len(shown) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, k in zip(axes.flat, shown):
+            t = self.tensors[k].detach().float().cpu()
+            image = t.reshape(t.shape[0], -1) if t.dim() >= 2 else t.reshape(1, -1)
+            ax.imshow(image.numpy(), cmap="gray", aspect="auto", interpolation="nearest")
+            hit = self.hit_mask[k].reshape(image.shape).nonzero()
+            ax.scatter(hit[:, 1].numpy(), hit[:, 0].numpy(), s=4, c="red", marker="s", linewidths=0)
+            ax.set_title(f"{self.names[k]} {tuple(t.shape)}", fontsize=6)
+        fig.suptitle(title, fontsize=8)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+
+
+def candidates(nets, group, include_buffers):
+    """(name, tensor) pairs of ``group`` ("all" or a submodule of ``nets``), in state-dict order."""
+    module = nets if group == "all" else getattr(nets, group)
+    prefix = "" if group == "all" else f"{group}."
+    params = {id(p) for p in module.parameters()}
+    out = []
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        if id(tensor) in params or include_buffers:
+            out.append((prefix + name, tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor))
+    return out
+
+
+def submodules(nets):
+    return [name for name, m in nets.named_children() if any(True for _ in m.parameters())]
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m experiments.damage", description=__doc__.split("\n")[0])
+    p.add_argument("--run", required=True, help="run folder of a trained prediction model (SVG-LP/FP, SRVP)")
+    p.add_argument("--iterations", type=int, default=100, help="damage rounds, a prediction after each (100)")
+    p.add_argument("--hits", type=int, default=100, help="elements damaged per iteration (100)")
+    p.add_argument("--target", choices=["tensor", "weight"], default="tensor",
+                   help="tensor: a tensor uniformly, then an element (the fork); weight: every element alike")
+    p.add_argument("--which", nargs="+", default=["all"],
+                   help="groups damaged, each in its own experiment: all, or submodules of the model")
+    p.add_argument("--repeats", type=int, default=3, help="independent damage sequences per group (3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sequences", type=int, default=8, help="test sequences predicted (8)")
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--include-buffers", action="store_true",
+                   help="also damage BatchNorm running statistics and integer buffers (as the fork)")
+    p.add_argument("--out", default=None, help="output folder (default RUN/damage)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--data-root", default=None)
+    for dest in sorted(set(data.FOLDER_OPTIONS.values())):
+        p.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def check(args, config, nets):
+    for name in ("iterations", "hits", "repeats", "sequences"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name}={getattr(args, name)} must be at least 1")
+    known = submodules(nets)
+    unknown = [g for g in args.which if g != "all" and g not in known]
+    if unknown:
+        raise UsageError(f"--which {' '.join(unknown)}: not a part of this {config['model_name']} model; "
+                         f"choose from all {' '.join(known)}")
+
+
+def predict(api, x, n_past, n_future, seed):
+    with torch.random.fork_rng(devices=[api.device.index or 0] if api.device.type == "cuda" else []):
+        torch.manual_seed(seed)  # the same draws at every iteration: only the damage changes
+        return api.predict(x[:, :n_past], n_future)
+
+
+def damage(args):
+    run_dir = Path(args.run)
+    if not (run_dir / "config.json").is_file():
+        raise UsageError(f"--run {run_dir}: no config.json there; pass a run folder of experiments.run")
+    config = json.loads((run_dir / "config.json").read_text())
+    model_name = config.get("model_name", "vdsm")
+    if model_name not in PREDICTION_MODELS:
+        raise UsageError(f"--run {run_dir}: a {model_name} run; the damage experiment measures prediction models "
+                         f"({', '.join(PREDICTION_MODELS)}) for now")
+    own = data.FOLDER_OPTIONS.get(config["dataset"])
+    wrong = [d for d in set(data.FOLDER_OPTIONS.values()) if d != own and getattr(args, d) is not None]
+    if wrong:
+        raise UsageError(f"{', '.join('--' + d.replace('_', '-') for d in sorted(wrong))} do not apply to this "
+                         f"{config['dataset']} run: drop them")
+    device = choose_device(args.device)
+    api = api_class(model_name).load(run_dir, device)
+    check(args, config, api.nets)
+    n_past, n_future = config["model"]["n_past"], config["eval"]["n_future"]
+    options = {"seq_len": n_past + n_future, **({own: getattr(args, own)} if own and getattr(args, own) else {})}
+    sequences = data.get_dataset(config["dataset"], args.split, args.data_root, **options)
+    n = min(args.sequences, len(sequences))
+    x = torch.stack([sequences[i][0] for i in range(n)]).to(device)
+    out = Path(args.out) if args.out else run_dir / "damage"
+    out.mkdir(parents=True, exist_ok=True)
+    pristine = copy.deepcopy(api.nets.state_dict())
+    print(f"damage: {model_name} on {n} {args.split} sequences, groups {' '.join(args.which)}, {args.repeats} "
+          f"repeats x {args.iterations} iterations x {args.hits} hits ({args.target}); writing {out}", flush=True)
+    rows, started = [], time.time()
+    bar = tqdm(total=len(args.which) * args.repeats * (args.iterations + 1), desc="damage", disable=args.no_progress,
+               dynamic_ncols=True)
+    for g, group in enumerate(args.which):
+        shown = [x[:4]]
+        for repeat in range(args.repeats):
+            api.nets.load_state_dict(pristine)
+            hurt = Damage(candidates(api.nets, group, args.include_buffers), args.target)
+            generator = torch.Generator().manual_seed(args.seed * 1000003 + 7919 * g + repeat)
+            for it in range(args.iterations + 1):   # iteration 0: the undamaged model
+                if it > 0:
+                    hurt.hit(args.hits, generator)
+                pred = predict(api, x, n_past, n_future, args.seed)
+                future, truth = pred[:, n_past:], x[:, n_past:]
+                rows.append({"group": group, "repeat": repeat, "iteration": it, "share_damaged": hurt.share(),
+                             "psnr": float(psnr(future, truth).mean()), "ssim": float(ssim(future, truth).mean())})
+                if repeat == 0:
+                    if it % max(1, args.iterations // 8) == 0 or it == args.iterations:
+                        shown.append(pred[:4])
+                    if it > 0:
+                        hurt.picture(out / "weights" / group / f"iter_{it:03d}.png",
+                                     f"{group}, iteration {it}: {100 * hurt.share():.3f}% of {int(hurt.sizes.sum())} "
+                                     f"values damaged (red: hit)")
+                bar.update(1)
+        # rows: ground truth, then predictions as damage accumulates; columns: sequences
+        grid = torch.cat([torch.cat(list(row), -1) for row in shown], -2)
+        save_gif(grid[None], out / f"damage_{group}.gif")
+    bar.close()
+    api.nets.load_state_dict(pristine)
+    summary = summarise(rows, args)
+    summary.update({"run": str(run_dir), "model": model_name, "dataset": config["dataset"], "split": args.split,
+                    "sequences": n, "n_past": n_past, "n_future": n_future, "seconds": round(time.time() - started, 1),
+                    "date": time.strftime("%Y-%m-%d"),
+                    "command": "python -m experiments.damage " + " ".join(sys.argv[1:])})
+    with open(out / "damage.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "damage.json").write_text(json.dumps(summary, indent=1))
+    (out / "fragility.md").write_text(fragility_table(summary))
+    plot(summary, out / "damage.png", f"{model_name} on {config['dataset']} ({n} {args.split} sequences, "
+                                      f"{args.target} targets, {args.repeats} repeats)")
+    print(fragility_table(summary), flush=True)
+    return summary
+
+
+def summarise(rows, args):
+    groups = {}
+    for group in args.which:
+        curve = []
+        for it in range(args.iterations + 1):
+            at = [r for r in rows if r["group"] == group and r["iteration"] == it]
+            entry = {"iteration": it}
+            for key in ("share_damaged", "psnr", "ssim"):
+                values = torch.tensor([r[key] for r in at], dtype=torch.float64)
+                entry[key] = float(values.mean())
+                entry[f"{key}_std"] = float(values.std()) if len(values) > 1 else 0.0
+            curve.append(entry)
+        first, last = curve[0], curve[-1]
+        groups[group] = {"curve": curve, "psnr_drop": first["psnr"] - last["psnr"],
+                         "ssim_drop": first["ssim"] - last["ssim"], "share_damaged": last["share_damaged"]}
+    return {"iterations": args.iterations, "hits": args.hits, "target": args.target, "repeats": args.repeats,
+            "include_buffers": args.include_buffers, "seed": args.seed, "groups": groups}
+
+
+def fragility_table(summary):
+    lines = [f"| group | share damaged after {summary['iterations']} x {summary['hits']} hits | PSNR drop (dB) | "
+             f"SSIM drop |", "|---|---|---|---|"]
+    ranked = sorted(summary["groups"].items(), key=lambda kv: -kv[1]["psnr_drop"])
+    for group, g in ranked:
+        lines.append(f"| {group} | {100 * g['share_damaged']:.3f}% | {g['psnr_drop']:.2f} | {g['ssim_drop']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for group, g in summary["groups"].items():
+        share = [100 * c["share_damaged"] for c in g["curve"]]
+        for ax, key in zip(axes, ("psnr", "ssim")):
+            mean = torch.tensor([c[key] for c in g["curve"]])
+            std = torch.tensor([c[f"{key}_std"] for c in g["curve"]])
+            ax.plot(share, mean.numpy(), label=group)
+            ax.fill_between(share, (mean - std).numpy(), (mean + std).numpy(), alpha=0.25)
+    for ax, label in zip(axes, ("PSNR (dB)", "SSIM")):
+        ax.set_xlabel("share of the group's values damaged (%)")
+        ax.set_ylabel(label)
+        ax.set_xscale("symlog", linthresh=0.01)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    return cli_main(build_parser(), damage, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

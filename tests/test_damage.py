@@ -1,0 +1,96 @@
+"""The damage experiment: how the hits are chosen, what is damaged, and the command's outputs."""
+import hashlib
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from experiments.damage import Damage, candidates
+from experiments.damage import main as damage_main
+from test_srvp import SRVP_TINY
+
+
+def test_tensor_target_hits_small_tensors_densely_and_weight_target_does_not():
+    def hits_on_small(target):
+        small, large = torch.ones(2), torch.ones(1000)
+        hurt = Damage([("small", small), ("large", large)], target)
+        hurt.hit(400, torch.Generator().manual_seed(0))
+        assert torch.all(small <= 1) and torch.all(large <= 1) and torch.all(large >= 0)   # multiplied by U(0, 1)
+        hit = int((small < 1).sum()) + int((large < 1).sum())
+        assert hurt.share() == pytest.approx(hit / 1002)   # distinct values hit
+        return int(hurt.hit_mask[0].sum()), int(hurt.hit_mask[1].sum())
+
+    small_t, large_t = hits_on_small("tensor")    # ~200 hits on 2 values: both hit; ~200 on the large one
+    small_w, large_w = hits_on_small("weight")    # ~0.8 hits expected on the small one
+    assert small_t == 2 and 150 < large_t < 250
+    assert large_w > 300 and large_w > large_t
+
+
+def test_buffers_are_candidates_only_when_asked():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    plain = [name for name, _ in candidates(net, "all", include_buffers=False)]
+    assert plain == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    everything = [name for name, _ in candidates(net, "all", include_buffers=True)]
+    assert {"1.running_mean", "1.running_var", "1.num_batches_tracked"} <= set(everything)
+    counter = dict(candidates(net, "all", include_buffers=True))["1.num_batches_tracked"]
+    counter.fill_(7)
+    hurt = Damage([("n", counter)], "tensor")
+    hurt.hit(3, torch.Generator().manual_seed(0))
+    assert counter.dtype == torch.long and 0 <= int(counter) <= 7
+
+
+@pytest.fixture(scope="module")
+def srvp_run(tmp_path_factory, data_dirs):
+    from experiments.run import main
+
+    out = tmp_path_factory.mktemp("damage") / "run"
+    root = out.parent / "root"
+    assert main(["--dataset", "smmnist", "--model", "srvp", "--mnist", str(data_dirs.mnist), "--data-root", str(root),
+                 "--out", str(out), "--steps", "2", *SRVP_TINY]) == 0
+    return out, root
+
+
+def test_damage_command_writes_curves_and_pictures_and_leaves_the_run_alone(srvp_run, data_dirs, tmp_path, capsys):
+    run, root = srvp_run
+    checkpoint = run / "checkpoints" / "srvp.pt"
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    common = ["--run", str(run), "--mnist", str(data_dirs.mnist), "--data-root", str(root), "--iterations", "3",
+              "--hits", "40", "--repeats", "2", "--sequences", "3", "--which", "all", "encoder", "residual",
+              "--no-progress"]
+    assert damage_main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() == digest   # a copy in memory was damaged
+    out = tmp_path / "a"
+    rows = (out / "damage.csv").read_text().splitlines()
+    assert rows[0] == "group,repeat,iteration,share_damaged,psnr,ssim" and len(rows) == 1 + 3 * 2 * 4
+    summary = json.loads((out / "damage.json").read_text())
+    for group in ("all", "encoder", "residual"):
+        curve = summary["groups"][group]["curve"]
+        shares = [c["share_damaged"] for c in curve]
+        assert shares[0] == 0 and all(a < b for a, b in zip(shares, shares[1:]))
+        assert curve[0]["psnr_std"] == 0   # the undamaged model, the same draws in every repeat
+        assert (out / f"damage_{group}.gif").stat().st_size > 0
+        assert sorted(p.name for p in (out / "weights" / group).iterdir()) == [f"iter_00{k}.png" for k in (1, 2, 3)]
+    # every group starts from the same undamaged predictions
+    firsts = {g["curve"][0]["psnr"] for g in summary["groups"].values()}
+    assert len(firsts) == 1
+    assert (out / "damage.png").stat().st_size > 0 and "| group |" in (out / "fragility.md").read_text()
+    assert "| residual |" in capsys.readouterr().out
+    # deterministic given the seed; another seed damages other values
+    assert damage_main([*common, "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "damage.csv").read_text() == (out / "damage.csv").read_text()
+    assert damage_main([*common, "--out", str(tmp_path / "c"), "--seed", "1"]) == 0
+    assert (tmp_path / "c" / "damage.csv").read_text() != (out / "damage.csv").read_text()
+
+
+def test_damage_refuses_unknown_groups_and_vdsm_runs(srvp_run, data_dirs, tmp_path, capsys):
+    run, root = srvp_run
+    assert damage_main(["--run", str(run), "--mnist", str(data_dirs.mnist), "--data-root", str(root), "--which",
+                        "wings", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "wings" in err[0] and "encoder" in err[0] and not (tmp_path / "x").exists()
+    vdsm_run = tmp_path / "vdsm"
+    vdsm_run.mkdir()
+    (vdsm_run / "config.json").write_text(json.dumps({"dataset": "sprites", "model": {}}))
+    assert damage_main(["--run", str(vdsm_run)]) == 2
+    assert "vdsm run" in capsys.readouterr().err
