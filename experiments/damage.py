@@ -18,13 +18,20 @@ unless ``--include-buffers`` (the fork damaged them: it walked the state dict). 
 the same conditioning frames and the same random numbers at every iteration, so the curves move
 with the damage only. Deterministic given ``--seed``.
 
-Writes into ``--out`` (default ``RUN/damage``): ``damage.gif`` per group (ground truth row, then
-the predictions as damage accumulates), ``weights/<group>/iter_XXX.png`` (repeat 0: every
-damaged tensor, 2-D matrices as grey images, conv kernels [out, in, kh, kw] as [out, in*kh*kw],
-vectors as one row, damaged positions in red), ``damage.csv`` (a row per group, repeat and
-iteration), ``damage.png`` (PSNR and SSIM against the share damaged: mean and spread),
-``damage.json`` and ``fragility.md``. VDSM runs (judge accuracies instead of PSNR) are not
-supported yet: refused with a one-line error.
+VDSM runs are measured with the judge protocols of ``experiments.evaluate`` on ``--sequences``
+fixed sequences (one batch, the same draws at every iteration): reconstruction (the judge agrees
+on real and reconstructed sequences), generation (action accuracy with the identity drawn from
+the prior; attribute accuracy with the dynamics drawn from the prior) and action transfer (both
+right); its groups are the networks of the two stages (``model1.decoder``, ``guide1.encoder``,
+``model2.…``, ``guide2.…``; shared ones named once).
+
+Writes into ``--out`` (default ``RUN/damage``): ``damage_<group>.gif`` (ground truth row, then
+the predictions, VDSM: reconstruction | action transfer, as damage accumulates),
+``weights/<group>/iter_XXX.png`` (repeat 0: every damaged tensor, 2-D matrices as grey images,
+conv kernels [out, in, kh, kw] as [out, in*kh*kw], vectors as one row, damaged positions in
+red), ``damage.csv`` (a row per group, repeat and iteration), ``damage.png`` (each metric
+against the share damaged: mean and spread over repeats), ``damage.json`` and ``fragility.md``
+(groups ranked by the drop of the first metric).
 """
 import argparse
 import copy
@@ -35,6 +42,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 import data
@@ -114,24 +122,36 @@ class Damage:
 
 
 def candidates(nets, group, include_buffers):
-    """(name, tensor) pairs of ``group`` ("all" or a submodule of ``nets``), in state-dict order."""
-    module = nets if group == "all" else getattr(nets, group)
+    """(name, tensor) pairs of ``group`` ("all" or a submodule name of ``nets``, dotted for nested
+    ones), in state-dict order; a tensor shared by two modules is listed once."""
+    module = nets if group == "all" else nets.get_submodule(group)
     prefix = "" if group == "all" else f"{group}."
     params = {id(p) for p in module.parameters()}
-    out = []
+    out, seen = [], set()
     for name, tensor in module.state_dict(keep_vars=True).items():
-        if id(tensor) in params or include_buffers:
-            out.append((prefix + name, tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor))
+        if id(tensor) in seen or not (id(tensor) in params or include_buffers):
+            continue
+        seen.add(id(tensor))
+        out.append((prefix + name, tensor.data if isinstance(tensor, nn.Parameter) else tensor))
     return out
 
 
 def submodules(nets):
-    return [name for name, m in nets.named_children() if any(True for _ in m.parameters())]
+    """The groups ``--which`` accepts: the networks with weights (for a ModuleDict of model/guide
+    pairs, VDSM: the networks inside each, named once even when shared)."""
+    names, seen = [], set()
+    for top_name, top in (nets.items() if isinstance(nets, nn.ModuleDict) else [("", nets)]):
+        for name, m in top.named_children():
+            if id(m) in seen or not any(True for _ in m.parameters()):
+                continue
+            seen.add(id(m))
+            names.append(f"{top_name}.{name}" if top_name else name)
+    return names
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m experiments.damage", description=__doc__.split("\n")[0])
-    p.add_argument("--run", required=True, help="run folder of a trained prediction model (SVG-LP/FP, SRVP)")
+    p.add_argument("--run", required=True, help="run folder of experiments.run (SVG-LP/FP, SRVP, VDSM)")
     p.add_argument("--iterations", type=int, default=100, help="damage rounds, a prediction after each (100)")
     p.add_argument("--hits", type=int, default=100, help="elements damaged per iteration (100)")
     p.add_argument("--target", choices=["tensor", "weight"], default="tensor",
@@ -140,7 +160,8 @@ def build_parser():
                    help="groups damaged, each in its own experiment: all, or submodules of the model")
     p.add_argument("--repeats", type=int, default=3, help="independent damage sequences per group (3)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sequences", type=int, default=8, help="test sequences predicted (8)")
+    p.add_argument("--sequences", type=int, default=8, help="sequences scored (8; VDSM: the judge's batch)")
+    p.add_argument("--judge-steps", type=int, default=1500, help="VDSM: training steps of the judge if none is cached")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--include-buffers", action="store_true",
                    help="also damage BatchNorm running statistics and integer buffers (as the fork)")
@@ -153,21 +174,68 @@ def build_parser():
     return p
 
 
-def check(args, config, nets):
-    for name in ("iterations", "hits", "repeats", "sequences"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name}={getattr(args, name)} must be at least 1")
-    known = submodules(nets)
-    unknown = [g for g in args.which if g != "all" and g not in known]
-    if unknown:
-        raise UsageError(f"--which {' '.join(unknown)}: not a part of this {config['model_name']} model; "
-                         f"choose from all {' '.join(known)}")
+class PredictionSubject:
+    """A prediction run (SVG, SRVP): PSNR and SSIM of futures from fixed conditioning frames."""
+
+    metrics = ("psnr", "ssim")
+
+    def __init__(self, api, x, n_past, n_future, seed):
+        self.api, self.x, self.n_past, self.n_future, self.seed = api, x, n_past, n_future, seed
+        self.nets = api.nets
+
+    def measure(self):
+        with torch.random.fork_rng(devices=_cuda(self.api.device)):
+            torch.manual_seed(self.seed)  # the same draws at every iteration: only the damage changes
+            pred = self.api.predict(self.x[:, :self.n_past], self.n_future)
+        future, truth = pred[:, self.n_past:], self.x[:, self.n_past:]
+        self.last = pred[:4]
+        return {"psnr": float(psnr(future, truth).mean()), "ssim": float(ssim(future, truth).mean())}
+
+    def shown(self):
+        return self.last
 
 
-def predict(api, x, n_past, n_future, seed):
-    with torch.random.fork_rng(devices=[api.device.index or 0] if api.device.type == "cuda" else []):
-        torch.manual_seed(seed)  # the same draws at every iteration: only the damage changes
-        return api.predict(x[:, :n_past], n_future)
+class VDSMSubject:
+    """A VDSM run: the judge protocols on fixed sequences (reconstruction: the judge agrees on real
+    and reconstructed sequences; generation: action accuracy with the identity from the prior,
+    attribute accuracy with the dynamics from the prior; action transfer: both right)."""
+
+    metrics = ("reconstruction", "generation_action", "generation_attributes", "transfer")
+
+    def __init__(self, vdsm, judge, items, seed):
+        self.vdsm, self.judge, self.items, self.seed = vdsm, judge, items, seed
+        # one container for the four networks; stage 2 shares stage 1's encoder and decoder
+        self.nets = nn.ModuleDict({"model1": vdsm.model1, "guide1": vdsm.guide1, "model2": vdsm.model2,
+                                   "guide2": vdsm.guide2})
+        self.x = torch.stack([it[0] for it in items[:4]]).to(vdsm.device)
+
+    def measure(self):
+        from vdsm.metrics.protocol import judge_protocol
+
+        with torch.random.fork_rng(devices=_cuda(self.vdsm.device)):
+            r = judge_protocol(self.vdsm, self.judge, self.items, batch_size=len(self.items), repeats=1,
+                               seed=self.seed, device=self.vdsm.device)
+            torch.manual_seed(self.seed)
+            self.last = torch.cat([self.vdsm.reconstruct(self.x), self.vdsm.transfer_action(self.x, self.x.roll(1, 0))],
+                                  -1)
+
+        def mean_of(section, key=None):
+            if "heads" not in r[section]:
+                return float("nan")
+            values = [v[key]["mean"] if key else v["mean"] for v in r[section]["heads"].values()]
+            return sum(values) / len(values)
+
+        transfer = r["transfer"].get("both") or r["transfer"].get("dynamics_of_A") or r["transfer"].get("identity_of_B")
+        return {"reconstruction": mean_of("consistency"), "generation_action": mean_of("fix_dynamics", "accuracy"),
+                "generation_attributes": mean_of("fix_identity", "accuracy"),
+                "transfer": transfer["mean"] if transfer else float("nan")}
+
+    def shown(self):
+        return self.last
+
+
+def _cuda(device):
+    return [device.index or 0] if device.type == "cuda" else []
 
 
 def damage(args):
@@ -176,59 +244,83 @@ def damage(args):
         raise UsageError(f"--run {run_dir}: no config.json there; pass a run folder of experiments.run")
     config = json.loads((run_dir / "config.json").read_text())
     model_name = config.get("model_name", "vdsm")
-    if model_name not in PREDICTION_MODELS:
-        raise UsageError(f"--run {run_dir}: a {model_name} run; the damage experiment measures prediction models "
-                         f"({', '.join(PREDICTION_MODELS)}) for now")
     own = data.FOLDER_OPTIONS.get(config["dataset"])
     wrong = [d for d in set(data.FOLDER_OPTIONS.values()) if d != own and getattr(args, d) is not None]
     if wrong:
         raise UsageError(f"{', '.join('--' + d.replace('_', '-') for d in sorted(wrong))} do not apply to this "
                          f"{config['dataset']} run: drop them")
+    for name in ("iterations", "hits", "repeats", "sequences"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name}={getattr(args, name)} must be at least 1")
     device = choose_device(args.device)
-    api = api_class(model_name).load(run_dir, device)
-    check(args, config, api.nets)
-    n_past, n_future = config["model"]["n_past"], config["eval"]["n_future"]
-    options = {"seq_len": n_past + n_future, **({own: getattr(args, own)} if own and getattr(args, own) else {})}
-    sequences = data.get_dataset(config["dataset"], args.split, args.data_root, **options)
-    n = min(args.sequences, len(sequences))
-    x = torch.stack([sequences[i][0] for i in range(n)]).to(device)
+    folder = {own: getattr(args, own)} if own and getattr(args, own) else {}
+    if model_name in PREDICTION_MODELS:
+        api = api_class(model_name).load(run_dir, device)
+        n_past, n_future = config["model"]["n_past"], config["eval"]["n_future"]
+        sequences = data.get_dataset(config["dataset"], args.split, args.data_root, seq_len=n_past + n_future,
+                                     **folder)
+        n = min(args.sequences, len(sequences))
+        x = torch.stack([sequences[i][0] for i in range(n)]).to(device)
+        subject, truth = PredictionSubject(api, x, n_past, n_future, args.seed), x[:4]
+        what = f"{n} {args.split} sequences, {n_past} -> {n_future} frames"
+    else:
+        from vdsm.api import VDSM
+        from vdsm.metrics.judge import JUDGES, load_or_train_judge
+
+        if config["dataset"] not in JUDGES:
+            raise UsageError(f"no judge for dataset {config['dataset']!r}: judges exist for {', '.join(JUDGES)}")
+        vdsm = VDSM.load(run_dir, device)
+        options = {"seq_len": config["stage2"]["seq_len"], **folder}
+        sequences = data.get_dataset(config["dataset"], args.split, args.data_root, **options)
+        n = min(args.sequences, len(sequences))
+        order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(args.seed))[:n]
+        items = [sequences[int(i)] for i in order]
+        judge, _ = load_or_train_judge(config["dataset"], root=args.data_root, device=device,
+                                       steps=args.judge_steps, progress=not args.no_progress, accuracy_on=(),
+                                       **options)
+        subject = VDSMSubject(vdsm, judge, items, args.seed)
+        truth = torch.cat([subject.x, subject.x], -1)
+        what = f"{n} {args.split} sequences, judge protocols (columns: reconstruction | action transfer)"
+    groups = submodules(subject.nets)
+    unknown = [g for g in args.which if g != "all" and g not in groups]
+    if unknown:
+        raise UsageError(f"--which {' '.join(unknown)}: not a part of this {model_name} model; "
+                         f"choose from all {' '.join(groups)}")
     out = Path(args.out) if args.out else run_dir / "damage"
     out.mkdir(parents=True, exist_ok=True)
-    pristine = copy.deepcopy(api.nets.state_dict())
-    print(f"damage: {model_name} on {n} {args.split} sequences, groups {' '.join(args.which)}, {args.repeats} "
-          f"repeats x {args.iterations} iterations x {args.hits} hits ({args.target}); writing {out}", flush=True)
+    pristine = copy.deepcopy(subject.nets.state_dict())
+    print(f"damage: {model_name} on {what}; groups {' '.join(args.which)}, {args.repeats} repeats x "
+          f"{args.iterations} iterations x {args.hits} hits ({args.target}); writing {out}", flush=True)
     rows, started = [], time.time()
     bar = tqdm(total=len(args.which) * args.repeats * (args.iterations + 1), desc="damage", disable=args.no_progress,
                dynamic_ncols=True)
     for g, group in enumerate(args.which):
-        shown = [x[:4]]
+        shown = [truth]
         for repeat in range(args.repeats):
-            api.nets.load_state_dict(pristine)
-            hurt = Damage(candidates(api.nets, group, args.include_buffers), args.target)
+            subject.nets.load_state_dict(pristine)
+            hurt = Damage(candidates(subject.nets, group, args.include_buffers), args.target)
             generator = torch.Generator().manual_seed(args.seed * 1000003 + 7919 * g + repeat)
             for it in range(args.iterations + 1):   # iteration 0: the undamaged model
                 if it > 0:
                     hurt.hit(args.hits, generator)
-                pred = predict(api, x, n_past, n_future, args.seed)
-                future, truth = pred[:, n_past:], x[:, n_past:]
                 rows.append({"group": group, "repeat": repeat, "iteration": it, "share_damaged": hurt.share(),
-                             "psnr": float(psnr(future, truth).mean()), "ssim": float(ssim(future, truth).mean())})
+                             **subject.measure()})
                 if repeat == 0:
                     if it % max(1, args.iterations // 8) == 0 or it == args.iterations:
-                        shown.append(pred[:4])
+                        shown.append(subject.shown())
                     if it > 0:
                         hurt.picture(out / "weights" / group / f"iter_{it:03d}.png",
                                      f"{group}, iteration {it}: {100 * hurt.share():.3f}% of {int(hurt.sizes.sum())} "
                                      f"values damaged (red: hit)")
                 bar.update(1)
-        # rows: ground truth, then predictions as damage accumulates; columns: sequences
+        # rows: ground truth, then the model's frames as damage accumulates; columns: sequences
         grid = torch.cat([torch.cat(list(row), -1) for row in shown], -2)
         save_gif(grid[None], out / f"damage_{group}.gif")
     bar.close()
-    api.nets.load_state_dict(pristine)
-    summary = summarise(rows, args)
+    subject.nets.load_state_dict(pristine)
+    summary = summarise(rows, args, subject.metrics)
     summary.update({"run": str(run_dir), "model": model_name, "dataset": config["dataset"], "split": args.split,
-                    "sequences": n, "n_past": n_past, "n_future": n_future, "seconds": round(time.time() - started, 1),
+                    "sequences": n, "what": what, "seconds": round(time.time() - started, 1),
                     "date": time.strftime("%Y-%m-%d"),
                     "command": "python -m experiments.damage " + " ".join(sys.argv[1:])})
     with open(out / "damage.csv", "w", newline="") as f:
@@ -237,37 +329,40 @@ def damage(args):
         writer.writerows(rows)
     (out / "damage.json").write_text(json.dumps(summary, indent=1))
     (out / "fragility.md").write_text(fragility_table(summary))
-    plot(summary, out / "damage.png", f"{model_name} on {config['dataset']} ({n} {args.split} sequences, "
-                                      f"{args.target} targets, {args.repeats} repeats)")
+    plot(summary, out / "damage.png", f"{model_name} on {config['dataset']}: {what}; {args.target} targets, "
+                                      f"{args.repeats} repeats")
     print(fragility_table(summary), flush=True)
     return summary
 
 
-def summarise(rows, args):
+def summarise(rows, args, metrics):
     groups = {}
     for group in args.which:
         curve = []
         for it in range(args.iterations + 1):
             at = [r for r in rows if r["group"] == group and r["iteration"] == it]
             entry = {"iteration": it}
-            for key in ("share_damaged", "psnr", "ssim"):
+            for key in ("share_damaged", *metrics):
                 values = torch.tensor([r[key] for r in at], dtype=torch.float64)
                 entry[key] = float(values.mean())
                 entry[f"{key}_std"] = float(values.std()) if len(values) > 1 else 0.0
             curve.append(entry)
         first, last = curve[0], curve[-1]
-        groups[group] = {"curve": curve, "psnr_drop": first["psnr"] - last["psnr"],
-                         "ssim_drop": first["ssim"] - last["ssim"], "share_damaged": last["share_damaged"]}
+        groups[group] = {"curve": curve, "share_damaged": last["share_damaged"],
+                         **{f"{m}_drop": first[m] - last[m] for m in metrics}}
     return {"iterations": args.iterations, "hits": args.hits, "target": args.target, "repeats": args.repeats,
-            "include_buffers": args.include_buffers, "seed": args.seed, "groups": groups}
+            "include_buffers": args.include_buffers, "seed": args.seed, "metrics": list(metrics), "groups": groups}
 
 
 def fragility_table(summary):
-    lines = [f"| group | share damaged after {summary['iterations']} x {summary['hits']} hits | PSNR drop (dB) | "
-             f"SSIM drop |", "|---|---|---|---|"]
-    ranked = sorted(summary["groups"].items(), key=lambda kv: -kv[1]["psnr_drop"])
+    """Groups ranked by the drop of the first metric (PSNR; VDSM: reconstruction agreement)."""
+    metrics = summary["metrics"]
+    lines = [f"| group | share damaged after {summary['iterations']} x {summary['hits']} hits | "
+             + " | ".join(f"{m} drop" for m in metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    ranked = sorted(summary["groups"].items(), key=lambda kv: -kv[1][f"{metrics[0]}_drop"])
     for group, g in ranked:
-        lines.append(f"| {group} | {100 * g['share_damaged']:.3f}% | {g['psnr_drop']:.2f} | {g['ssim_drop']:.4f} |")
+        lines.append(f"| {group} | {100 * g['share_damaged']:.3f}% | "
+                     + " | ".join(f"{g[f'{m}_drop']:.4f}" for m in metrics) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -276,15 +371,19 @@ def plot(summary, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    metrics = summary["metrics"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
+    axes = axes[0]
     for group, g in summary["groups"].items():
         share = [100 * c["share_damaged"] for c in g["curve"]]
-        for ax, key in zip(axes, ("psnr", "ssim")):
+        for ax, key in zip(axes, metrics):
             mean = torch.tensor([c[key] for c in g["curve"]])
             std = torch.tensor([c[f"{key}_std"] for c in g["curve"]])
             ax.plot(share, mean.numpy(), label=group)
             ax.fill_between(share, (mean - std).numpy(), (mean + std).numpy(), alpha=0.25)
-    for ax, label in zip(axes, ("PSNR (dB)", "SSIM")):
+    labels = {"psnr": "PSNR (dB)", "ssim": "SSIM"}
+    for ax, key in zip(axes, metrics):
+        label = labels.get(key, f"{key.replace('_', ' ')} (judge)")
         ax.set_xlabel("share of the group's values damaged (%)")
         ax.set_ylabel(label)
         ax.set_xscale("symlog", linthresh=0.01)

@@ -83,14 +83,34 @@ def test_damage_command_writes_curves_and_pictures_and_leaves_the_run_alone(srvp
     assert (tmp_path / "c" / "damage.csv").read_text() != (out / "damage.csv").read_text()
 
 
-def test_damage_refuses_unknown_groups_and_vdsm_runs(srvp_run, data_dirs, tmp_path, capsys):
+def test_damage_refuses_unknown_groups(srvp_run, data_dirs, tmp_path, capsys):
     run, root = srvp_run
     assert damage_main(["--run", str(run), "--mnist", str(data_dirs.mnist), "--data-root", str(root), "--which",
                         "wings", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "wings" in err[0] and "encoder" in err[0] and not (tmp_path / "x").exists()
-    vdsm_run = tmp_path / "vdsm"
-    vdsm_run.mkdir()
-    (vdsm_run / "config.json").write_text(json.dumps({"dataset": "sprites", "model": {}}))
-    assert damage_main(["--run", str(vdsm_run)]) == 2
-    assert "vdsm run" in capsys.readouterr().err
+
+
+def test_damage_measures_a_vdsm_run_with_the_judge(tmp_path, data_dirs, capsys):
+    from experiments.run import main
+    from tests_helpers import tiny_run_flags
+
+    run, root = tmp_path / "vdsm", tmp_path / "root"
+    assert main(["--dataset", "sprites", "--sprites-layers", str(data_dirs.sprites), "--data-root", str(root),
+                 "--out", str(run), *tiny_run_flags(steps=2)]) == 0
+    out = tmp_path / "damage"
+    assert damage_main(["--run", str(run), "--sprites-layers", str(data_dirs.sprites), "--data-root", str(root),
+                        "--judge-steps", "3", "--iterations", "2", "--hits", "30", "--repeats", "1", "--sequences",
+                        "6", "--which", "all", "model1.decoder", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "damage.json").read_text())
+    assert summary["metrics"] == ["reconstruction", "generation_action", "generation_attributes", "transfer"]
+    for group in ("all", "model1.decoder"):
+        curve = summary["groups"][group]["curve"]
+        assert len(curve) == 3 and curve[0]["share_damaged"] == 0 < curve[1]["share_damaged"]
+        for c in curve:
+            assert all(0 <= c[m] <= 1 for m in summary["metrics"])
+        assert (out / f"damage_{group}.gif").stat().st_size > 0
+    assert "| model1.decoder |" in (out / "fragility.md").read_text()
+    # stage 2 shares stage 1's decoder: one group, named once
+    assert damage_main(["--run", str(run), "--which", "model2.decoder", "--out", str(tmp_path / "y")]) == 2
+    assert "model1.decoder" in capsys.readouterr().err
