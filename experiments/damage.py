@@ -204,9 +204,7 @@ class VDSMSubject:
 
     def __init__(self, vdsm, judge, items, seed):
         self.vdsm, self.judge, self.items, self.seed = vdsm, judge, items, seed
-        # one container for the four networks; stage 2 shares stage 1's encoder and decoder
-        self.nets = nn.ModuleDict({"model1": vdsm.model1, "guide1": vdsm.guide1, "model2": vdsm.model2,
-                                   "guide2": vdsm.guide2})
+        self.nets = vdsm_networks(vdsm)
         self.x = torch.stack([it[0] for it in items[:4]]).to(vdsm.device)
 
     def measure(self):
@@ -234,6 +232,20 @@ class VDSMSubject:
         return self.last
 
 
+def vdsm_networks(vdsm):
+    """One container for VDSM's four networks (stage 2 shares stage 1's encoder and decoder)."""
+    return nn.ModuleDict({"model1": vdsm.model1, "guide1": vdsm.guide1, "model2": vdsm.model2,
+                          "guide2": vdsm.guide2})
+
+
+def check_groups(args, nets, model_name):
+    groups = submodules(nets)
+    unknown = [g for g in args.which if g != "all" and g not in groups]
+    if unknown:
+        raise UsageError(f"--which {' '.join(unknown)}: not a part of this {model_name} model; "
+                         f"choose from all {' '.join(groups)}")
+
+
 def _cuda(device):
     return [device.index or 0] if device.type == "cuda" else []
 
@@ -256,6 +268,7 @@ def damage(args):
     folder = {own: getattr(args, own)} if own and getattr(args, own) else {}
     if model_name in PREDICTION_MODELS:
         api = api_class(model_name).load(run_dir, device)
+        check_groups(args, api.nets, model_name)  # before any data is read
         n_past, n_future = config["model"]["n_past"], config["eval"]["n_future"]
         sequences = data.get_dataset(config["dataset"], args.split, args.data_root, seq_len=n_past + n_future,
                                      **folder)
@@ -270,6 +283,7 @@ def damage(args):
         if config["dataset"] not in JUDGES:
             raise UsageError(f"no judge for dataset {config['dataset']!r}: judges exist for {', '.join(JUDGES)}")
         vdsm = VDSM.load(run_dir, device)
+        check_groups(args, vdsm_networks(vdsm), model_name)
         options = {"seq_len": config["stage2"]["seq_len"], **folder}
         sequences = data.get_dataset(config["dataset"], args.split, args.data_root, **options)
         n = min(args.sequences, len(sequences))
@@ -281,11 +295,6 @@ def damage(args):
         subject = VDSMSubject(vdsm, judge, items, args.seed)
         truth = torch.cat([subject.x, subject.x], -1)
         what = f"{n} {args.split} sequences, judge protocols (columns: reconstruction | action transfer)"
-    groups = submodules(subject.nets)
-    unknown = [g for g in args.which if g != "all" and g not in groups]
-    if unknown:
-        raise UsageError(f"--which {' '.join(unknown)}: not a part of this {model_name} model; "
-                         f"choose from all {' '.join(groups)}")
     out = Path(args.out) if args.out else run_dir / "damage"
     out.mkdir(parents=True, exist_ok=True)
     pristine = copy.deepcopy(subject.nets.state_dict())

@@ -94,11 +94,14 @@ class PredictionMonitor:
                 "ssim": round(float(s), 5), "ssim_ci95": round(float(s_ci), 5)}
 
 
+SLACK_SECONDS = 10.0  # an evaluation falls due when a budget is reached: just after the step that crosses it
+
+
 def at_budgets(rows, budgets_seconds):
-    """For each budget, the last evaluation within it (None when there is none)."""
+    """For each budget, the last evaluation within it (+ ``SLACK_SECONDS``; None when there is none)."""
     out = []
     for budget in budgets_seconds:
-        inside = [r for r in rows if r["train_seconds"] <= budget]
+        inside = [r for r in rows if r["train_seconds"] <= budget + SLACK_SECONDS]
         out.append({"minutes": budget / 60, **({k: inside[-1][k] for k in ("step", "train_seconds", "psnr", "ssim")}
                                                if inside else {"psnr": None, "ssim": None})})
     return out

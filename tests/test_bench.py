@@ -190,3 +190,13 @@ def test_prediction_quality_checks_every_model_flags_before_training(tmp_path, d
     with pytest.raises(SystemExit) as exit_:   # prediction-only options with another part: refused
         bench_main(["--only", "steps", "--models", "srvp"])
     assert exit_.value.code == 2 and "--only prediction" in capsys.readouterr().err
+
+
+def test_prediction_budgets_take_the_evaluation_due_at_each_budget():
+    from experiments.prediction_quality import at_budgets
+
+    rows = [{"train_seconds": t, "step": k, "psnr": float(k), "ssim": k / 10} for k, t in
+            enumerate([300.2, 600.4, 1650.0, 1900.0], 1)]
+    table = at_budgets(rows, [300, 600, 900, 1800])
+    assert [r["step"] for r in table] == [1, 2, 2, 3]    # 300.2 s is the 5-minute evaluation
+    assert at_budgets(rows, [100])[0]["psnr"] is None

@@ -336,7 +336,8 @@ def test_loaded_runs_are_in_eval_mode_and_seeded_calls_repeat_exactly(tmp_path):
     a, b = frames(3, 4), frames(3, 4)
     calls = {"reconstruct": lambda: loaded.reconstruct(a), "generate": lambda: loaded.generate(3, 4),
              "swap_identity": lambda: loaded.swap_identity(a, b), "transfer_action": lambda: loaded.transfer_action(a, b),
-             "fix_dynamics": lambda: loaded.fix_dynamics(a), "fix_identity": lambda: loaded.fix_identity(a)}
+             "fix_dynamics": lambda: loaded.fix_dynamics(a), "fix_identity": lambda: loaded.fix_identity(a),
+             "predict": lambda: loaded.predict(a[:, :2], 3)}
     for name, call in calls.items():
         torch.manual_seed(7)
         first = call()
@@ -344,6 +345,26 @@ def test_loaded_runs_are_in_eval_mode_and_seeded_calls_repeat_exactly(tmp_path):
         assert torch.equal(first, call()), name
     torch.manual_seed(8)
     assert not torch.equal(loaded.generate(3, 4), calls["generate"]())  # the seed matters
+
+
+def test_vdsm_predicts_futures_from_the_learned_transition():
+    torch.manual_seed(0)
+    vdsm = VDSM(TINY).eval()
+    x = frames(2, 3)
+    with pytest.raises(ValueError, match="stage-2"):
+        vdsm.predict(x, 2)
+    vdsm.has_stage2 = True
+    draws = vdsm.predict(x, 4, n_samples=3)
+    assert draws.shape == (3, 2, 7, *x.shape[2:]) and torch.equal(draws[:, :, :3], x.expand(3, -1, -1, -1, -1, -1))
+    assert not torch.equal(draws[0, :, 3:], draws[1, :, 3:])      # futures drawn from the transition
+    # the identity and dynamics come from the past frames: other frames, other futures
+    other = frames(2, 3)
+    torch.manual_seed(1)
+    mine = vdsm.predict(x, 4)
+    torch.manual_seed(1)
+    assert not torch.equal(mine[:, 3:], vdsm.predict(other, 4)[:, 3:])
+    torch.manual_seed(1)
+    assert torch.equal(mine, vdsm.predict(x, 4))
 
 
 def test_reference_guide_inputs_hide_the_frame_poses_from_the_stage2_guide():

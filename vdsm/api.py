@@ -196,6 +196,23 @@ class VDSM:
         return self._decode(latents, action_x.shape[0], action_x.shape[1])
 
     @torch.no_grad()
+    def predict(self, x_past, n_future, n_samples=None):
+        """Frames [B, n_past + n_future, C, H, W]: ``x_past``, then futures. The identity, the
+        dynamics and the poses z_1..z_{n_past} are the posterior means given ``x_past``; the later
+        poses are drawn from the learned transition, frames at their mean. With ``n_samples``,
+        that many draws stacked first (as ``PredictionModelAPI.predict``). Needs stage 2."""
+        if not self.has_stage2:
+            raise ValueError("prediction needs the stage-2 dynamics model: train stage 2 (--stage both)")
+        if n_samples is not None:
+            return torch.stack([self.predict(x_past, n_future) for _ in range(n_samples)])
+        x_past = x_past.to(self.device)
+        b, n_past = x_past.shape[:2]
+        latents = self._latents(self.posterior(x_past))
+        future = {f"z_{t}" for t in range(n_past + 1, n_past + n_future + 1)}
+        frames = self._decode(latents, b, n_past + n_future, sampled=future)
+        return torch.cat([x_past, frames[:, n_past:]], 1)
+
+    @torch.no_grad()
     def fix_dynamics(self, x):
         """Keep the dynamics of ``x`` (posterior means: "dynamics" and "z_1" in stage 2, every
         pose with stage 1 only), draw a new identity from the prior."""
