@@ -267,7 +267,8 @@ def main(argv=None):
     args.budget_minutes = args.budget_minutes or 30.0
     args.quality_out = args.quality_out or ("bench_prediction" if prediction else "bench_quality")
     args.every_minutes = args.every_minutes if args.every_minutes is not None else (5.0 if prediction else 3.0)
-    args.val_sequences = args.val_sequences or (64 if prediction else 128)
+    if args.val_sequences is None:
+        args.val_sequences = 64 if prediction else 128
     if args.val_sequences < 1 or args.repeats < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
         p.error("--val-sequences, --repeats and --batch-sizes must be at least 1, --warmup at least 0")
     from vdsm.runtime import keep_freed_memory

@@ -13,7 +13,6 @@ Writes, per model, ``<out>/<model>/run`` (the run folder) and ``<out>/<model>/pr
 (a row per evaluation, written as it goes); for all models together ``prediction_quality.json``
 (rows, and PSNR/SSIM at each budget: the last evaluation within it) and ``prediction_quality.png``.
 """
-import csv
 import json
 import time
 from pathlib import Path
@@ -25,21 +24,23 @@ from vdsm.metrics.prediction import mean_with_interval, running_best_of_n
 from vdsm.train import forked_rng
 
 from .cli import UsageError
+from .time_to_quality import TimedMonitor
 
 __all__ = ["PredictionMonitor", "prediction_quality"]
 
-COLUMNS = ["train_seconds", "step", "psnr", "psnr_ci95", "ssim", "ssim_ci95", "eval_seconds"]
+COLUMNS = ["train_seconds", "stage", "step", "psnr", "psnr_ci95", "ssim", "ssim_ci95", "eval_seconds"]
 
 
-class PredictionMonitor:
+class PredictionMonitor(TimedMonitor):
     """Called as ``monitor(api, stage, step, last)`` after every optimiser step of a prediction run;
     evaluates when ``every_seconds`` of training time have passed and after the last step.
     ``prepare(args, config)`` (called by the runner before training) loads the val sequences."""
 
+    columns = COLUMNS
+
     def __init__(self, csv_path, every_seconds, val_sequences=64, samples=None, batch_size=32):
-        self.csv_path, self.every = Path(csv_path), every_seconds
+        super().__init__(csv_path, every_seconds)
         self.val_sequences, self.samples, self.batch_size = val_sequences, samples, batch_size
-        self.rows, self.eval_seconds, self.next_due, self.started = [], 0.0, every_seconds, None
         self.x = None
 
     def prepare(self, args, config):
@@ -53,29 +54,10 @@ class PredictionMonitor:
                                **data_options(args, self.n_past + self.n_future))
         n = min(self.val_sequences, len(val))
         self.x = torch.stack([val[i][0] for i in range(n)])  # the first n: a fixed, seeded val draw
-        with self.csv_path.open("w", newline="") as f:
-            csv.writer(f).writerow(COLUMNS)
-        self.started = time.perf_counter()
-
-    def train_seconds(self):
-        return time.perf_counter() - self.started - self.eval_seconds
-
-    def __call__(self, api, stage, step, last):
-        train_seconds = self.train_seconds()
-        if not last and train_seconds < self.next_due:
-            return
-        while 0 < self.every and self.next_due <= train_seconds:  # every <= 0: after every step
-            self.next_due += self.every
-        t0 = time.perf_counter()
-        row = {"train_seconds": round(train_seconds, 1), "step": step, **self.evaluate(api)}
-        row["eval_seconds"] = round(time.perf_counter() - t0, 1)
-        self.eval_seconds += time.perf_counter() - t0
-        self.rows.append(row)
-        with self.csv_path.open("a", newline="") as f:
-            csv.writer(f).writerow([row[c] for c in COLUMNS])
+        self.start()
 
     @torch.no_grad()
-    def evaluate(self, api):
+    def evaluate(self, api, stage):
         was_training = api.nets.training
         api.eval()
         psnr, ssim = [], []

@@ -33,43 +33,58 @@ from vdsm.train import forked_rng
 
 from .cli import UsageError
 
-__all__ = ["QualityMonitor", "time_to_quality"]
+__all__ = ["TimedMonitor", "QualityMonitor", "time_to_quality"]
 
 ATTRIBUTES = list(JUDGES["sprites"].static)
 COLUMNS = ["train_seconds", "stage", "step", "protocol", "action_accuracy", "attribute_accuracy", *ATTRIBUTES,
            "recon_action", "recon_attributes", "eval_seconds"]
 
 
-class QualityMonitor:
-    """Called as ``monitor(vdsm, stage, step, last)`` after every step; evaluates when due.
+class TimedMonitor:
+    """Called as ``monitor(model, stage, step, last)`` after every optimiser step: runs
+    ``self.evaluate(model, stage)`` when ``every_seconds`` of training time (evaluations excluded)
+    have passed and after the last step, and appends a row to ``rows`` and to the CSV of
+    ``columns`` (``start()`` writes its header and starts the clock)."""
 
-    ``items``: the fixed (frames, labels) pairs scored, from the val split.
-    """
+    columns = ()
 
-    def __init__(self, judge, items, csv_path, every_seconds):
-        self.judge, self.items, self.every = judge, items, every_seconds
-        self.csv_path = Path(csv_path)
-        self.rows, self.eval_seconds, self.next_due = [], 0.0, every_seconds
-        self.started = time.perf_counter()
+    def __init__(self, csv_path, every_seconds):
+        self.csv_path, self.every = Path(csv_path), every_seconds
+        self.rows, self.eval_seconds, self.next_due, self.started = [], 0.0, every_seconds, None
+
+    def start(self):
         with self.csv_path.open("w", newline="") as f:
-            csv.writer(f).writerow(COLUMNS)
+            csv.writer(f).writerow(self.columns)
+        self.started = time.perf_counter()
 
     def train_seconds(self):
         return time.perf_counter() - self.started - self.eval_seconds
 
-    def __call__(self, vdsm, stage, step, last):
+    def __call__(self, model, stage, step, last):
         train_seconds = self.train_seconds()
         if not last and train_seconds < self.next_due:
             return
         while 0 < self.every and self.next_due <= train_seconds:  # every <= 0: after every step
             self.next_due += self.every
         t0 = time.perf_counter()
-        row = {"train_seconds": round(train_seconds, 1), "stage": stage, "step": step, **self.evaluate(vdsm, stage)}
+        row = {"train_seconds": round(train_seconds, 1), "stage": stage, "step": step, **self.evaluate(model, stage)}
         row["eval_seconds"] = round(time.perf_counter() - t0, 1)
         self.eval_seconds += time.perf_counter() - t0
         self.rows.append(row)
         with self.csv_path.open("a", newline="") as f:
-            csv.writer(f).writerow([row.get(c, "") for c in COLUMNS])
+            csv.writer(f).writerow([row.get(c, "") for c in self.columns])
+
+
+class QualityMonitor(TimedMonitor):
+    """The judge protocols of a VDSM run when due. ``items``: the fixed (frames, labels) pairs
+    scored, from the val split."""
+
+    columns = COLUMNS
+
+    def __init__(self, judge, items, csv_path, every_seconds):
+        super().__init__(csv_path, every_seconds)
+        self.judge, self.items = judge, items
+        self.start()
 
     @torch.no_grad()
     def evaluate(self, vdsm, stage):
