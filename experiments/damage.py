@@ -161,7 +161,8 @@ def build_parser():
     p.add_argument("--repeats", type=int, default=3, help="independent damage sequences per group (3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sequences", type=int, default=8, help="sequences scored (8; VDSM: the judge's batch)")
-    p.add_argument("--judge-steps", type=int, default=1500, help="VDSM: training steps of the judge if none is cached")
+    p.add_argument("--judge-steps", type=int, default=None,
+                   help="VDSM runs only: training steps of the judge if none is cached (default 1500)")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--include-buffers", action="store_true",
                    help="also damage BatchNorm running statistics and integer buffers (as the fork)")
@@ -266,6 +267,8 @@ def damage(args):
             raise UsageError(f"--{name}={getattr(args, name)} must be at least 1")
     device = choose_device(args.device)
     folder = {own: getattr(args, own)} if own and getattr(args, own) else {}
+    if model_name in PREDICTION_MODELS and args.judge_steps is not None:
+        raise UsageError(f"--judge-steps applies to VDSM runs (their judge), not to this {model_name} run: drop it")
     if model_name in PREDICTION_MODELS:
         api = api_class(model_name).load(run_dir, device)
         check_groups(args, api.nets, model_name)  # before any data is read
@@ -290,7 +293,7 @@ def damage(args):
         order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(args.seed))[:n]
         items = [sequences[int(i)] for i in order]
         judge, _ = load_or_train_judge(config["dataset"], root=args.data_root, device=device,
-                                       steps=args.judge_steps, progress=not args.no_progress, accuracy_on=(),
+                                       steps=args.judge_steps or 1500, progress=not args.no_progress, accuracy_on=(),
                                        **options)
         subject = VDSMSubject(vdsm, judge, items, args.seed)
         truth = torch.cat([subject.x, subject.x], -1)

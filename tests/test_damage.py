@@ -89,6 +89,9 @@ def test_damage_refuses_unknown_groups(srvp_run, data_dirs, tmp_path, capsys):
                         "wings", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "wings" in err[0] and "encoder" in err[0] and not (tmp_path / "x").exists()
+    assert damage_main(["--run", str(run), "--judge-steps", "3", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--judge-steps" in err[0] and not (tmp_path / "x").exists()
 
 
 def test_damage_measures_a_vdsm_run_with_the_judge(tmp_path, data_dirs, capsys):
