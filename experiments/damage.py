@@ -166,6 +166,9 @@ def build_parser():
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--include-buffers", action="store_true",
                    help="also damage BatchNorm running statistics and integer buffers (as the fork)")
+    p.add_argument("--pictures-every", type=int, default=1,
+                   help="a weight picture every N iterations of the first repeat (1; the pictures are most of the "
+                        "cost on small models)")
     p.add_argument("--out", default=None, help="output folder (default RUN/damage)")
     p.add_argument("--device", default=None)
     p.add_argument("--data-root", default=None)
@@ -262,9 +265,9 @@ def damage(args):
     if wrong:
         raise UsageError(f"{', '.join('--' + d.replace('_', '-') for d in sorted(wrong))} do not apply to this "
                          f"{config['dataset']} run: drop them")
-    for name in ("iterations", "hits", "repeats", "sequences"):
+    for name in ("iterations", "hits", "repeats", "sequences", "pictures_every"):
         if getattr(args, name) < 1:
-            raise UsageError(f"--{name}={getattr(args, name)} must be at least 1")
+            raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")
     device = choose_device(args.device)
     folder = {own: getattr(args, own)} if own and getattr(args, own) else {}
     if model_name in PREDICTION_MODELS and args.judge_steps is not None:
@@ -320,7 +323,7 @@ def damage(args):
                 if repeat == 0:
                     if it % max(1, args.iterations // 8) == 0 or it == args.iterations:
                         shown.append(subject.shown())
-                    if it > 0:
+                    if it > 0 and (it % args.pictures_every == 0 or it == args.iterations):
                         hurt.picture(out / "weights" / group / f"iter_{it:03d}.png",
                                      f"{group}, iteration {it}: {100 * hurt.share():.3f}% of {int(hurt.sizes.sum())} "
                                      f"values damaged (red: hit)")
@@ -331,7 +334,7 @@ def damage(args):
     bar.close()
     subject.nets.load_state_dict(pristine)
     summary = summarise(rows, args, subject.metrics)
-    summary.update({"run": str(run_dir), "model": model_name, "dataset": config["dataset"], "split": args.split,
+    summary.update({"departures": departures(args), "run": str(run_dir), "model": model_name, "dataset": config["dataset"], "split": args.split,
                     "sequences": n, "what": what, "seconds": round(time.time() - started, 1),
                     "date": time.strftime("%Y-%m-%d"),
                     "command": "python -m experiments.damage " + " ".join(sys.argv[1:])})
@@ -341,10 +344,23 @@ def damage(args):
         writer.writerows(rows)
     (out / "damage.json").write_text(json.dumps(summary, indent=1))
     (out / "fragility.md").write_text(fragility_table(summary))
-    plot(summary, out / "damage.png", f"{model_name} on {config['dataset']}: {what}; {args.target} targets, "
-                                      f"{args.repeats} repeats")
+    title = f"{model_name} on {config['dataset']}: {what}; {args.target} targets, {args.repeats} repeats"
+    if summary["departures"]:
+        title += "\ndeparts from the protocol: " + "; ".join(summary["departures"])
+    plot(summary, out / "damage.png", title)
     print(fragility_table(summary), flush=True)
     return summary
+
+
+# The protocol's settings (the fork's experiment, with the issue's defaults); a run that changes
+# them says so in its outputs.
+PROTOCOL = {"iterations": 100, "hits": 100, "target": "tensor", "include_buffers": False}
+
+
+def departures(args):
+    """One line per protocol setting this run changes (empty for the default experiment)."""
+    return [f"{key.replace('_', '-')} {getattr(args, key)} (protocol: {value})"
+            for key, value in PROTOCOL.items() if getattr(args, key) != value]
 
 
 def summarise(rows, args, metrics):
@@ -369,7 +385,8 @@ def summarise(rows, args, metrics):
 def fragility_table(summary):
     """Groups ranked by the drop of the first metric (PSNR; VDSM: reconstruction agreement)."""
     metrics = summary["metrics"]
-    lines = [f"| group | share damaged after {summary['iterations']} x {summary['hits']} hits | "
+    lines = [f"Departs from the protocol: {'; '.join(summary['departures'])}\n" if summary.get("departures") else ""]
+    lines += [f"| group | share damaged after {summary['iterations']} x {summary['hits']} hits | "
              + " | ".join(f"{m} drop" for m in metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     ranked = sorted(summary["groups"].items(), key=lambda kv: -kv[1][f"{metrics[0]}_drop"])
     for group, g in ranked:

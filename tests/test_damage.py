@@ -81,6 +81,13 @@ def test_damage_command_writes_curves_and_pictures_and_leaves_the_run_alone(srvp
     assert (tmp_path / "b" / "damage.csv").read_text() == (out / "damage.csv").read_text()
     assert damage_main([*common, "--out", str(tmp_path / "c"), "--seed", "1"]) == 0
     assert (tmp_path / "c" / "damage.csv").read_text() != (out / "damage.csv").read_text()
+    # settings other than the protocol's are labelled in the outputs; --pictures-every thins the pictures
+    assert summary["departures"] == ["iterations 3 (protocol: 100)", "hits 40 (protocol: 100)"]
+    assert "Departs from the protocol: iterations 3" in (out / "fragility.md").read_text()
+    assert damage_main([*common[:-5], "--which", "residual", "--no-progress", "--iterations", "5",
+                        "--pictures-every", "2", "--out", str(tmp_path / "d")]) == 0
+    assert sorted(p.name for p in (tmp_path / "d" / "weights" / "residual").iterdir()) == \
+        ["iter_002.png", "iter_004.png", "iter_005.png"]
 
 
 def test_damage_refuses_unknown_groups(srvp_run, data_dirs, tmp_path, capsys):
@@ -92,6 +99,9 @@ def test_damage_refuses_unknown_groups(srvp_run, data_dirs, tmp_path, capsys):
     assert damage_main(["--run", str(run), "--judge-steps", "3", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--judge-steps" in err[0] and not (tmp_path / "x").exists()
+    assert damage_main(["--run", str(run), "--pictures-every", "0", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--pictures-every=0" in err[0] and not (tmp_path / "x").exists()
 
 
 def test_damage_measures_a_vdsm_run_with_the_judge(tmp_path, data_dirs, capsys):
