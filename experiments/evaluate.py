@@ -155,7 +155,21 @@ def _judge_table(title, section, published):
                      f"| {_fmt(r['H(y)'])} |")
     if section["protocol"]:
         lines += ["| " + " | ".join(row) + " |" for row in published]
-    return lines + [""]
+    lines.append("")
+    for key, what in (("prior_identity", "identities drawn from the prior"),
+                      ("prior_dynamics", "dynamics drawn from the prior")):
+        if key in section:
+            lines += [f"Diversity and confidence of the {what} (the other heads; no label to be right about; "
+                      f"uniform over k classes: H(y) = ln k):", "", "| head | IS | H(y\\|x) | H(y) |", "|---|---|---|---|"]
+            lines += [f"| {head} | {_fmt(r['IS'])} | {_fmt(r['H(y|x)'])} | {_fmt(r['H(y)'])} |"
+                      for head, r in section[key].items()]
+            lines.append("")
+    if "all_static" in section:
+        lines += [f"Every static head right at once: {_fmt(section['all_static'], True)}.", ""]
+    if "frechet_judge" in section:
+        lines += [f"Frechet distance to the real batch's frames (judge frame features, per batch): "
+                  f"{_fmt(section['frechet_judge'])}.", ""]
+    return lines
 
 
 def markdown(dataset, result):
@@ -182,6 +196,11 @@ def markdown(dataset, result):
     if result["split"] == "test":
         for name, value in PUBLISHED.get(dataset, {}).get("consistency", []):
             lines.append(f"| {name} | {value} (overall) |" + " |" * (len(heads) - 1))
+    if "reconstruction" in result:
+        rec = result["reconstruction"]
+        keys = [k for k in rec if k != "what"]
+        lines += ["", f"## Reconstructions: {rec['what']}", "", "| " + " | ".join(keys) + " |",
+                  "|---" * len(keys) + "|", "| " + " | ".join(_fmt(rec[k], True) for k in keys) + " |"]
     tr = result["transfer"]
     keys = [k for k in ("dynamics_of_A", "identity_of_B", "both") if k in tr]
     lines += ["", f"## Transfer ({tr['what']})", "", "| " + " | ".join(keys) + " |", "|---" * len(keys) + "|",

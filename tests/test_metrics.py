@@ -89,6 +89,12 @@ def test_evaluate_cli_on_a_tiny_run(tmp_path, data_dirs):
     assert set(protocol["judge_accuracy"]) == {"action", "body", "bottom", "top", "hair"}  # on the test split
     table = (run / "disentanglement.md").read_text()
     assert "| head | Acc | IS |" in table and "99.53%" in table and "guide sees the frame poses" in table
+    # the diversity of prior samples, the distance of their frames to real ones, reconstructions' accuracy
+    assert set(protocol["fix_dynamics"]["prior_identity"]) == {"body", "bottom", "top", "hair"}
+    assert set(protocol["fix_identity"]["prior_dynamics"]) == {"action"}
+    assert protocol["fix_dynamics"]["frechet_judge"]["mean"] > 0 and "all_static" in protocol["fix_identity"]
+    assert set(protocol["reconstruction"]) == {"what", "action", "body", "bottom", "top", "hair", "all"}
+    assert "identities drawn from the prior" in table and "## Reconstructions" in table
     assert list((env_root / "judges").glob("sprites-*.pt"))  # cached for the next evaluation
     val = _evaluate(run, data_dirs, env_root, "--sprites-layers", data_dirs.sprites, "--split", "val")
     assert val.returncode == 0, val.stderr

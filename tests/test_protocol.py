@@ -29,6 +29,9 @@ class OracleJudge:
             out[head] = torch.nn.functional.one_hot(cls, n).float()
         return out
 
+    def frame_features(self, x):
+        return x.mean((-2, -1)).reshape(-1, x.shape[2])   # [N * T, heads]: each frame's channel means
+
 
 def encode(labels, heads, t=3, size=4):
     """Frames [B, T, heads, size, size] that carry ``labels`` (dict head -> [B])."""
@@ -49,20 +52,21 @@ class StandIn:
     latents are swapped (the "dynamics" latent holds the appearance), so each protocol keeps the
     wrong half."""
 
-    def __init__(self, judge, disentangles=True, has_stage2=True, shows_poses=False):
+    def __init__(self, judge, disentangles=True, has_stage2=True, shows_poses=False, one_identity=False):
         self.judge, self.ok, self.has_stage2, self.shows_poses = judge, disentangles, has_stage2, shows_poses
         self.reference_inputs = False
+        self.one_identity = one_identity   # a collapsed identity prior: every draw is the same character
 
-    def _mix(self, x, keep):
+    def _mix(self, x, keep, collapsed=False):
         heads = self.judge.heads_spec
         labels = decode(x, heads)
         for head, n in heads.items():
             if head not in keep:
-                labels[head] = torch.randint(n, labels[head].shape)
+                labels[head] = torch.zeros_like(labels[head]) if collapsed else torch.randint(n, labels[head].shape)
         return encode(labels, heads, x.shape[1], x.shape[-1])
 
     def fix_dynamics(self, x):
-        return self._mix(x, self.judge.dynamic_heads if self.ok else self.judge.static_heads)
+        return self._mix(x, self.judge.dynamic_heads if self.ok else self.judge.static_heads, self.one_identity)
 
     def fix_identity(self, x):
         return self._mix(x, self.judge.static_heads if self.ok else self.judge.dynamic_heads)
@@ -104,6 +108,25 @@ def test_a_disentangling_model_keeps_what_each_protocol_fixes():
         assert r["fix_identity"]["heads"][head]["accuracy"]["mean"] == 1.0
     assert r["transfer"]["dynamics_of_A"]["mean"] == r["transfer"]["identity_of_B"]["mean"] == 1.0
     assert r["stage"] == 2 and r["fix_dynamics"]["protocol"] and r["transfer"]["protocol"]
+
+
+def test_prior_samples_are_scored_for_diversity_confidence_and_distance_to_real_frames():
+    judge = OracleJudge(SPRITES.dynamic, SPRITES.static)
+    good = judge_protocol(StandIn(judge), judge, dataset(judge), batch_size=128, repeats=3)
+    collapsed = judge_protocol(StandIn(judge, one_identity=True), judge, dataset(judge), batch_size=128, repeats=3)
+    for head in SPRITES.static:   # identities from the prior: diverse and confident, or one character
+        r, c = good["fix_dynamics"]["prior_identity"][head], collapsed["fix_dynamics"]["prior_identity"][head]
+        assert "accuracy" not in r and r["H(y|x)"]["mean"] == pytest.approx(0, abs=1e-6)
+        assert r["H(y)"]["mean"] > math.log(6) - 0.1 and c["H(y)"]["mean"] == pytest.approx(0, abs=1e-6)
+    assert good["fix_identity"]["prior_dynamics"]["action"]["H(y)"]["mean"] > math.log(9) - 0.1
+    assert good["fix_identity"]["all_static"]["mean"] == 1.0
+    assert collapsed["fix_dynamics"]["frechet_judge"]["mean"] > 10 * good["fix_dynamics"]["frechet_judge"]["mean"]
+    # reconstructions, scored against the labels with the reference guide's inputs (this stand-in
+    # then loses the action): each head, and every head at once
+    rec = good["reconstruction"]
+    assert rec["hair"]["mean"] == 1.0 and rec["action"]["mean"] < 0.3 and rec["all"]["mean"] < 0.3
+    bad = judge_protocol(StandIn(judge, disentangles=False), judge, dataset(judge), batch_size=128, repeats=3)
+    assert abs(bad["fix_identity"]["all_static"]["mean"] - 6 ** -4) < 0.02
 
 
 def test_a_model_with_swapped_latents_scores_chance():

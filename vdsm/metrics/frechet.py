@@ -1,6 +1,7 @@
 """Frechet distance between two image sets in the feature space of a trained run's frame encoder."""
 import functools
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,10 @@ def frechet_from_features(a, b):
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of two feature sets [N, D]."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = linalg.sqrtm(cov_a @ cov_b)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    with warnings.catch_warnings():   # a singular product (e.g. a collapsed sample set) is handled below
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root = linalg.sqrtm(cov_a @ cov_b)
     if not np.isfinite(root).all():  # nearly singular product: regularise as the FID code does
         eps = 1e-6 * np.eye(a.shape[1])
         root = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))

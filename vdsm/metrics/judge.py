@@ -85,6 +85,13 @@ class Judge(nn.Module):
         outs = [{k: v.softmax(-1) for k, v in self(chunk).items()} for chunk in x.split(batch_size)]
         return {k: torch.cat([o[k] for o in outs]) for k in self.heads_spec}
 
+    @torch.no_grad()
+    def frame_features(self, x, batch_size=1024):
+        """Per-frame features [N * T, hidden] of frames [N, T, C, H, W] (eval mode), for Frechet distances."""
+        self.eval()
+        frames = x.reshape(-1, *x.shape[-3:])
+        return torch.cat([self.frames(chunk) for chunk in frames.split(batch_size)])
+
 
 def _labels(batch_labels, heads, device):
     return {k: batch_labels[k].to(device) for k in heads}

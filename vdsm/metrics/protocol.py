@@ -6,7 +6,17 @@ protocol runs the part its judge has heads for and says so when it skips the res
 
 * ``fix_dynamics``: the dynamics of a real sequence kept (posterior mean), identity from the
   prior; the dynamic heads score accuracy against the real sequence's labels, IS, H(y|x), H(y).
-* ``fix_identity``: the identity kept, dynamics from the prior; the static heads score the same.
+  The static heads score the diversity and confidence of the prior's identities
+  (``prior_identity``: IS, H(y|x), H(y); no accuracy, since a new identity has no label).
+* ``fix_identity``: the identity kept, dynamics from the prior; the static heads score the same,
+  ``all_static`` the share with every static head right at once, and ``prior_dynamics`` the
+  dynamic heads' diversity (e.g. action H(y): do prior dynamics give every action?).
+* Both generated sets also get ``frechet_judge``: the Frechet distance between their frames and
+  the real batch's frames in the judge's frame features (an independent network, unlike the
+  run's own encoder), when the judge has ``frame_features``. It is computed per batch (128 x T
+  frames by default) and so is biased upwards by the batch size: compare at equal sizes only.
+* ``reconstruction``: the judge's accuracy against the labels on reconstructions (the reference
+  guide's inputs), per head and with every head right at once (``all``).
 * ``consistency`` (VDSM's own "accuracy consistency", not comparable with the above):
   agreement of the judge on real sequences and on their reconstructions, with the reference
   guide's inputs (``model.reference_guide_inputs()``; for VDSM with ``--guide-pose-input`` the
@@ -52,6 +62,16 @@ def _aggregate(rows):
     return {k: _mean_std([r[k] for r in rows]) for k in rows[0]}
 
 
+def _all_right(probs, labels, heads):
+    return torch.stack([probs[h].argmax(-1) == labels[h] for h in heads]).all(0).float().mean().item()
+
+
+def _frechet(judge, generated, real):
+    from .frechet import frechet_from_features
+
+    return frechet_from_features(judge.frame_features(generated).cpu(), judge.frame_features(real).cpu())
+
+
 def _agreement(a, b, heads):
     return {k: (a[k].argmax(-1) == b[k].argmax(-1)).float().mean().item() for k in heads}
 
@@ -69,7 +89,10 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
     reference_inputs = getattr(model, "reference_guide_inputs", contextlib.nullcontext)
     generator = torch.Generator().manual_seed(seed)
     rows = {"fix_dynamics": {h: [] for h in dynamic}, "fix_identity": {h: [] for h in static}, "consistency": [],
-            "consistency_with_pose_input": [], "transfer": []}
+            "consistency_with_pose_input": [], "transfer": [], "prior_identity": {h: [] for h in static},
+            "prior_dynamics": {h: [] for h in dynamic}, "all_static": [], "reconstruction": [],
+            "frechet_fix_dynamics": [], "frechet_fix_identity": []}
+    frechet = hasattr(judge, "frame_features")
     for _ in tqdm(range(repeats), desc="judge protocols", disable=not progress, dynamic_ncols=True):
         idx = torch.randperm(len(dataset), generator=generator)[: min(batch_size, len(dataset))]
         items = [dataset[int(i)] for i in idx]
@@ -77,16 +100,31 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
         labels = {k: torch.tensor([it[1][k] for it in items], device=device) for k in judge.heads_spec}
         torch.manual_seed(int(torch.randint(2 ** 31, (), generator=generator)))
         if dynamic:
-            generated = judge.predict(model.fix_dynamics(x))
+            frames = model.fix_dynamics(x)
+            generated = judge.predict(frames)
             for head in dynamic:
                 rows["fix_dynamics"][head].append(prediction_summary(generated[head], labels[head]))
+            for head in static:
+                rows["prior_identity"][head].append(prediction_summary(generated[head]))
+            if frechet:
+                rows["frechet_fix_dynamics"].append(_frechet(judge, frames, x))
         if static:
-            generated = judge.predict(model.fix_identity(x))
+            frames = model.fix_identity(x)
+            generated = judge.predict(frames)
             for head in static:
                 rows["fix_identity"][head].append(prediction_summary(generated[head], labels[head]))
+            for head in dynamic:
+                rows["prior_dynamics"][head].append(prediction_summary(generated[head]))
+            rows["all_static"].append(_all_right(generated, labels, static))
+            if frechet:
+                rows["frechet_fix_identity"].append(_frechet(judge, frames, x))
         real = judge.predict(x)
         with reference_inputs():
-            rows["consistency"].append(_agreement(real, judge.predict(model.reconstruct(x)), judge.heads_spec))
+            rebuilt = judge.predict(model.reconstruct(x))
+        rows["consistency"].append(_agreement(real, rebuilt, judge.heads_spec))
+        rows["reconstruction"].append({**{h: (rebuilt[h].argmax(-1) == labels[h]).float().mean().item()
+                                          for h in judge.heads_spec},
+                                       "all": _all_right(rebuilt, labels, judge.heads_spec)})
         if pose_input:
             rows["consistency_with_pose_input"].append(_agreement(real, judge.predict(model.reconstruct(x)),
                                                                   judge.heads_spec))
@@ -103,16 +141,27 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
             row["both"] = (ok_a & ok_b).float().mean().item()
         rows["transfer"].append(row)
 
-    def section(name, heads):
+    def section(name, heads, others):
         if not heads:
             kind = "dynamic" if name == "fix_dynamics" else "static"
             return {"skipped": f"the judge has no {kind} head"}
-        return {"what": WHAT[name][stage == 1], "protocol": stage == 2,
-                "heads": {h: _aggregate(rows[name][h]) for h in heads}}
+        out = {"what": WHAT[name][stage == 1], "protocol": stage == 2,
+               "heads": {h: _aggregate(rows[name][h]) for h in heads}}
+        diversity = "prior_identity" if name == "fix_dynamics" else "prior_dynamics"
+        if others:
+            out[diversity] = {h: _aggregate(rows[diversity][h]) for h in others}
+        if name == "fix_identity":
+            out["all_static"] = _mean_std(rows["all_static"])
+        if rows["frechet_" + name]:
+            out["frechet_judge"] = _mean_std(rows["frechet_" + name])
+        return out
 
     result = {"stage": stage, "batch_size": int(min(batch_size, len(dataset))), "repeats": repeats,
               "dynamic_heads": dynamic, "static_heads": static,
-              "fix_dynamics": section("fix_dynamics", dynamic), "fix_identity": section("fix_identity", static),
+              "fix_dynamics": section("fix_dynamics", dynamic, static),
+              "fix_identity": section("fix_identity", static, dynamic),
+              "reconstruction": {"what": "judge accuracy on reconstructions (the reference guide's inputs)",
+                                 **_aggregate(rows["reconstruction"])},
               "consistency": {"what": "judge on real sequences vs on their reconstructions (VDSM's own metric)",
                               "guide_inputs": "the reference guide's (no frame poses)",
                               "heads": _aggregate(rows["consistency"])},
