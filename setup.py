@@ -17,7 +17,7 @@ setup(
         "scikit-learn>=1.3,<2",
         "antialiased-cnns>=0.3,<1",
         "tqdm>=4.60,<5",
-        "pillow>=9,<14",
+        "pillow>=10.1,<14",
         "tensorboard>=2.12,<3",
         "matplotlib>=3.6,<4",
         "scipy>=1.10,<2",
