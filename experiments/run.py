@@ -38,7 +38,7 @@ from vdsm.batches import ResumableBatches
 from vdsm.checkpoint import CheckpointManager, write_text_atomic
 from vdsm.runtime import keep_freed_memory
 from vdsm.train import TrainOptions, train_stage
-from vdsm.viz import save_gif, save_grid, sequence_strip
+from vdsm.viz import save_gif, save_labelled_grid, sequence_strip
 
 from .cli import UsageError, choose_device, choose_preset, cli_main, first_line
 from .configs import load_preset, load_svg_preset
@@ -440,7 +440,9 @@ def evaluate_and_draw(vdsm, args, config, run_dir, device):
 def draw_pictures(vdsm, dataset, order, run_dir, seq_len, device):
     n, k, mid = 8, 6, seq_len // 2
     x = torch.stack([dataset[int(i)][0] for i in order[:n]]).to(device)
-    save_grid(sequence_strip(x, vdsm.reconstruct(x)), run_dir / "reconstructions.png", nrow=seq_len)
+    save_labelled_grid(sequence_strip(x, vdsm.reconstruct(x)), run_dir / "reconstructions.png", nrow=seq_len,
+                       row_labels=["real", "reconstruction"],
+                       title=f"val sequences and their reconstructions, frames 1-{seq_len} left to right")
     # identity swap grid: top row identity sources, left column pose sources, cell = mid frame
     pose = x[:k]
     ident = torch.stack([dataset[int(i)][0] for i in order[n:n + k]]).to(device)
@@ -448,10 +450,15 @@ def draw_pictures(vdsm, dataset, order, run_dir, seq_len, device):
     for i in range(k):
         swapped = vdsm.swap_identity(pose[i:i + 1].expand(k, *pose.shape[1:]), ident)
         cells += [pose[i, mid]] + [swapped[j, mid] for j in range(k)]
-    save_grid(torch.stack(cells), run_dir / "identity_swap.png", nrow=k + 1)
+    save_labelled_grid(torch.stack(cells), run_dir / "identity_swap.png", nrow=k + 1,
+                       row_labels=["identities"] + [f"poses of {i + 1}" for i in range(k)],
+                       column_labels=["poses"] + [f"identity {j + 1}" for j in range(k)],
+                       title=f"identity swap: poses of the row, identity of the column (frame {mid + 1})")
     # action transfer: rows of (action source, identity source, transfer) sequences
     transfer = vdsm.transfer_action(pose, ident)
-    save_grid(sequence_strip(pose, ident, transfer), run_dir / "action_transfer.png", nrow=seq_len)
+    save_labelled_grid(sequence_strip(pose, ident, transfer), run_dir / "action_transfer.png", nrow=seq_len,
+                       row_labels=["action from", "identity from", "transfer"],
+                       title="action transfer: dynamics and first pose of the first row, identity of the second")
     save_gif(torch.cat([pose, ident, transfer], -1), run_dir / "action_transfer.gif")
 
 
@@ -476,6 +483,12 @@ def run_vdsm(args, config, run_dir, device, rank, world_size, monitor):
         metrics[stage] = without_losses(run_stage(vdsm, stage, args, config, run_dir, device, writer, rank,
                                                    world_size, monitor))
     vdsm.has_stage2 = "stage2" in stages
+    if rank == 0 and vdsm.config.identity_prior_components > 0:
+        from .fit_prior import fit_and_save
+
+        metrics["identity_prior"] = fit_and_save(vdsm, run_dir, args.dataset, config["train_split"],
+                                                 dataset_options(args, config, "stage2"),
+                                                 vdsm.config.identity_prior_components, args.data_root, config["seed"])
     if rank == 0:
         metrics["evaluation"] = evaluate_and_draw(vdsm, args, config, run_dir, device)
         metrics["wall_seconds"] = time.time() - started

@@ -40,6 +40,9 @@ class VDSMConfig:
     learned_identity_loc: bool = False  # identity prior N(m, 1/n) with m learned in stage 1 (reference: m = 0)
     learned_dynamics_prior: bool = False  # dynamics prior N(m, s) with m, s learned in stage 2 (reference: N(0, 1/n))
     guide_pose_input: float = 0.0  # share of training sequences whose stage-2 combiner sees the frame poses (0: reference)
+    # 0: identities drawn from the Gaussian prior (reference); N > 0: after training, from a mixture of at
+    # most N components fitted to the training identities (vdsm.identity_prior); training is unchanged
+    identity_prior_components: int = 0
 
     def to_dict(self):
         return asdict(self)
@@ -65,6 +68,9 @@ class VDSMConfig:
             raise ValueError(f"emission_scale={self.emission_scale} must be positive")
         if not 0 <= self.rnn_dropout < 1:
             raise ValueError(f"rnn_dropout={self.rnn_dropout} must be in [0, 1)")
+        if self.identity_prior_components < 0:
+            raise ValueError(f"identity_prior_components={self.identity_prior_components} must be >= 0 "
+                             f"(0: the reference's Gaussian prior)")
         if self.identity_scale_max < 0:
             raise ValueError(f"identity_scale_max={self.identity_scale_max} must be >= 0 (0 means unbounded)")
         if not 0 <= self.guide_pose_input <= 1:
@@ -77,6 +83,9 @@ class VDSMStage1Model(StateSpaceVideoModel):
     """Stage 1: identity ~ N(0, 1/n_experts) (or a learned mean), z_t ~ N(0, I) iid, x_t from the
     mixture-of-experts decoder.
 
+    After training the prior may be replaced by a mixture fitted to the training identities
+    (``identity_mixture``, see ``vdsm.identity_prior``), which is then what identities are drawn from.
+
     With ``learned_identity_loc`` the identity prior's mean is a parameter (``identity_loc``,
     shared with stage 2 and frozen there): with a down-weighted identity KL the posterior
     identities drift away from 0 as a whole, and identities drawn from a zero-mean prior then
@@ -84,6 +93,7 @@ class VDSMStage1Model(StateSpaceVideoModel):
     """
 
     frame_prior = IndependentNormal()
+    identity_mixture = None   # a vdsm.identity_prior.IdentityMixture fitted after training, or None
 
     def __init__(self, config: VDSMConfig):
         super().__init__()
@@ -93,6 +103,8 @@ class VDSMStage1Model(StateSpaceVideoModel):
         self.identity_loc = nn.Parameter(torch.zeros(config.n_experts)) if config.learned_identity_loc else None
 
     def static_prior(self, batch, ref):
+        if self.identity_mixture is not None:
+            return self.identity_mixture.distribution(batch)
         n = self.config.n_experts
         loc = ref.new_zeros(batch, n) if self.identity_loc is None else self.identity_loc.expand(batch, n)
         return dist.Normal(loc, 1.0 / n).to_event(1)

@@ -12,10 +12,13 @@ from guides.vdsm import VDSMStage1Guide, VDSMStage2Guide
 from models.vdsm import VDSMConfig, VDSMStage1Model, VDSMStage2Model
 
 from .annealing import Schedule
-from .checkpoint import CheckpointError, CheckpointManager
+from .checkpoint import CheckpointError, CheckpointManager, load_checkpoint, save_checkpoint
+from .identity_prior import IdentityMixture, fit_identity_mixture, posterior_identities
 from .train import load_param_store_state
 
 __all__ = ["VDSM", "use_means", "guide_factory"]
+
+IDENTITY_PRIOR_FILE = "identity_prior.pt"   # in the run's checkpoints folder, when fitted
 
 
 def guide_factory(spec):
@@ -101,7 +104,38 @@ class VDSM:
             vdsm.guide2.load_state_dict(state["guide"])
             load_param_store_state(state.get("param_store", {}))
             vdsm.has_stage2 = True
+        prior = run_dir / "checkpoints" / IDENTITY_PRIOR_FILE
+        if prior.is_file():
+            vdsm.set_identity_prior(IdentityMixture.from_state_dict(load_checkpoint(prior, "cpu")["mixture"]))
         return vdsm.eval()
+
+    def set_identity_prior(self, mixture):
+        """Draw identities from ``mixture`` (an ``IdentityMixture``; None: the Gaussian prior again)."""
+        mixture = None if mixture is None else mixture.to(self.device)
+        self.model1.identity_mixture = self.model2.identity_mixture = mixture
+        return self
+
+    @torch.no_grad()
+    def fit_identity_prior(self, train, val, max_components, seed=0):
+        """Fit the identity mixture to the posterior identities of ``train`` (datasets of (frames,
+        labels)), its size chosen by the mean log-likelihood of ``val``'s identities, and use it.
+        Returns a summary: sizes tried, the one kept, the scale floor."""
+        self.eval()
+        train_locs, min_scale = posterior_identities(self.guide1.encoder, train, self.device)
+        val_locs, _ = posterior_identities(self.guide1.encoder, val, self.device)
+        mixture, tried = fit_identity_mixture(train_locs, val_locs, min_scale=min_scale,
+                                              max_components=max_components, seed=seed)
+        self.set_identity_prior(mixture)
+        return mixture, {"what": "identities drawn from a diagonal Gaussian mixture fitted after training to the "
+                                 "posterior identities of the training sequences; size chosen on val",
+                         "components": int(mixture.loc.shape[0]), "max_components": max_components,
+                         "min_scale": min_scale, "train_sequences": len(train), "val_sequences": len(val),
+                         "tried": tried}
+
+    @staticmethod
+    def save_identity_prior(run_dir, mixture, summary):
+        save_checkpoint(Path(run_dir) / "checkpoints" / IDENTITY_PRIOR_FILE,
+                        {"mixture": mixture.state_dict(), "summary": json.dumps(summary)})
 
     def use_guide2(self, spec, batch_size=None, seq_len=None):
         """Replace the stage-2 guide by ``guide_factory(spec)(self)``; with a batch shape, run it once

@@ -1,0 +1,90 @@
+"""The identity prior fitted after training: EM, the size chosen on val, and the runs that use it."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from pyro import poutine
+
+from vdsm.identity_prior import IdentityMixture, fit_identity_mixture, fit_mixture
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def clusters(n_per, centres, spread, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([c + spread * torch.randn(n_per, centres.shape[1], generator=g) for c in centres])
+
+
+CENTRES = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def test_em_finds_separated_clusters_and_the_log_density_matches_the_distribution():
+    x = clusters(200, CENTRES, 0.05, seed=0)
+    mixture, train_ll = fit_mixture(x, 4, min_scale=1e-3)
+    found = sorted(mixture.loc.tolist())
+    assert torch.allclose(torch.tensor(found), torch.tensor(sorted(CENTRES.tolist())), atol=0.02)
+    assert torch.allclose(mixture.scale, torch.full_like(mixture.scale, 0.05), atol=0.01)
+    assert torch.allclose(mixture.logits.exp(), torch.full((4,), 0.25), atol=0.01)
+    reference = mixture.distribution(len(x)).log_prob(x)   # pyro's MixtureSameFamily, built from [N, K, D]
+    assert torch.allclose(mixture.log_prob(x).float(), reference, atol=1e-3)
+    assert train_ll == pytest.approx(float(reference.mean()), abs=1e-3)
+    # the scale floor: a component is never narrower than the posterior of one sequence
+    tight, _ = fit_mixture(x, 4, min_scale=0.2)
+    assert float(tight.scale.min()) >= 0.2 - 1e-6
+
+
+def test_the_mixture_size_is_chosen_by_the_val_likelihood():
+    train, val = clusters(100, CENTRES, 0.05, seed=1), clusters(30, CENTRES, 0.05, seed=2)
+    mixture, tried = fit_identity_mixture(train, val, min_scale=1e-3, max_components=64)
+    assert [row["components"] for row in tried] == [1, 4, 16, 64]
+    best = max(tried, key=lambda row: row["val_loglik"])
+    assert mixture.loc.shape[0] == best["components"]
+    assert tried[1]["val_loglik"] > tried[0]["val_loglik"] + 1   # four clusters beat one Gaussian
+    # one training point per cluster: a large mixture overfits train and val says so
+    few, tried = fit_identity_mixture(CENTRES, clusters(30, CENTRES, 0.3, seed=3), min_scale=0.3, max_components=4)
+    assert [row["components"] for row in tried] == [1, 4]
+
+
+def test_state_round_trip_and_device_move():
+    mixture, _ = fit_mixture(clusters(50, CENTRES, 0.1, seed=4), 4, min_scale=1e-3)
+    back = IdentityMixture.from_state_dict(mixture.state_dict()).to("cpu")
+    x = torch.rand(5, 3)
+    assert torch.equal(back.log_prob(x), mixture.log_prob(x))
+
+
+def test_a_run_with_a_fitted_identity_prior_draws_identities_from_it(tmp_path, data_dirs):
+    """--identity-prior-components: the runner fits the mixture after training, VDSM.load uses it
+    for every identity drawn from the prior; fit_prior does the same for a run trained without it."""
+    from tests_helpers import tiny_run_flags
+    from vdsm.api import VDSM
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "experiments.run", "--dataset", "sprites", "--sprites-layers", str(data_dirs.sprites),
+           "--out", str(run), *tiny_run_flags(), "--identity-prior-components", "4"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run / "metrics.json").read_text())["identity_prior"]
+    assert [row["components"] for row in summary["tried"]] == [1, 4] and summary["components"] in (1, 4)
+    assert summary["train_sequences"] > summary["val_sequences"] > 0
+    vdsm = VDSM.load(run)
+    mixture = vdsm.model2.identity_mixture
+    assert mixture is not None and vdsm.model1.identity_mixture is mixture
+    trace = poutine.trace(vdsm.model2).get_trace(None, factors=vdsm.factors(), batch_size=3, seq_len=4)
+    site = trace.nodes["identity"]
+    assert site["fn"].batch_shape == (3,) and site["fn"].event_shape == (vdsm.config.n_experts,)
+    assert torch.allclose(site["fn"].log_prob(site["value"]), mixture.distribution(3).log_prob(site["value"]))
+    # without the file, identities come from the Gaussian prior again
+    (run / "checkpoints" / "identity_prior.pt").unlink()
+    assert VDSM.load(run).model2.identity_mixture is None
+    refit = subprocess.run([sys.executable, "-m", "experiments.fit_prior", "--run", str(run), "--sprites-layers",
+                            str(data_dirs.sprites), "--max-components", "1"], cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+    assert refit.returncode == 0, refit.stderr
+    assert "kept 1 components" in refit.stdout
+    assert VDSM.load(run).model2.identity_mixture.loc.shape == (1, vdsm.config.n_experts)
+    bad = subprocess.run([sys.executable, "-m", "experiments.fit_prior", "--run", str(run), "--max-components", "0"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--max-components" in bad.stderr

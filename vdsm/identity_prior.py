@@ -1,0 +1,112 @@
+"""A prior over VDSM's identity latent fitted after training: a diagonal Gaussian mixture of the
+training sequences' posterior identities (the aggregate posterior), its size chosen on val.
+
+Why: stage 1 trains with a Gaussian identity prior whose KL is down-weighted, so the posterior
+identities fill only part of it; identities drawn from that Gaussian mostly fall between the
+ones the decoder has learnt and decode to blended, greyish characters. Drawing from the
+aggregate posterior instead gives characters that look like real ones ("ex-post density
+estimation", Ghosh et al. 2020). The training objective is unchanged: the mixture is used where
+the model draws identities from its prior after training (``generate``, ``fix_dynamics``).
+
+Each component's scale is at least the guide's mean identity scale: a component is never
+narrower than the posterior of one sequence.
+"""
+import math
+from dataclasses import dataclass
+
+import pyro.distributions as dist
+import torch
+
+__all__ = ["IdentityMixture", "fit_mixture", "fit_identity_mixture", "posterior_identities", "CANDIDATES"]
+
+CANDIDATES = (1, 4, 16, 64, 256, 1024)   # mixture sizes tried; the one with the best val likelihood is kept
+
+
+@dataclass
+class IdentityMixture:
+    """Mixture weights (as logits) [K], component means and scales [K, D]."""
+
+    logits: torch.Tensor
+    loc: torch.Tensor
+    scale: torch.Tensor
+
+    def distribution(self, batch):
+        """The prior of ``batch`` identities: a mixture with event shape [D], batch shape [batch]."""
+        k, d = self.loc.shape
+        mix = dist.Categorical(logits=self.logits.expand(batch, k))
+        comp = dist.Normal(self.loc.expand(batch, k, d), self.scale.expand(batch, k, d)).to_event(1)
+        return dist.MixtureSameFamily(mix, comp)
+
+    def log_prob(self, x):
+        """log density of points [N, D] (float64, without building [N, K, D])."""
+        return _component_log_probs(x.double(), self.logits.double(), self.loc.double(),
+                                    self.scale.double()).logsumexp(1)
+
+    def to(self, device):
+        return IdentityMixture(self.logits.to(device), self.loc.to(device), self.scale.to(device))
+
+    def state_dict(self):
+        return {"logits": self.logits.cpu(), "loc": self.loc.cpu(), "scale": self.scale.cpu()}
+
+    @classmethod
+    def from_state_dict(cls, state):
+        return cls(state["logits"].float(), state["loc"].float(), state["scale"].float())
+
+
+def _component_log_probs(x, logits, loc, scale):
+    """[N, K]: log w_k + log N(x_n; loc_k, diag(scale_k^2)), from matrix products."""
+    prec = scale.pow(-2)                                                        # [K, D]
+    quad = x.pow(2) @ prec.T - 2 * x @ (loc * prec).T + (loc.pow(2) * prec).sum(1)
+    const = -scale.log().sum(1) - 0.5 * loc.shape[1] * math.log(2 * math.pi)
+    return torch.log_softmax(logits, 0) - 0.5 * quad + const
+
+
+def fit_mixture(x, k, *, min_scale, iterations=200, seed=0):
+    """EM for a diagonal Gaussian mixture of ``k`` components on points [N, D] (k-means++ start,
+    seeded). Returns the mixture (float32) and the mean log-likelihood of ``x`` (per point)."""
+    x = x.double()
+    n, d = x.shape
+    k = min(k, n)
+    g = torch.Generator().manual_seed(seed)
+    chosen = [int(torch.randint(n, (1,), generator=g))]
+    gap = (x - x[chosen[0]]).pow(2).sum(1)            # squared distance to the nearest centre so far
+    for _ in range(k - 1):   # k-means++: far points are likelier new centres
+        weights = gap if gap.sum() > 0 else torch.ones(n, dtype=x.dtype)
+        chosen.append(int(torch.multinomial(weights, 1, generator=g)))
+        gap = torch.minimum(gap, (x - x[chosen[-1]]).pow(2).sum(1))
+    loc, logits = x[chosen], torch.zeros(k, dtype=x.dtype)
+    scale = x.std(0).clamp_min(min_scale).expand(k, d).clone() if n > 1 else torch.full((k, d), min_scale).double()
+    for _ in range(iterations):
+        resp = torch.softmax(_component_log_probs(x, logits, loc, scale), 1)     # E step: [N, K]
+        mass = resp.sum(0) + 1e-12
+        logits = mass.log()
+        loc = (resp.T @ x) / mass[:, None]
+        var = (resp.T @ x.pow(2)) / mass[:, None] - loc.pow(2)
+        scale = var.clamp_min(min_scale ** 2).sqrt()
+    mixture = IdentityMixture(torch.log_softmax(logits, 0).float(), loc.float(), scale.float())
+    return mixture, float(mixture.log_prob(x).mean())
+
+
+@torch.no_grad()
+def posterior_identities(encoder, dataset, device, batch_size=256):
+    """Posterior identity means [N, D] and the mean posterior scale of every sequence in ``dataset``."""
+    locs, scales = [], []
+    for start in range(0, len(dataset), batch_size):
+        x = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))]).to(device)
+        _, _, id_loc, id_scale = encoder.encode_sequences(x)
+        locs.append(id_loc.cpu())
+        scales.append(id_scale.cpu())
+    return torch.cat(locs), float(torch.cat(scales).mean())
+
+
+def fit_identity_mixture(train_locs, val_locs, *, min_scale, max_components=256, seed=0):
+    """The mixture (fitted on train) whose size gives val the best mean log-likelihood, and a
+    table of every size tried: [{"components", "train_loglik", "val_loglik"}]."""
+    tried, best = [], None
+    for k in (c for c in CANDIDATES if c <= min(max_components, len(train_locs))):
+        mixture, train_ll = fit_mixture(train_locs, k, min_scale=min_scale, seed=seed)
+        val_ll = float(mixture.log_prob(val_locs).mean())
+        tried.append({"components": k, "train_loglik": train_ll, "val_loglik": val_ll})
+        if best is None or val_ll > best[1]:
+            best = (mixture, val_ll)
+    return best[0], tried
