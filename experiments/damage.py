@@ -162,7 +162,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sequences", type=int, default=8, help="sequences scored (8; VDSM: the judge's batch)")
     p.add_argument("--judge-steps", type=int, default=None,
-                   help="VDSM runs only: training steps of the judge if none is cached (default 1500)")
+                   help="runs the judge scores (VDSM, DSA) only: training steps of the judge if none is cached "
+                        "(default 1500)")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--include-buffers", action="store_true",
                    help="also damage BatchNorm running statistics and integer buffers (as the fork)")
@@ -208,7 +209,7 @@ class VDSMSubject:
 
     def __init__(self, vdsm, judge, items, seed):
         self.vdsm, self.judge, self.items, self.seed = vdsm, judge, items, seed
-        self.nets = vdsm_networks(vdsm)
+        self.nets = judged_networks(vdsm)
         self.x = torch.stack([it[0] for it in items[:4]]).to(vdsm.device)
 
     def measure(self):
@@ -236,10 +237,12 @@ class VDSMSubject:
         return self.last
 
 
-def vdsm_networks(vdsm):
-    """One container for VDSM's four networks (stage 2 shares stage 1's encoder and decoder)."""
-    return nn.ModuleDict({"model1": vdsm.model1, "guide1": vdsm.guide1, "model2": vdsm.model2,
-                          "guide2": vdsm.guide2})
+def judged_networks(api):
+    """The networks of a judged run: VDSM's four in one container (stage 2 shares stage 1's encoder
+    and decoder), or the model's ``nets`` (DSA)."""
+    if hasattr(api, "nets"):
+        return api.nets
+    return nn.ModuleDict({"model1": api.model1, "guide1": api.guide1, "model2": api.model2, "guide2": api.guide2})
 
 
 def check_groups(args, nets, model_name):
@@ -271,7 +274,8 @@ def damage(args):
     device = choose_device(args.device)
     folder = {own: getattr(args, own)} if own and getattr(args, own) else {}
     if model_name in PREDICTION_MODELS and args.judge_steps is not None:
-        raise UsageError(f"--judge-steps applies to VDSM runs (their judge), not to this {model_name} run: drop it")
+        raise UsageError(f"--judge-steps applies to runs the judge scores (VDSM, DSA), not to this {model_name} run: "
+                         f"drop it")
     if model_name in PREDICTION_MODELS:
         api = api_class(model_name).load(run_dir, device)
         check_groups(args, api.nets, model_name)  # before any data is read
@@ -283,14 +287,15 @@ def damage(args):
         subject, truth = PredictionSubject(api, x, n_past, n_future, args.seed), x[:4]
         what = f"{n} {args.split} sequences, {n_past} -> {n_future} frames"
     else:
-        from vdsm.api import VDSM
         from vdsm.metrics.judge import JUDGES, load_or_train_judge
+
+        from .registry import judged_seq_len, load_judged
 
         if config["dataset"] not in JUDGES:
             raise UsageError(f"no judge for dataset {config['dataset']!r}: judges exist for {', '.join(JUDGES)}")
-        vdsm = VDSM.load(run_dir, device)
-        check_groups(args, vdsm_networks(vdsm), model_name)
-        options = {"seq_len": config["stage2"]["seq_len"], **folder}
+        vdsm = load_judged(run_dir, config, device)
+        check_groups(args, judged_networks(vdsm), model_name)
+        options = {"seq_len": judged_seq_len(config), **folder}
         sequences = data.get_dataset(config["dataset"], args.split, args.data_root, **options)
         n = min(args.sequences, len(sequences))
         order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(args.seed))[:n]
@@ -334,7 +339,8 @@ def damage(args):
     bar.close()
     subject.nets.load_state_dict(pristine)
     summary = summarise(rows, args, subject.metrics)
-    summary.update({"departures": departures(args), "run": str(run_dir), "model": model_name, "dataset": config["dataset"], "split": args.split,
+    summary.update({"departures": departures(args), "run": str(run_dir), "model": model_name,
+                    "dataset": config["dataset"], "split": args.split,
                     "sequences": n, "what": what, "seconds": round(time.time() - started, 1),
                     "date": time.strftime("%Y-%m-%d"),
                     "command": "python -m experiments.damage " + " ".join(sys.argv[1:])})

@@ -112,23 +112,26 @@ def _update_metrics(run_dir, key, value):
 
 
 def evaluate_judge(args, run_dir, config, device):
-    from vdsm.api import VDSM
     from vdsm.metrics.judge import JUDGES, load_or_train_judge
     from vdsm.metrics.protocol import judge_protocol
+
+    from .registry import judged_seq_len, load_judged
 
     dataset = config["dataset"]
     if dataset not in JUDGES:
         raise UsageError(f"no judge for dataset {dataset!r}: judges exist for {', '.join(JUDGES)}")
-    options = _data_options(args, config, config["stage2"]["seq_len"])
-    vdsm = VDSM.load(run_dir, device)
+    options = _data_options(args, config, judged_seq_len(config))
+    vdsm = load_judged(run_dir, config, device)
     sequences = data.get_dataset(dataset, args.split, args.data_root, **options)
+    name = config.get("model_name", "vdsm")
+    what = f"stage {2 if vdsm.has_stage2 else 1} model" if name == "vdsm" else f"{name} model"
     print(f"judge protocols on {args.split} sequences of {dataset}: {args.repeats} repeats x "
-          f"{min(args.batch_size, len(sequences))} sequences, stage {2 if vdsm.has_stage2 else 1} model", flush=True)
+          f"{min(args.batch_size, len(sequences))} sequences, {what}", flush=True)
     judge, judge_acc = load_or_train_judge(dataset, root=args.data_root, device=device, steps=args.judge_steps,
                                            progress=not args.no_progress, accuracy_on=(args.split,), **options)
     result = judge_protocol(vdsm, judge, sequences, batch_size=args.batch_size, repeats=args.repeats,
                             device=device, progress=not args.no_progress)
-    result.update(split=args.split, judge_accuracy=judge_acc[args.split], date=time.strftime("%Y-%m-%d"),
+    result.update(model=name, split=args.split, judge_accuracy=judge_acc[args.split], date=time.strftime("%Y-%m-%d"),
                   command="python -m experiments.evaluate " + " ".join(sys.argv[1:]))
     if config.get("train_split") == "trainval" and args.split == "val":
         result["note"] = "this run trained on its val sequences (--train-split trainval)"
@@ -160,7 +163,8 @@ def _judge_table(title, section, published):
                       ("prior_dynamics", "dynamics drawn from the prior")):
         if key in section:
             lines += [f"Diversity and confidence of the {what} (the other heads; no label to be right about; "
-                      f"uniform over k classes: H(y) = ln k):", "", "| head | IS | H(y\\|x) | H(y) |", "|---|---|---|---|"]
+                      f"uniform over k classes: H(y) = ln k):", "",
+                      "| head | IS | H(y\\|x) | H(y) |", "|---|---|---|---|"]
             lines += [f"| {head} | {_fmt(r['IS'])} | {_fmt(r['H(y|x)'])} | {_fmt(r['H(y)'])} |"
                       for head, r in section[key].items()]
             lines.append("")
@@ -173,7 +177,9 @@ def _judge_table(title, section, published):
 
 
 def markdown(dataset, result):
-    lines = [f"# Disentanglement evaluation ({dataset}, {result['split']} split, stage-{result['stage']} model)", "",
+    model = result.get("model", "vdsm")
+    kind = f"stage-{result['stage']} model" if model == "vdsm" else f"{model} model"
+    lines = [f"# Disentanglement evaluation ({dataset}, {result['split']} split, {kind})", "",
              "Judge accuracy per head on real " + result["split"] + " sequences: "
              + ", ".join(f"{k} {100 * v:.2f}%" for k, v in result["judge_accuracy"].items()), "",
              f"Batches of {result['batch_size']} {result['split']} sequences, {result['repeats']} repeats "
@@ -186,7 +192,9 @@ def markdown(dataset, result):
     lines += _judge_table("Fixed identity, dynamics from the prior (static heads)", result["fix_identity"], [])
     cons = result["consistency"]
     heads = list(cons["heads"])
-    lines += ["## VDSM's own accuracy consistency (not comparable with the tables above)", "",
+    lines += ["## VDSM's own accuracy consistency (not comparable with the tables above)" if model == "vdsm" else
+              "## Accuracy consistency (VDSM's own metric, here for this model; not comparable with the tables above)",
+              "",
               f"What: {cons['what']}; guide inputs: {cons['guide_inputs']}.", "",
               "| | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|",
               "| this run | " + " | ".join(_fmt(v, True) for v in cons["heads"].values()) + " |"]

@@ -1,12 +1,14 @@
-"""Fit a VDSM run's identity prior to its training identities (a Gaussian mixture, size chosen on val).
+"""Fit priors of a VDSM run after training: Gaussian mixtures of its training sequences' posterior
+identities and (stage 2) dynamics with first poses, each mixture's size chosen on val.
 
-    python -m experiments.fit_prior --run runs/sprites-... [--max-components 256]
+    python -m experiments.fit_prior --run runs/sprites-... [--latents identity dynamics] [--max-components 256]
 
-Runs trained with ``--identity-prior-components N`` (the Sprites cpu preset) get this at the end
-of training; this command does the same for a run trained without it (or refits). It writes
-``checkpoints/identity_prior.pt``, which ``VDSM.load`` then uses to draw identities (samples,
-the fixed-dynamics protocol); the training objective and the trained networks are untouched.
-Delete the file to draw from the Gaussian prior again. Only train and val sequences are read.
+Runs trained with ``--identity-prior-components N`` / ``--dynamics-prior-components N`` (the
+Sprites cpu preset) get this at the end of training; this command does the same for a run
+trained without them (or refits). It writes ``checkpoints/<latent>_prior.pt``, which
+``VDSM.load`` then uses to draw that latent (samples, the judge protocols' generations); the
+training objective and the trained networks are untouched. Delete a file to draw from the
+model's own prior again. Only train and val sequences are read (``vdsm.fitted_prior``).
 """
 import argparse
 import json
@@ -24,6 +26,8 @@ __all__ = ["fit_prior", "fit_and_save", "main"]
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m experiments.fit_prior", description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True, help="run folder of a VDSM run (experiments.run)")
+    p.add_argument("--latents", nargs="+", choices=["identity", "dynamics"], default=None,
+                   help="which priors to fit (default: identity, and dynamics when the run has stage 2)")
     p.add_argument("--max-components", type=int, default=256,
                    help="largest mixture tried (sizes 1, 4, 16, ... up to it; default 256)")
     p.add_argument("--seed", type=int, default=0, help="seed of the k-means++ start")
@@ -34,17 +38,21 @@ def build_parser():
     return p
 
 
-def fit_and_save(vdsm, run_dir, dataset, train_split, options, max_components, data_root=None, seed=0):
-    """Fit the mixture on ``train_split`` (val for its size), save it in the run; returns the summary."""
-    started = time.time()
+def fit_and_save(vdsm, run_dir, dataset, train_split, options, components, data_root=None, seed=0):
+    """Fit each latent's mixture (``components``: latent -> largest size) on ``train_split``, its size
+    chosen on val, and save it in the run; returns {latent: summary}."""
     train = data.get_dataset(dataset, train_split, data_root, **options)
     val = data.get_dataset(dataset, "val", data_root, **options)
-    mixture, summary = vdsm.fit_identity_prior(train, val, max_components, seed=seed)
-    if train_split == "trainval":
-        summary["note"] = "the run trained on its val sequences (--train-split trainval): the size was chosen on them"
-    summary.update(seconds=round(time.time() - started, 1), date=time.strftime("%Y-%m-%d"))
-    vdsm.save_identity_prior(run_dir, mixture, summary)
-    return summary
+    summaries = {}
+    for latent, max_components in components.items():
+        started = time.time()
+        mixture, summary = vdsm.fit_prior(latent, train, val, max_components, seed=seed)
+        if train_split == "trainval":
+            summary["note"] = "the run trained on its val sequences (--train-split trainval): the size was chosen on them"
+        summary.update(seconds=round(time.time() - started, 1), date=time.strftime("%Y-%m-%d"))
+        vdsm.save_prior(run_dir, latent, mixture, summary)
+        summaries[latent] = summary
+    return summaries
 
 
 def fit_prior(args):
@@ -56,7 +64,7 @@ def fit_prior(args):
         raise UsageError(f"--run {run_dir}: no config.json there; pass a run folder of experiments.run")
     config = json.loads((run_dir / "config.json").read_text())
     if config.get("model_name", "vdsm") != "vdsm":
-        raise UsageError(f"--run {run_dir} holds a {config['model_name']} run: only VDSM has an identity prior")
+        raise UsageError(f"--run {run_dir} holds a {config['model_name']} run: fitted priors are VDSM's")
     if args.max_components < 1:
         raise UsageError(f"--max-components={args.max_components} must be at least 1")
     own = data.FOLDER_OPTIONS.get(config["dataset"])
@@ -65,21 +73,27 @@ def fit_prior(args):
         raise UsageError(f"{', '.join('--' + d.replace('_', '-') for d in sorted(wrong))} do not apply to this "
                          f"{config['dataset']} run: drop them")
     device = choose_device(args.device)
-    options = {"seq_len": config["stage2"]["seq_len"], **({own: getattr(args, own)} if own and getattr(args, own) else {})}
     vdsm = VDSM.load(run_dir, device)
-    summary = fit_and_save(vdsm, run_dir, config["dataset"], config.get("train_split", "train"), options,
-                           args.max_components, args.data_root, args.seed)
-    summary["command"] = "python -m experiments.fit_prior " + " ".join(sys.argv[1:])
+    latents = args.latents or (["identity", "dynamics"] if vdsm.has_stage2 else ["identity"])
+    if "dynamics" in latents and not vdsm.has_stage2:
+        raise UsageError(f"--latents dynamics: {run_dir} has no stage-2 model (no dynamics latent); drop it")
+    options = {"seq_len": config["stage2"]["seq_len"]}
+    if own and getattr(args, own):
+        options[own] = getattr(args, own)
+    summaries = fit_and_save(vdsm, run_dir, config["dataset"], config.get("train_split", "train"), options,
+                             {latent: args.max_components for latent in latents}, args.data_root, args.seed)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    metrics["identity_prior"] = summary
+    for latent, summary in summaries.items():
+        summary["command"] = "python -m experiments.fit_prior " + " ".join(sys.argv[1:])
+        metrics[f"{latent}_prior"] = summary
+        for row in summary["tried"]:
+            print(f"{latent}: {row['components']:5d} components: train {row['train_loglik']:.2f}, "
+                  f"val {row['val_loglik']:.2f} (mean log-likelihood per sequence)")
+        print(f"{latent}: kept {summary['components']} components ({summary['seconds']} s); written "
+              f"{run_dir / 'checkpoints' / (latent + '_prior.pt')}")
     write_text_atomic(metrics_path, json.dumps(metrics, indent=1))
-    for row in summary["tried"]:
-        print(f"{row['components']:5d} components: train {row['train_loglik']:.2f}, val {row['val_loglik']:.2f} "
-              f"(mean log-likelihood per identity)")
-    print(f"kept {summary['components']} components ({summary['seconds']} s); written "
-          f"{run_dir / 'checkpoints' / 'identity_prior.pt'}")
-    return summary
+    return summaries
 
 
 def main(argv=None):

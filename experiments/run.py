@@ -38,14 +38,14 @@ from vdsm.batches import ResumableBatches
 from vdsm.checkpoint import CheckpointManager, write_text_atomic
 from vdsm.runtime import keep_freed_memory
 from vdsm.train import TrainOptions, train_stage
-from vdsm.viz import save_gif, save_labelled_grid, sequence_strip
+from vdsm.viz import save_gif, save_labelled_gif, save_labelled_grid, sequence_strip
 
 from .cli import UsageError, choose_device, choose_preset, cli_main, first_line
-from .configs import load_preset, load_svg_preset
-from .registry import PREDICTION_MODELS
+from .configs import load_judged_preset, load_preset, load_svg_preset
+from .registry import JUDGED_MODELS, PREDICTION_MODELS
 
 log = logging.getLogger("experiments.run")
-MODELS = ("vdsm", *PREDICTION_MODELS)
+MODELS = ("vdsm", *PREDICTION_MODELS, *JUDGED_MODELS)
 STAGES = ("stage1", "stage2")
 # Flags that only steer this process (free to change on --resume), with their defaults.
 RUNTIME_DEFAULTS = {"model": "vdsm", "num_workers": 1, "eval_sequences": 256, "checkpoint_every": 200,
@@ -115,15 +115,18 @@ def build_parser():
                                                    "n-future frames)")
     pred.add_argument("--eval-samples", type=int, help="futures sampled per sequence for metrics.json")
     added = {f.name: f for f in dataclasses.fields(VDSMConfig)}
-    for entry in PREDICTION_MODELS.values():
-        for f in dataclasses.fields(entry.config_cls):
-            if f.name in entry.fixed:
-                continue
-            if f.name in added:  # one flag per name: the same type everywhere
-                assert type(added[f.name].default) is type(f.default), f.name
-                continue
-            added[f.name] = f
-            _model_flag(pred, f)
+    judged = p.add_argument_group(f"judged one-stage models only (--model {' / '.join(JUDGED_MODELS)}); also "
+                                  "--seq-len")
+    for group, entries in ((pred, PREDICTION_MODELS), (judged, JUDGED_MODELS)):
+        for entry in entries.values():
+            for f in dataclasses.fields(entry.config_cls):
+                if f.name in entry.fixed:
+                    continue
+                if f.name in added:  # one flag per name: the same type everywhere
+                    assert type(added[f.name].default) is type(f.default), f.name
+                    continue
+                added[f.name] = f
+                _model_flag(group, f)
     return p
 
 
@@ -143,6 +146,8 @@ def own_flags(model):
         schedule = {f"{stage}_{f.name}" for stage in STAGES for f in dataclasses.fields(Schedule)}
         fields = {f.name for f in dataclasses.fields(VDSMConfig)}
         return {"stage", "stage1_steps", "stage2_steps", "seq_len", "guide2"} | fields | schedule
+    if model in JUDGED_MODELS:
+        return {"seq_len"} | JUDGED_MODELS[model].flags()
     return {"n_future", "eval_samples"} | PREDICTION_MODELS[model].flags()
 
 
@@ -410,11 +415,12 @@ def run_stage(vdsm, stage, args, config, run_dir, device, writer, rank=0, world_
 
 
 @torch.no_grad()
-def evaluate_and_draw(vdsm, args, config, run_dir, device):
-    """Val-set reconstruction error and the run folder's pictures (val sequences)."""
+def evaluate_and_draw(vdsm, args, config, run_dir, device, section="stage2"):
+    """Val-set reconstruction error and the run folder's pictures (val sequences); ``vdsm`` is any
+    ``LatentVideoAPI`` (VDSM, DSA), ``section`` the config section with its sequence length."""
     vdsm.eval()
-    seq_len = config["stage2"]["seq_len"]
-    val = data.get_dataset(args.dataset, "val", args.data_root, **dataset_options(args, config, "stage2"))
+    seq_len = config[section]["seq_len"]
+    val = data.get_dataset(args.dataset, "val", args.data_root, **dataset_options(args, config, section))
     order = torch.randperm(len(val), generator=torch.Generator().manual_seed(1234))
     n_eval = min(args.eval_sequences, len(val))
     metrics = {"split": "val", "sequences": n_eval}
@@ -459,7 +465,8 @@ def draw_pictures(vdsm, dataset, order, run_dir, seq_len, device):
     save_labelled_grid(sequence_strip(pose, ident, transfer), run_dir / "action_transfer.png", nrow=seq_len,
                        row_labels=["action from", "identity from", "transfer"],
                        title="action transfer: dynamics and first pose of the first row, identity of the second")
-    save_gif(torch.cat([pose, ident, transfer], -1), run_dir / "action_transfer.gif")
+    save_labelled_gif([pose, ident, transfer], run_dir / "action_transfer.gif",
+                      ["action from", "identity from", "transfer"])
 
 
 def run_vdsm(args, config, run_dir, device, rank, world_size, monitor):
@@ -483,12 +490,16 @@ def run_vdsm(args, config, run_dir, device, rank, world_size, monitor):
         metrics[stage] = without_losses(run_stage(vdsm, stage, args, config, run_dir, device, writer, rank,
                                                    world_size, monitor))
     vdsm.has_stage2 = "stage2" in stages
-    if rank == 0 and vdsm.config.identity_prior_components > 0:
+    fitted = {"identity": vdsm.config.identity_prior_components}
+    if vdsm.has_stage2:
+        fitted["dynamics"] = vdsm.config.dynamics_prior_components
+    fitted = {latent: n for latent, n in fitted.items() if n > 0}
+    if rank == 0 and fitted:
         from .fit_prior import fit_and_save
 
-        metrics["identity_prior"] = fit_and_save(vdsm, run_dir, args.dataset, config["train_split"],
-                                                 dataset_options(args, config, "stage2"),
-                                                 vdsm.config.identity_prior_components, args.data_root, config["seed"])
+        summaries = fit_and_save(vdsm, run_dir, args.dataset, config["train_split"],
+                                 dataset_options(args, config, "stage2"), fitted, args.data_root, config["seed"])
+        metrics.update({f"{latent}_prior": summary for latent, summary in summaries.items()})
     if rank == 0:
         metrics["evaluation"] = evaluate_and_draw(vdsm, args, config, run_dir, device)
         metrics["wall_seconds"] = time.time() - started
@@ -521,13 +532,19 @@ def init_distributed(device):
 
 def prepare(args, device):
     """(run folder or None, config, extended stages) for this command line, checked; writes nothing."""
+    from .run_dsa import complete_dsa_config, dsa_config
     from .run_svg import complete_svg_config, svg_config
 
     vdsm = args.model == "vdsm"
-    complete = complete_vdsm_config if vdsm else complete_svg_config
-    resolve = vdsm_config if vdsm else svg_config
+    if vdsm:
+        complete, resolve, loader = complete_vdsm_config, vdsm_config, load_preset
+    elif args.model in JUDGED_MODELS:
+        complete, resolve = complete_dsa_config, dsa_config
+        loader = functools.partial(load_judged_preset, model=args.model)
+    else:
+        complete, resolve = complete_svg_config, svg_config
+        loader = functools.partial(load_svg_preset, model=args.model)
     if not args.resume:
-        loader = load_preset if vdsm else functools.partial(load_svg_preset, model=args.model)
         return None, new_config(args, device, loader, resolve), {}
     run_dir = Path(args.resume)
     saved, wanted = resume_config(args, run_dir, complete, resolve)
@@ -556,6 +573,10 @@ def run(args, monitor=None):
     if args.model == "vdsm":
         stage = {"2": "stage2"}.get(args.stage, "stage1")
         train_dataset(args, config, stage)  # fail on bad data before anything is written
+    elif args.model in JUDGED_MODELS:
+        from .run_dsa import check_dsa_data
+
+        check_dsa_data(args, config)
     else:
         from .run_svg import check_svg_data
 
@@ -579,6 +600,10 @@ def run(args, monitor=None):
     random.seed(config["seed"])
     if args.model == "vdsm":
         run_vdsm(args, config, run_dir, device, rank, world_size, monitor)
+    elif args.model in JUDGED_MODELS:
+        from .run_dsa import run_dsa
+
+        run_dsa(args, config, run_dir, device, rank, world_size)
     else:
         from .run_svg import run_svg
 

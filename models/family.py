@@ -10,6 +10,8 @@ Generative process for a batch of sequences x[b, t]:
       LearnedFromFrames()             one site "z", N(model.learned_prior(x)): every input is
                                       known, so it is scored over the sequence at once   (SVG-LP)
       MarkovTransition()              sites "z_1".."z_T", z_t ~ N(model.transition(z_{t-1}, d)) (VDSM stage 2)
+      RecurrentPrior()                sites "z_1".."z_T", z_t ~ N(model.prior_step(z_{t-1}, h_{t-1})):
+                                      an LSTM over the earlier latents (DSA)
       ResidualState()                 a deterministic state y carried through time: site "y_1",
                                       sites "z_2".."z_T" ~ N(model.state_prior(y_{t-1})),
                                       y_t = model.step(y_{t-1}, z_t) (SRVP); returns y_1..y_T
@@ -31,7 +33,7 @@ from pyro import poutine
 from vdsm.precision import Normal, full_precision
 
 __all__ = ["StateSpaceVideoModel", "emission_distribution", "FramePrior", "IndependentNormal",
-           "LearnedFromFrames", "MarkovTransition", "ResidualState"]
+           "LearnedFromFrames", "MarkovTransition", "RecurrentPrior", "ResidualState"]
 
 
 def emission_distribution(kind, logits, scale=0.1):
@@ -82,6 +84,19 @@ class MarkovTransition(FramePrior):
                 loc, scale = ref.new_zeros(b, model.z_dim), ref.new_ones(b, model.z_dim)
             else:
                 loc, scale = model.transition(z_prev, d)
+            z_prev = pyro.sample(f"z_{k}", Normal(loc, scale).to_event(1))
+            zs.append(z_prev)
+        return torch.stack(zs, 1)
+
+
+class RecurrentPrior(FramePrior):
+    """z_t ~ N(loc_t, scale_t) with ``loc_t, scale_t, state = model.prior_step(z_{t-1}, state)`` (an
+    LSTM cell over the earlier latents, z_0 = 0 and a zero state): sites "z_1".."z_T" (DSA)."""
+
+    def sample(self, model, b, t, d, ref, x=None):
+        zs, z_prev, state = [], ref.new_zeros(b, model.z_dim), None
+        for k in pyro.markov(range(1, t + 1)):
+            loc, scale, state = model.prior_step(z_prev, state)
             z_prev = pyro.sample(f"z_{k}", Normal(loc, scale).to_event(1))
             zs.append(z_prev)
         return torch.stack(zs, 1)

@@ -41,8 +41,11 @@ class VDSMConfig:
     learned_dynamics_prior: bool = False  # dynamics prior N(m, s) with m, s learned in stage 2 (reference: N(0, 1/n))
     guide_pose_input: float = 0.0  # share of training sequences whose stage-2 combiner sees the frame poses (0: reference)
     # 0: identities drawn from the Gaussian prior (reference); N > 0: after training, from a mixture of at
-    # most N components fitted to the training identities (vdsm.identity_prior); training is unchanged
+    # most N components fitted to the training identities (vdsm.fitted_prior); training is unchanged
     identity_prior_components: int = 0
+    # 0: new dynamics d and first poses z_1 drawn from their priors (reference); N > 0: after training, jointly
+    # from a mixture of at most N components fitted to the training sequences' posterior [d, z_1]
+    dynamics_prior_components: int = 0
 
     def to_dict(self):
         return asdict(self)
@@ -68,9 +71,9 @@ class VDSMConfig:
             raise ValueError(f"emission_scale={self.emission_scale} must be positive")
         if not 0 <= self.rnn_dropout < 1:
             raise ValueError(f"rnn_dropout={self.rnn_dropout} must be in [0, 1)")
-        if self.identity_prior_components < 0:
-            raise ValueError(f"identity_prior_components={self.identity_prior_components} must be >= 0 "
-                             f"(0: the reference's Gaussian prior)")
+        for name in ("identity_prior_components", "dynamics_prior_components"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (0: the reference's prior)")
         if self.identity_scale_max < 0:
             raise ValueError(f"identity_scale_max={self.identity_scale_max} must be >= 0 (0 means unbounded)")
         if not 0 <= self.guide_pose_input <= 1:
@@ -84,7 +87,7 @@ class VDSMStage1Model(StateSpaceVideoModel):
     mixture-of-experts decoder.
 
     After training the prior may be replaced by a mixture fitted to the training identities
-    (``identity_mixture``, see ``vdsm.identity_prior``), which is then what identities are drawn from.
+    (``identity_mixture``, see ``vdsm.fitted_prior``), which is then what identities are drawn from.
 
     With ``learned_identity_loc`` the identity prior's mean is a parameter (``identity_loc``,
     shared with stage 2 and frozen there): with a down-weighted identity KL the posterior
@@ -93,7 +96,7 @@ class VDSMStage1Model(StateSpaceVideoModel):
     """
 
     frame_prior = IndependentNormal()
-    identity_mixture = None   # a vdsm.identity_prior.IdentityMixture fitted after training, or None
+    identity_mixture = None   # a vdsm.fitted_prior.DiagonalMixture fitted after training, or None
 
     def __init__(self, config: VDSMConfig):
         super().__init__()

@@ -291,6 +291,13 @@ def test_swap_identity_draws_the_poses_of_one_sequence_with_the_identity_of_anot
     assert gap(vdsm.swap_identity(a, b)) < 1e-6
     # the roles the other way round, the identity of a, the poses of b: all visibly different
     assert min(gap(vdsm.swap_identity(b, a)), gap(vdsm.swap_identity(a, a)), gap(vdsm.swap_identity(b, b))) > 1e-3
+    # the same through the public pieces, and halfway between two identities is its own mixture
+    assert torch.allclose(vdsm.identities(b), id_b, atol=1e-6)
+    assert gap(vdsm.with_identity(a, id_b)) < 1e-6
+    _, _, id_a, _ = vdsm.guide1.encoder.encode_sequences(a)
+    half = (id_a + id_b) / 2
+    halfway = torch.sigmoid(vdsm.model1.decoder(z_a, torch.softmax(vdsm.factors()["temp_id"] * half, -1)))
+    assert (vdsm.with_identity(a, half) - halfway).abs().max() < 1e-6
 
 
 def test_transfer_action_keeps_dynamics_and_first_pose_of_one_sequence_and_the_identity_of_another(data_dirs):

@@ -13,12 +13,17 @@ from models.vdsm import VDSMConfig, VDSMStage1Model, VDSMStage2Model
 
 from .annealing import Schedule
 from .checkpoint import CheckpointError, CheckpointManager, load_checkpoint, save_checkpoint
-from .identity_prior import IdentityMixture, fit_identity_mixture, posterior_identities
+from .fitted_prior import DiagonalMixture, fit_mixture_chosen_on_val, posterior_dynamics, posterior_identities
 from .train import load_param_store_state
 
-__all__ = ["VDSM", "use_means", "guide_factory"]
+__all__ = ["VDSM", "LatentVideoAPI", "use_means", "guide_factory"]
 
-IDENTITY_PRIOR_FILE = "identity_prior.pt"   # in the run's checkpoints folder, when fitted
+FITTED_PRIORS = ("identity", "dynamics")   # latents with a prior fitted after training (vdsm.fitted_prior)
+
+
+def prior_path(run_dir, latent):
+    """Where a run keeps the fitted prior of ``latent``: checkpoints/<latent>_prior.pt."""
+    return Path(run_dir) / "checkpoints" / f"{latent}_prior.pt"
 
 
 def guide_factory(spec):
@@ -51,13 +56,84 @@ def _mean_of_obs(trace):
     return trace.nodes["obs"]["fn"].mean
 
 
-class VDSM:
-    """A trained (or freshly built) VDSM: stage-1 and stage-2 model/guide pairs on one device.
+class LatentVideoAPI:
+    """What VDSM and DSA share: a static latent "identity" and per-frame latents, read off the
+    guide at their posterior means and decoded by the model. A subclass gives ``_pair()`` (the
+    model and guide in use), ``factors()`` and ``device``.
 
     All methods take frames [B, T, C, 64, 64] in [0, 1], work on the whole batch at once
     under ``torch.no_grad()``, and return frames of the same layout. Random draws come from
-    torch's global generator: the same seed gives the same frames. ``load`` returns the model in
-    evaluation mode (no dropout; the stage-2 guide shows the frame poses to every sequence).
+    torch's global generator: the same seed gives the same frames.
+    """
+
+    def _pair(self):
+        raise NotImplementedError
+
+    def factors(self):
+        raise NotImplementedError
+
+    def posterior(self, x):
+        """Guide trace with every latent at its posterior mean (autoregressively for stage 2)."""
+        _, guide = self._pair()
+        with use_means():
+            return poutine.trace(guide).get_trace(x.to(self.device), factors=self.factors())
+
+    def _decode(self, condition, batch_size, seq_len, sampled=()):
+        """Frame means of the model conditioned on ``condition``; sites named in ``sampled`` are
+        drawn from the prior, every other free site takes its mean."""
+        model, _ = self._pair()
+        conditioned = poutine.condition(model, data=condition)
+        with use_means(skip=sampled):
+            trace = poutine.trace(conditioned).get_trace(None, factors=self.factors(), batch_size=batch_size,
+                                                         seq_len=seq_len)
+        return _mean_of_obs(trace)
+
+    @staticmethod
+    def _latents(trace, keep=lambda name: True):
+        return {n: site["value"] for n, site in trace.nodes.items()
+                if site["type"] == "sample" and not site["is_observed"] and keep(n)}
+
+    @torch.no_grad()
+    def reconstruct(self, x):
+        trace = self.posterior(x)
+        return self._decode(self._latents(trace), x.shape[0], x.shape[1])
+
+    @torch.no_grad()
+    def generate(self, batch_size, seq_len):
+        """Sequences drawn from the prior (identity, dynamics, z sampled; frames at their mean)."""
+        model, _ = self._pair()
+        model = poutine.condition(model, data=self._fitted_draws(batch_size))
+        trace = poutine.trace(model).get_trace(None, factors=self.factors(), batch_size=batch_size,
+                                               seq_len=seq_len)
+        return _mean_of_obs(trace)
+
+    def _fitted_draws(self, batch_size):
+        """Values of latents drawn from priors fitted after training (none here; VDSM: d and z_1)."""
+        return {}
+
+    @torch.no_grad()
+    def swap_identity(self, pose_x, identity_x):
+        """Poses (all per-frame latents, and dynamics) of ``pose_x`` drawn with the identity of ``identity_x``."""
+        return self.with_identity(pose_x, self.identities(identity_x))
+
+    @torch.no_grad()
+    def identities(self, x):
+        """The posterior mean identity of each sequence [B, identity size] (e.g. to interpolate between two)."""
+        return self.posterior(x).nodes["identity"]["value"]
+
+    @torch.no_grad()
+    def with_identity(self, pose_x, identity):
+        """Every pose (and the dynamics) of ``pose_x`` drawn with the given identities [B, identity size]."""
+        latents = self._latents(self.posterior(pose_x), lambda n: n != "identity")
+        latents["identity"] = identity.to(self.device)
+        return self._decode(latents, pose_x.shape[0], pose_x.shape[1])
+
+
+class VDSM(LatentVideoAPI):
+    """A trained (or freshly built) VDSM: stage-1 and stage-2 model/guide pairs on one device.
+
+    The methods of ``LatentVideoAPI`` plus transfer, prediction and the judge protocols' two
+    generations. ``load`` returns the model in evaluation mode (no dropout; the stage-2 guide shows the frame poses to every sequence).
 
     Example::
 
@@ -88,7 +164,8 @@ class VDSM:
             raise CheckpointError(f"{run_dir} has no config.json: pass a run folder written by experiments.run")
         config = json.loads(config_path.read_text())
         if config.get("model_name", "vdsm") != "vdsm":
-            raise CheckpointError(f"{run_dir} holds a {config['model_name']} run: load it with vdsm.svg_api.SVG")
+            raise CheckpointError(f"{run_dir} holds a {config['model_name']} run: load it with "
+                                  f"experiments.registry.api_class({config['model_name']!r})")
         schedule = Schedule(**config["stage2"]["schedule"])
         vdsm = cls(VDSMConfig.from_dict(config["model"]), schedule, device)
         if config.get("guide2"):
@@ -104,38 +181,58 @@ class VDSM:
             vdsm.guide2.load_state_dict(state["guide"])
             load_param_store_state(state.get("param_store", {}))
             vdsm.has_stage2 = True
-        prior = run_dir / "checkpoints" / IDENTITY_PRIOR_FILE
-        if prior.is_file():
-            vdsm.set_identity_prior(IdentityMixture.from_state_dict(load_checkpoint(prior, "cpu")["mixture"]))
+        for latent in FITTED_PRIORS:
+            path = prior_path(run_dir, latent)
+            if path.is_file():
+                vdsm.set_fitted_prior(latent, DiagonalMixture.from_state_dict(load_checkpoint(path, "cpu")["mixture"]))
         return vdsm.eval()
 
+    dynamics_mixture = None   # a DiagonalMixture over [d, z_1] fitted after training, or None
+
     def set_identity_prior(self, mixture):
-        """Draw identities from ``mixture`` (an ``IdentityMixture``; None: the Gaussian prior again)."""
+        """Draw identities from ``mixture`` (a ``DiagonalMixture``; None: the Gaussian prior again)."""
+        return self.set_fitted_prior("identity", mixture)
+
+    def set_fitted_prior(self, latent, mixture):
+        """Draw ``latent`` ("identity", or "dynamics": d and z_1 jointly) from ``mixture`` (None: from
+        the model's own priors again)."""
         mixture = None if mixture is None else mixture.to(self.device)
-        self.model1.identity_mixture = self.model2.identity_mixture = mixture
+        if latent == "identity":
+            self.model1.identity_mixture = self.model2.identity_mixture = mixture
+        else:
+            self.dynamics_mixture = mixture
         return self
 
     @torch.no_grad()
-    def fit_identity_prior(self, train, val, max_components, seed=0):
-        """Fit the identity mixture to the posterior identities of ``train`` (datasets of (frames,
-        labels)), its size chosen by the mean log-likelihood of ``val``'s identities, and use it.
-        Returns a summary: sizes tried, the one kept, the scale floor."""
+    def fit_prior(self, latent, train, val, max_components, seed=0):
+        """Fit a mixture to the posterior ``latent`` ("identity"; "dynamics": [d, z_1], needs stage 2)
+        of the sequences of ``train`` (datasets of (frames, labels)), its size chosen by the mean
+        log-likelihood of ``val``'s, and use it. Returns the mixture and a summary (sizes tried,
+        the one kept, the scale floor)."""
         self.eval()
-        train_locs, min_scale = posterior_identities(self.guide1.encoder, train, self.device)
-        val_locs, _ = posterior_identities(self.guide1.encoder, val, self.device)
-        mixture, tried = fit_identity_mixture(train_locs, val_locs, min_scale=min_scale,
-                                              max_components=max_components, seed=seed)
-        self.set_identity_prior(mixture)
-        return mixture, {"what": "identities drawn from a diagonal Gaussian mixture fitted after training to the "
-                                 "posterior identities of the training sequences; size chosen on val",
+        if latent == "identity":
+            train_points, min_scale = posterior_identities(self.guide1.encoder, train, self.device)
+            val_points, _ = posterior_identities(self.guide1.encoder, val, self.device)
+            what = "identities drawn from"
+        elif latent == "dynamics" and self.has_stage2:
+            train_points, min_scale = posterior_dynamics(self.posterior, train, self.device)
+            val_points, _ = posterior_dynamics(self.posterior, val, self.device)
+            what = "dynamics d and first pose z_1 drawn jointly from"
+        else:
+            raise ValueError(f"no fitted prior for {latent!r} on this model: identity, or dynamics with stage 2")
+        mixture, tried = fit_mixture_chosen_on_val(train_points, val_points, min_scale=min_scale,
+                                                   max_components=max_components, seed=seed)
+        self.set_fitted_prior(latent, mixture)
+        floor = min_scale if isinstance(min_scale, float) else float(torch.as_tensor(min_scale).mean())
+        return mixture, {"what": f"{what} a diagonal Gaussian mixture fitted after training to the posterior "
+                                 f"means of the training sequences; size chosen on val",
                          "components": int(mixture.loc.shape[0]), "max_components": max_components,
-                         "min_scale": min_scale, "train_sequences": len(train), "val_sequences": len(val),
+                         "min_scale_mean": floor, "train_sequences": len(train), "val_sequences": len(val),
                          "tried": tried}
 
     @staticmethod
-    def save_identity_prior(run_dir, mixture, summary):
-        save_checkpoint(Path(run_dir) / "checkpoints" / IDENTITY_PRIOR_FILE,
-                        {"mixture": mixture.state_dict(), "summary": json.dumps(summary)})
+    def save_prior(run_dir, latent, mixture, summary):
+        save_checkpoint(prior_path(run_dir, latent), {"mixture": mixture.state_dict(), "summary": json.dumps(summary)})
 
     def use_guide2(self, spec, batch_size=None, seq_len=None):
         """Replace the stage-2 guide by ``guide_factory(spec)(self)``; with a batch shape, run it once
@@ -178,47 +275,6 @@ class VDSM:
     def factors(self):
         return self.schedule2.factors(1.0)
 
-    def posterior(self, x):
-        """Guide trace with every latent at its posterior mean (autoregressively for stage 2)."""
-        _, guide = self._pair()
-        with use_means():
-            return poutine.trace(guide).get_trace(x.to(self.device), factors=self.factors())
-
-    def _decode(self, condition, batch_size, seq_len, sampled=()):
-        """Frame means of the model conditioned on ``condition``; sites named in ``sampled`` are
-        drawn from the prior, every other free site takes its mean."""
-        model, _ = self._pair()
-        conditioned = poutine.condition(model, data=condition)
-        with use_means(skip=sampled):
-            trace = poutine.trace(conditioned).get_trace(None, factors=self.factors(), batch_size=batch_size,
-                                                         seq_len=seq_len)
-        return _mean_of_obs(trace)
-
-    @staticmethod
-    def _latents(trace, keep=lambda name: True):
-        return {n: site["value"] for n, site in trace.nodes.items()
-                if site["type"] == "sample" and not site["is_observed"] and keep(n)}
-
-    @torch.no_grad()
-    def reconstruct(self, x):
-        trace = self.posterior(x)
-        return self._decode(self._latents(trace), x.shape[0], x.shape[1])
-
-    @torch.no_grad()
-    def generate(self, batch_size, seq_len):
-        """Sequences drawn from the prior (identity, dynamics, z sampled; frames at their mean)."""
-        model, _ = self._pair()
-        trace = poutine.trace(model).get_trace(None, factors=self.factors(), batch_size=batch_size,
-                                               seq_len=seq_len)
-        return _mean_of_obs(trace)
-
-    @torch.no_grad()
-    def swap_identity(self, pose_x, identity_x):
-        """Poses (all per-frame latents, and dynamics) of ``pose_x`` drawn with the identity of ``identity_x``."""
-        latents = self._latents(self.posterior(pose_x), lambda n: n != "identity")
-        latents.update(self._latents(self.posterior(identity_x), lambda n: n == "identity"))
-        return self._decode(latents, pose_x.shape[0], pose_x.shape[1])
-
     @torch.no_grad()
     def transfer_action(self, action_x, identity_x):
         """Dynamics and first pose of ``action_x``, identity of ``identity_x``; later poses follow the
@@ -256,7 +312,18 @@ class VDSM:
 
     @torch.no_grad()
     def fix_identity(self, x):
-        """Keep the identity of ``x`` (posterior mean), draw new dynamics (and first pose) from the prior."""
+        """Keep the identity of ``x`` (posterior mean), draw new dynamics (and first pose) from the prior
+        (with a fitted dynamics prior: d and z_1 jointly from it)."""
         latents = self._latents(self.posterior(x), lambda n: n == "identity")
         fresh = {"dynamics", "z_1"} if self.has_stage2 else {"z"}
-        return self._decode(latents, x.shape[0], x.shape[1], sampled=fresh)
+        drawn = self._fitted_draws(x.shape[0])
+        latents.update(drawn)
+        return self._decode(latents, x.shape[0], x.shape[1], sampled=fresh - set(drawn))
+
+    def _fitted_draws(self, batch_size):
+        """{"dynamics": d, "z_1": z_1} drawn jointly from the fitted dynamics prior (stage 2), else {}."""
+        if self.dynamics_mixture is None or not self.has_stage2:
+            return {}
+        points = self.dynamics_mixture.sample(batch_size)
+        n = self.config.dynamics_dim
+        return {"dynamics": points[:, :n], "z_1": points[:, n:]}

@@ -8,15 +8,16 @@ __all__ = ["SVG", "ConstantFactors"]
 
 
 class ConstantFactors:
-    """SVG and SRVP train without annealing: the KL factor is always 1 (beta is in the model). The
+    """SVG, SRVP and DSA train without annealing: each KL factor (``groups``; SVG and SRVP have one,
+    "z") is always 1 (beta is in the model). The
     learning rate is constant, then (SRVP) decays linearly to 0 over the last ``lr_decay_frac`` of
     training."""
 
-    def __init__(self, lr_decay_frac=0.0):
-        self.lr_decay_frac = lr_decay_frac
+    def __init__(self, lr_decay_frac=0.0, groups=("z",)):
+        self.lr_decay_frac, self.groups = lr_decay_frac, tuple(groups)
 
     def factors(self, progress):
-        return {"z": 1.0}
+        return {group: 1.0 for group in self.groups}
 
     def lr_factor(self, progress):
         if self.lr_decay_frac <= 0:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
-__all__ = ["save_grid", "save_labelled_grid", "save_gif", "sequence_strip"]
+__all__ = ["save_grid", "save_labelled_grid", "save_gif", "save_labelled_gif", "sequence_strip"]
 
 _PAD = 2
 
@@ -60,6 +60,31 @@ def save_gif(sequences, path, fps=8):
         if grid.shape[0] == 1:
             grid = grid.expand(3, -1, -1)
         frames.append((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    imageio.mimsave(str(path), frames, duration=1.0 / fps, loop=0)
+
+
+def save_labelled_gif(columns, path, labels, fps=8, font_size=11):
+    """Batches [B, T, C, H, W] side by side (one column each, a row per sequence) as a GIF with
+    each column's label above it."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    b, t, _, h, w = columns[0].shape
+    font = ImageFont.load_default(size=font_size)
+    top = font_size + 6
+    frames = []
+    for k in range(t):
+        tiles = torch.stack([col[:, k] for col in columns], 1).flatten(0, 1)       # row by row
+        grid = make_grid(tiles.detach().float().cpu().clamp(0, 1), nrow=len(columns), padding=_PAD, pad_value=0.5)
+        if grid.shape[0] == 1:
+            grid = grid.expand(3, -1, -1)
+        image = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        canvas = Image.new("RGB", (image.width, image.height + top), "white")
+        canvas.paste(image, (0, top))
+        draw = ImageDraw.Draw(canvas)
+        for c, text in enumerate(labels):
+            draw.text((_PAD + c * (w + _PAD) + w // 2, 2), text, fill="black", font=font, anchor="ma")
+        frames.append(np.asarray(canvas))
     imageio.mimsave(str(path), frames, duration=1.0 / fps, loop=0)
 
 

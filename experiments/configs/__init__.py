@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-__all__ = ["load_preset", "load_svg_preset", "PRESETS"]
+__all__ = ["load_preset", "load_svg_preset", "load_judged_preset", "PRESETS"]
 
 PRESETS = ("cpu", "paper")
 _HERE = Path(__file__).parent
@@ -24,9 +24,20 @@ def load_svg_preset(dataset, preset, model="svg-lp"):
     (the presets file is the model's, ``experiments.registry``)."""
     from experiments.registry import prediction_model
 
+    return _model_preset(prediction_model(model).presets, dataset, preset, model)
+
+
+def load_judged_preset(dataset, preset, model="dsa"):
+    """A judged one-stage model's config dict of ``preset`` for ``dataset``: {"model", "train"}."""
+    from experiments.registry import JUDGED_MODELS
+
+    return _model_preset(JUDGED_MODELS[model].presets, dataset, preset, model)
+
+
+def _model_preset(filename, dataset, preset, model):
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: choose {' or '.join(PRESETS)}")
-    configs = json.loads((_HERE / prediction_model(model).presets).read_text())
+    configs = json.loads((_HERE / filename).read_text())
     if dataset not in configs or preset not in configs[dataset]:
         known = ", ".join(f"{d} ({'/'.join(configs[d])})" for d in configs)
         raise ValueError(f"no {model} {preset} preset for dataset {dataset!r}: choose one of {known}")

@@ -121,9 +121,10 @@ class _SkipDecoder(nn.Module):
 
     skip = True
 
-    def forward(self, g, skips=None, terms=None):
+    def forward(self, g, skips=None, terms=None, logits=False):
         """g [N, dim] and either skips (encoder outputs of the N frames) or their ``skip_terms``
-        (neither for a decoder built with ``skip=False``)."""
+        (neither for a decoder built with ``skip=False``). Frames in [0, 1], or with ``logits``
+        the values before the sigmoid (for a Bernoulli likelihood)."""
         if not self.skip:
             terms = [None] * len(self.stages())
         elif terms is None:
@@ -136,7 +137,7 @@ class _SkipDecoder(nn.Module):
             for layer in stage[1:]:
                 h = layer(h)
             h = self.between(h, k)
-        return torch.sigmoid(h)
+        return h if logits else torch.sigmoid(h)
 
 
 class DCGANDecoder(_SkipDecoder):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from pyro import poutine
 
-from vdsm.identity_prior import IdentityMixture, fit_identity_mixture, fit_mixture
+from vdsm.fitted_prior import DiagonalMixture, fit_mixture_chosen_on_val, fit_mixture
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,19 +38,19 @@ def test_em_finds_separated_clusters_and_the_log_density_matches_the_distributio
 
 def test_the_mixture_size_is_chosen_by_the_val_likelihood():
     train, val = clusters(100, CENTRES, 0.05, seed=1), clusters(30, CENTRES, 0.05, seed=2)
-    mixture, tried = fit_identity_mixture(train, val, min_scale=1e-3, max_components=64)
+    mixture, tried = fit_mixture_chosen_on_val(train, val, min_scale=1e-3, max_components=64)
     assert [row["components"] for row in tried] == [1, 4, 16, 64]
     best = max(tried, key=lambda row: row["val_loglik"])
     assert mixture.loc.shape[0] == best["components"]
     assert tried[1]["val_loglik"] > tried[0]["val_loglik"] + 1   # four clusters beat one Gaussian
     # one training point per cluster: a large mixture overfits train and val says so
-    few, tried = fit_identity_mixture(CENTRES, clusters(30, CENTRES, 0.3, seed=3), min_scale=0.3, max_components=4)
+    few, tried = fit_mixture_chosen_on_val(CENTRES, clusters(30, CENTRES, 0.3, seed=3), min_scale=0.3, max_components=4)
     assert [row["components"] for row in tried] == [1, 4]
 
 
 def test_state_round_trip_and_device_move():
     mixture, _ = fit_mixture(clusters(50, CENTRES, 0.1, seed=4), 4, min_scale=1e-3)
-    back = IdentityMixture.from_state_dict(mixture.state_dict()).to("cpu")
+    back = DiagonalMixture.from_state_dict(mixture.state_dict()).to("cpu")
     x = torch.rand(5, 3)
     assert torch.equal(back.log_prob(x), mixture.log_prob(x))
 
@@ -63,7 +63,7 @@ def test_a_run_with_a_fitted_identity_prior_draws_identities_from_it(tmp_path, d
 
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "experiments.run", "--dataset", "sprites", "--sprites-layers", str(data_dirs.sprites),
-           "--out", str(run), *tiny_run_flags(), "--identity-prior-components", "4"]
+           "--out", str(run), *tiny_run_flags(), "--identity-prior-components", "4", "--dynamics-prior-components", "4"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     summary = json.loads((run / "metrics.json").read_text())["identity_prior"]
@@ -76,6 +76,16 @@ def test_a_run_with_a_fitted_identity_prior_draws_identities_from_it(tmp_path, d
     site = trace.nodes["identity"]
     assert site["fn"].batch_shape == (3,) and site["fn"].event_shape == (vdsm.config.n_experts,)
     assert torch.allclose(site["fn"].log_prob(site["value"]), mixture.distribution(3).log_prob(site["value"]))
+    # new dynamics and first poses come jointly from the dynamics mixture: what fix_identity and generate decode
+    dyn = json.loads((run / "metrics.json").read_text())["dynamics_prior"]
+    assert dyn["components"] in (1, 4) and vdsm.dynamics_mixture.loc.shape[1] == vdsm.config.dynamics_dim + vdsm.config.z_dim
+    x = torch.rand(3, 4, 3, 64, 64)
+    torch.manual_seed(5)
+    drawn = vdsm.dynamics_mixture.sample(3)
+    expected = vdsm._decode({"identity": vdsm.identities(x), "dynamics": drawn[:, :vdsm.config.dynamics_dim],
+                             "z_1": drawn[:, vdsm.config.dynamics_dim:]}, 3, 4)
+    torch.manual_seed(5)
+    assert torch.allclose(vdsm.fix_identity(x), expected, atol=1e-6)
     # without the file, identities come from the Gaussian prior again
     (run / "checkpoints" / "identity_prior.pt").unlink()
     assert VDSM.load(run).model2.identity_mixture is None
@@ -83,7 +93,7 @@ def test_a_run_with_a_fitted_identity_prior_draws_identities_from_it(tmp_path, d
                             str(data_dirs.sprites), "--max-components", "1"], cwd=REPO, capture_output=True,
                            text=True, timeout=300)
     assert refit.returncode == 0, refit.stderr
-    assert "kept 1 components" in refit.stdout
+    assert "identity: kept 1 components" in refit.stdout and "dynamics: kept 1 components" in refit.stdout
     assert VDSM.load(run).model2.identity_mixture.loc.shape == (1, vdsm.config.n_experts)
     bad = subprocess.run([sys.executable, "-m", "experiments.fit_prior", "--run", str(run), "--max-components", "0"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)

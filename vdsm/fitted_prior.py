@@ -1,15 +1,19 @@
-"""A prior over VDSM's identity latent fitted after training: a diagonal Gaussian mixture of the
-training sequences' posterior identities (the aggregate posterior), its size chosen on val.
+"""Priors fitted after training: diagonal Gaussian mixtures of the training sequences' posterior
+latents (their aggregate posterior), each mixture's size chosen on val.
 
-Why: stage 1 trains with a Gaussian identity prior whose KL is down-weighted, so the posterior
-identities fill only part of it; identities drawn from that Gaussian mostly fall between the
-ones the decoder has learnt and decode to blended, greyish characters. Drawing from the
-aggregate posterior instead gives characters that look like real ones ("ex-post density
-estimation", Ghosh et al. 2020). The training objective is unchanged: the mixture is used where
-the model draws identities from its prior after training (``generate``, ``fix_dynamics``).
+* Identity (VDSM's static latent): stage 1 trains with a Gaussian identity prior whose KL is
+  down-weighted, so the posterior identities fill only part of it; identities drawn from that
+  Gaussian mostly fall between the ones the decoder has learnt and decode to blended, greyish
+  characters. Drawing from the aggregate posterior instead gives characters that look like real
+  ones ("ex-post density estimation", Ghosh et al. 2020). Used by the model's ``static_prior``.
+* Dynamics (stage 2): the sequence's dynamics d and its first pose z_1, jointly. Drawn from their
+  priors (a Gaussian, and N(0, I) for z_1), they give motions the judge cannot name and first
+  poses no sequence starts from; drawn jointly from the fitted mixture, a motion and a first
+  pose that go together. Used where the API draws new dynamics (``fix_identity``, ``generate``).
 
-Each component's scale is at least the guide's mean identity scale: a component is never
-narrower than the posterior of one sequence.
+The training objective is unchanged: the mixtures are fitted after training and used where the
+model draws these latents afterwards. Each component's scale is at least the mean posterior
+scale of the latents it covers: a component is never narrower than one sequence's posterior.
 """
 import math
 from dataclasses import dataclass
@@ -17,13 +21,14 @@ from dataclasses import dataclass
 import pyro.distributions as dist
 import torch
 
-__all__ = ["IdentityMixture", "fit_mixture", "fit_identity_mixture", "posterior_identities", "CANDIDATES"]
+__all__ = ["DiagonalMixture", "fit_mixture", "fit_mixture_chosen_on_val", "posterior_identities",
+           "posterior_dynamics", "CANDIDATES"]
 
 CANDIDATES = (1, 4, 16, 64, 256, 1024)   # mixture sizes tried; the one with the best val likelihood is kept
 
 
 @dataclass
-class IdentityMixture:
+class DiagonalMixture:
     """Mixture weights (as logits) [K], component means and scales [K, D]."""
 
     logits: torch.Tensor
@@ -31,11 +36,15 @@ class IdentityMixture:
     scale: torch.Tensor
 
     def distribution(self, batch):
-        """The prior of ``batch`` identities: a mixture with event shape [D], batch shape [batch]."""
+        """The distribution of ``batch`` points: a mixture with event shape [D], batch shape [batch]."""
         k, d = self.loc.shape
         mix = dist.Categorical(logits=self.logits.expand(batch, k))
         comp = dist.Normal(self.loc.expand(batch, k, d), self.scale.expand(batch, k, d)).to_event(1)
         return dist.MixtureSameFamily(mix, comp)
+
+    def sample(self, batch):
+        """``batch`` points [batch, D]."""
+        return self.distribution(batch).sample()
 
     def log_prob(self, x):
         """log density of points [N, D] (float64, without building [N, K, D])."""
@@ -43,7 +52,7 @@ class IdentityMixture:
                                     self.scale.double()).logsumexp(1)
 
     def to(self, device):
-        return IdentityMixture(self.logits.to(device), self.loc.to(device), self.scale.to(device))
+        return DiagonalMixture(self.logits.to(device), self.loc.to(device), self.scale.to(device))
 
     def state_dict(self):
         return {"logits": self.logits.cpu(), "loc": self.loc.cpu(), "scale": self.scale.cpu()}
@@ -63,7 +72,8 @@ def _component_log_probs(x, logits, loc, scale):
 
 def fit_mixture(x, k, *, min_scale, iterations=200, seed=0):
     """EM for a diagonal Gaussian mixture of ``k`` components on points [N, D] (k-means++ start,
-    seeded). Returns the mixture (float32) and the mean log-likelihood of ``x`` (per point)."""
+    seeded); ``min_scale`` (a number or one per dimension) floors every component's scales.
+    Returns the mixture (float32) and the mean log-likelihood of ``x`` (per point)."""
     x = x.double()
     n, d = x.shape
     k = min(k, n)
@@ -75,15 +85,16 @@ def fit_mixture(x, k, *, min_scale, iterations=200, seed=0):
         chosen.append(int(torch.multinomial(weights, 1, generator=g)))
         gap = torch.minimum(gap, (x - x[chosen[-1]]).pow(2).sum(1))
     loc, logits = x[chosen], torch.zeros(k, dtype=x.dtype)
-    scale = x.std(0).clamp_min(min_scale).expand(k, d).clone() if n > 1 else torch.full((k, d), min_scale).double()
+    min_scale = torch.as_tensor(min_scale, dtype=x.dtype).expand(d)    # a number, or one per dimension
+    scale = (x.std(0) if n > 1 else torch.zeros(d, dtype=x.dtype)).clamp_min(min_scale).expand(k, d).clone()
     for _ in range(iterations):
         resp = torch.softmax(_component_log_probs(x, logits, loc, scale), 1)     # E step: [N, K]
         mass = resp.sum(0) + 1e-12
         logits = mass.log()
         loc = (resp.T @ x) / mass[:, None]
         var = (resp.T @ x.pow(2)) / mass[:, None] - loc.pow(2)
-        scale = var.clamp_min(min_scale ** 2).sqrt()
-    mixture = IdentityMixture(torch.log_softmax(logits, 0).float(), loc.float(), scale.float())
+        scale = var.clamp_min(min_scale.pow(2)).sqrt()
+    mixture = DiagonalMixture(torch.log_softmax(logits, 0).float(), loc.float(), scale.float())
     return mixture, float(mixture.log_prob(x).mean())
 
 
@@ -99,7 +110,29 @@ def posterior_identities(encoder, dataset, device, batch_size=256):
     return torch.cat(locs), float(torch.cat(scales).mean())
 
 
-def fit_identity_mixture(train_locs, val_locs, *, min_scale, max_components=256, seed=0):
+@torch.no_grad()
+def posterior_dynamics(posterior, dataset, device, batch_size=256):
+    """[d, z_1] of every sequence in ``dataset`` [N, dynamics + z dims] (``posterior(x)``: a guide
+    trace at the posterior means) and the mean posterior scale of each of those dimensions [D]
+    (1e-3 where a custom guide's sites do not expose a scale)."""
+    points, scales = [], []
+    for start in range(0, len(dataset), batch_size):
+        x = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))]).to(device)
+        trace = posterior(x)
+        values = [trace.nodes[name]["value"] for name in ("dynamics", "z_1")]
+        points.append(torch.cat(values, -1).cpu())
+        scales.append(torch.cat([_site_scale(trace.nodes[name]["fn"], v) for name, v in
+                                 zip(("dynamics", "z_1"), values)], -1).cpu())
+    return torch.cat(points), torch.cat(scales).mean(0)
+
+
+def _site_scale(fn, value):
+    base = getattr(fn, "base_dist", fn)
+    scale = getattr(base, "scale", None)
+    return scale.expand_as(value) if torch.is_tensor(scale) else torch.full_like(value, 1e-3)
+
+
+def fit_mixture_chosen_on_val(train_locs, val_locs, *, min_scale, max_components=256, seed=0):
     """The mixture (fitted on train) whose size gives val the best mean log-likelihood, and a
     table of every size tried: [{"components", "train_loglik", "val_loglik"}]."""
     tried, best = [], None
