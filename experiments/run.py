@@ -1,7 +1,8 @@
 """Train a model and write a run folder: ``python -m experiments.run --dataset sprites [--model vdsm]``.
 
 VDSM trains stage 1, then stage 2; the prediction models of ``experiments.registry`` (``--model
-svg-lp`` / ``svg-fp`` / ``srvp``) train in one stage (``run_svg``). The
+svg-lp`` / ``svg-fp`` / ``srvp``) train in one stage (``run_svg``), and so does DSA (``--model dsa``,
+``run_dsa``; its run folder has VDSM's pictures). The
 run folder holds config.json, checkpoints/, tensorboard/ and metrics.json, and for VDSM
 reconstructions.png, samples.gif, identity_swap.png, action_transfer.png/.gif (SVG:
 futures.gif). The end-of-run pictures and numbers use the val split; the test split is for
