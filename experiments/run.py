@@ -467,7 +467,7 @@ def draw_pictures(vdsm, dataset, order, run_dir, seq_len, device):
                        row_labels=["action from", "identity from", "transfer"],
                        title="action transfer: dynamics and first pose of the first row, identity of the second")
     save_labelled_gif([pose, ident, transfer], run_dir / "action_transfer.gif",
-                      ["action from", "identity from", "transfer"])
+                      ["action", "identity", "transfer"])
 
 
 def run_vdsm(args, config, run_dir, device, rank, world_size, monitor):
