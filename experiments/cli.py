@@ -5,7 +5,7 @@ from data import DataError
 from guides.common import GuideError
 from vdsm.checkpoint import CheckpointError
 
-__all__ = ["UsageError", "cli_main", "choose_device", "choose_preset", "first_line"]
+__all__ = ["UsageError", "cli_main", "choose_device", "choose_preset", "first_line", "refuse_other_data_folders"]
 
 
 class UsageError(ValueError):
@@ -26,6 +26,19 @@ def cli_main(parser, command, argv=None):
         print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def refuse_other_data_folders(args, dataset):
+    """UsageError when ``args`` sets the raw-data folder flag of another dataset than ``dataset``;
+    returns this dataset's folder option ({} when not given)."""
+    from data import FOLDER_OPTIONS
+
+    own = FOLDER_OPTIONS.get(dataset)
+    wrong = [d for d in set(FOLDER_OPTIONS.values()) if d != own and getattr(args, d, None) is not None]
+    if wrong:
+        raise UsageError(f"{', '.join('--' + d.replace('_', '-') for d in sorted(wrong))} do not apply to this "
+                         f"{dataset} run: drop them")
+    return {own: getattr(args, own)} if own and getattr(args, own, None) else {}
 
 
 def choose_device(name=None):

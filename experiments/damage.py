@@ -49,7 +49,7 @@ import data
 from vdsm.metrics.prediction import psnr, ssim
 from vdsm.viz import save_gif
 
-from .cli import UsageError, choose_device, cli_main
+from .cli import UsageError, choose_device, cli_main, refuse_other_data_folders
 from .registry import PREDICTION_MODELS, api_class
 
 __all__ = ["Damage", "main"]
@@ -151,7 +151,7 @@ def submodules(nets):
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m experiments.damage", description=__doc__.split("\n")[0])
-    p.add_argument("--run", required=True, help="run folder of experiments.run (SVG-LP/FP, SRVP, VDSM)")
+    p.add_argument("--run", required=True, help="run folder of experiments.run (SVG-LP/FP, SRVP, VDSM, DSA)")
     p.add_argument("--iterations", type=int, default=100, help="damage rounds, a prediction after each (100)")
     p.add_argument("--hits", type=int, default=100, help="elements damaged per iteration (100)")
     p.add_argument("--target", choices=["tensor", "weight"], default="tensor",
@@ -263,16 +263,11 @@ def damage(args):
         raise UsageError(f"--run {run_dir}: no config.json there; pass a run folder of experiments.run")
     config = json.loads((run_dir / "config.json").read_text())
     model_name = config.get("model_name", "vdsm")
-    own = data.FOLDER_OPTIONS.get(config["dataset"])
-    wrong = [d for d in set(data.FOLDER_OPTIONS.values()) if d != own and getattr(args, d) is not None]
-    if wrong:
-        raise UsageError(f"{', '.join('--' + d.replace('_', '-') for d in sorted(wrong))} do not apply to this "
-                         f"{config['dataset']} run: drop them")
+    folder = refuse_other_data_folders(args, config["dataset"])
     for name in ("iterations", "hits", "repeats", "sequences", "pictures_every"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")
     device = choose_device(args.device)
-    folder = {own: getattr(args, own)} if own and getattr(args, own) else {}
     if model_name in PREDICTION_MODELS and args.judge_steps is not None:
         raise UsageError(f"--judge-steps applies to runs the judge scores (VDSM, DSA), not to this {model_name} run: "
                          f"drop it")

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 import data
 from vdsm.checkpoint import write_text_atomic
 
-from .cli import UsageError, choose_device, choose_preset, cli_main
+from .cli import UsageError, choose_device, choose_preset, cli_main, refuse_other_data_folders
 from .registry import PREDICTION_MODELS
 
 PUBLISHED = {  # REFERENCE.md section 6
@@ -78,11 +78,7 @@ def evaluate(args):
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')}={value} must be at least 1")
     config = json.loads((run_dir / "config.json").read_text())
-    own = data.FOLDER_OPTIONS.get(config["dataset"])
-    wrong = [d for d in set(data.FOLDER_OPTIONS.values()) if d != own and getattr(args, d) is not None]
-    if wrong:
-        raise UsageError(f"{', '.join('--' + d.replace('_', '-') for d in sorted(wrong))} do not apply to this "
-                         f"{config['dataset']} run: drop them")
+    refuse_other_data_folders(args, config["dataset"])
     device = choose_device(args.device)
     if config.get("model_name", "vdsm") in PREDICTION_MODELS:
         return evaluate_prediction(args, run_dir, config, device)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import data
 
-from .cli import UsageError, choose_device, cli_main
+from .cli import UsageError, choose_device, cli_main, refuse_other_data_folders
 
 __all__ = ["fit_prior", "fit_and_save", "main"]
 
@@ -67,19 +67,13 @@ def fit_prior(args):
         raise UsageError(f"--run {run_dir} holds a {config['model_name']} run: fitted priors are VDSM's")
     if args.max_components < 1:
         raise UsageError(f"--max-components={args.max_components} must be at least 1")
-    own = data.FOLDER_OPTIONS.get(config["dataset"])
-    wrong = [d for d in set(data.FOLDER_OPTIONS.values()) if d != own and getattr(args, d) is not None]
-    if wrong:
-        raise UsageError(f"{', '.join('--' + d.replace('_', '-') for d in sorted(wrong))} do not apply to this "
-                         f"{config['dataset']} run: drop them")
+    folder = refuse_other_data_folders(args, config["dataset"])
     device = choose_device(args.device)
     vdsm = VDSM.load(run_dir, device)
     latents = args.latents or (["identity", "dynamics"] if vdsm.has_stage2 else ["identity"])
     if "dynamics" in latents and not vdsm.has_stage2:
         raise UsageError(f"--latents dynamics: {run_dir} has no stage-2 model (no dynamics latent); drop it")
-    options = {"seq_len": config["stage2"]["seq_len"]}
-    if own and getattr(args, own):
-        options[own] = getattr(args, own)
+    options = {"seq_len": config["stage2"]["seq_len"], **folder}
     summaries = fit_and_save(vdsm, run_dir, config["dataset"], config.get("train_split", "train"), options,
                              {latent: args.max_components for latent in latents}, args.data_root, args.seed)
     metrics_path = run_dir / "metrics.json"

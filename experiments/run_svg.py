@@ -43,35 +43,43 @@ def complete_svg_config(config):
     return config
 
 
-def svg_config(args, base):
-    """``base`` (a preset or a saved config) with the command line's overrides, checked."""
+def one_stage_config(args, base, entry, train_keys, count_keys):
+    """``base`` (a preset or a saved config) with the command line's model flags and the
+    ``train_keys`` training flags applied, the model's sizes and the counts ``count_keys``
+    checked (one-stage models: SVG, SRVP, DSA)."""
     config = copy.deepcopy(base)
     config.update(model_name=args.model, seed=args.seed, train_split=args.train_split,
                   safety={"max_bad_steps": args.max_bad_steps, "lr_drop": args.lr_drop})
-    entry = prediction_model(args.model)
     config["model"].update(entry.fixed)
     for name in entry.flags():
         value = getattr(args, name, None)
         if value is not None:
             config["model"][name] = value
-    for key in ("steps", "batch_size", "lr", "n_future", "clip_norm"):
-        if getattr(args, key) is not None:
+    for key in train_keys:
+        if getattr(args, key, None) is not None:
             config["train"][key] = getattr(args, key)
     config["train"].setdefault("clip_norm", 0.0)
     config["train"].setdefault("lr_decay_frac", 0.0)
-    if args.eval_samples is not None:
-        config["eval"]["samples"] = args.eval_samples
     try:
         model = entry.config_cls.from_dict(config["model"])
         model.check()
     except (ValueError, TypeError) as err:
         raise UsageError(f"bad {args.model} hyperparameter: {err}") from None
     config["model"] = dataclasses.asdict(model)
-    for key in ("steps", "batch_size", "n_future"):
+    for key in count_keys:
         if config["train"][key] < 1:
             raise UsageError(f"--{key.replace('_', '-')}={config['train'][key]} must be at least 1")
     if config["train"]["lr"] <= 0:
         raise UsageError(f"--lr={config['train']['lr']} must be positive")
+    return config
+
+
+def svg_config(args, base):
+    """``base`` (a preset or a saved config) with the command line's overrides, checked."""
+    config = one_stage_config(args, base, prediction_model(args.model),
+                              ("steps", "batch_size", "lr", "n_future", "clip_norm"), ("steps", "batch_size", "n_future"))
+    if args.eval_samples is not None:
+        config["eval"]["samples"] = args.eval_samples
     if config["eval"]["samples"] < 1:
         raise UsageError(f"--eval-samples={config['eval']['samples']} must be at least 1")
     return config
@@ -91,8 +99,13 @@ def train_length(config):
 
 def check_svg_data(args, config):
     """The training split of the data, checked against the model (before anything is written)."""
-    train = data.get_dataset(args.dataset, config["train_split"], args.data_root,
-                             **data_options(args, train_length(config)))
+    return training_data(args, config, train_length(config))
+
+
+def training_data(args, config, seq_len):
+    """The training split in sequences of ``seq_len`` frames, its frames checked against the
+    model's channels (one-stage models; before anything is written)."""
+    train = data.get_dataset(args.dataset, config["train_split"], args.data_root, **data_options(args, seq_len))
     frame = train[0][0]
     if tuple(frame.shape[1:]) != (config["model"]["nc"], 64, 64):
         raise UsageError(f"dataset frames are {tuple(frame.shape[1:])} but the model expects "
@@ -102,8 +115,34 @@ def check_svg_data(args, config):
     return train
 
 
-def run_svg(args, config, run_dir, device, rank=0, world_size=1, monitor=None):
+def train_one_stage(api, entry, train, args, config, run_dir, device, writer, rank=0, world_size=1,
+                    groups=("z",), monitor=None):
+    """Train a one-stage model (``api``: its model and guide) to ``config["train"]["steps"]``, from its
+    newest checkpoint if any; the KL groups ``groups`` keep factor 1. Returns the training stats, or
+    None when the run had already finished (its newest weights are then loaded)."""
     from .run import checkpoint_manager, without_losses
+
+    checkpoints = checkpoint_manager(args, run_dir, entry.checkpoint)
+    resume = checkpoints.load_newest(device) if checkpoints.exists() else None
+    t = config["train"]
+    if resume is not None and resume["step"] >= t["steps"]:
+        api.model.load_state_dict(resume["model"])
+        return None
+    if monitor is not None:
+        monitor.prepare(args, config)
+    batches = ResumableBatches(train, t["batch_size"], seed=config["seed"], num_workers=args.num_workers,
+                               rank=rank, world_size=world_size, pin_memory=device.type == "cuda")
+    options = TrainOptions(steps=t["steps"], lr=t["lr"], clip_norm=t["clip_norm"],
+                           max_bad_steps=config["safety"]["max_bad_steps"], lr_drop=config["safety"]["lr_drop"],
+                           amp=args.amp, progress=not args.no_progress, schedule_steps=t.get("schedule_steps"))
+    return without_losses(train_stage(
+        api.model, api.guide, batches, options=options, schedule=ConstantFactors(t["lr_decay_frac"], groups=groups),
+        device=device, checkpoints=checkpoints if rank == 0 else None, resume=resume,
+        extra_state={"config": config["model"], "stage": entry.checkpoint}, writer=writer, tag=entry.checkpoint,
+        on_step=None if monitor is None else lambda step, last: monitor(api, entry.checkpoint, step, last)))
+
+
+def run_svg(args, config, run_dir, device, rank=0, world_size=1, monitor=None):
 
     train = check_svg_data(args, config)
     writer = None
@@ -113,27 +152,12 @@ def run_svg(args, config, run_dir, device, rank=0, world_size=1, monitor=None):
         writer = SummaryWriter(str(run_dir / "tensorboard"))
     entry = prediction_model(config["model_name"])
     svg = api_class(entry.name)(entry.config_cls.from_dict(config["model"]), device)
-    checkpoints = checkpoint_manager(args, run_dir, entry.checkpoint)
-    resume = checkpoints.load_newest(device) if checkpoints.exists() else None
     metrics = {"dataset": args.dataset, "model": args.model, "preset": config["preset"],
                "preset_reason": config.get("preset_reason"), "device": str(device)}
-    t = config["train"]
-    if resume is None or resume["step"] < t["steps"]:
-        if monitor is not None:
-            monitor.prepare(args, config)
-        batches = ResumableBatches(train, t["batch_size"], seed=config["seed"], num_workers=args.num_workers,
-                                   rank=rank, world_size=world_size, pin_memory=device.type == "cuda")
-        options = TrainOptions(steps=t["steps"], lr=t["lr"], clip_norm=t["clip_norm"],
-                               max_bad_steps=config["safety"]["max_bad_steps"], lr_drop=config["safety"]["lr_drop"],
-                               amp=args.amp, progress=not args.no_progress, schedule_steps=t.get("schedule_steps"))
-        metrics["train"] = without_losses(train_stage(
-            svg.model, svg.guide, batches, options=options, schedule=ConstantFactors(t["lr_decay_frac"]), device=device,
-            checkpoints=checkpoints if rank == 0 else None, resume=resume,
-            extra_state={"config": config["model"], "stage": entry.checkpoint}, writer=writer,
-            tag=entry.checkpoint,
-            on_step=None if monitor is None else lambda step, last: monitor(svg, entry.checkpoint, step, last)))
-    else:
-        svg.model.load_state_dict(resume["model"])
+    stats = train_one_stage(svg, entry, train, args, config, run_dir, device, writer, rank, world_size,
+                            monitor=monitor)
+    if stats is not None:
+        metrics["train"] = stats
     if rank == 0:
         metrics["quick_prediction"] = quick_prediction(svg, args, config, run_dir)
         write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))

@@ -1,20 +1,17 @@
 """Library API for a trained DSA run (``python -m experiments.run --model dsa``): load it, then swap,
 transfer and generate as with VDSM, and run the same judge protocols."""
-import json
-from pathlib import Path
-
 import torch
 
 from guides.dsa import DSAGuide
 from models.dsa import DSAConfig, DSAModel, DSANets
 
 from .api import LatentVideoAPI
-from .checkpoint import CheckpointError, CheckpointManager
+from .prediction_api import OneStageModelAPI
 
 __all__ = ["DSA"]
 
 
-class DSA(LatentVideoAPI):
+class DSA(OneStageModelAPI, LatentVideoAPI):
     """DSA's model and guide on one device. The static latent f is the "identity"; the dynamics are
     the per-frame latents z_1..z_T (DSA has no sequence-level dynamics latent), so keeping the
     dynamics of a sequence keeps its z_1..z_T.
@@ -25,29 +22,9 @@ class DSA(LatentVideoAPI):
         moved = dsa.transfer_action(action_x, identity_x)
     """
 
+    config_cls, nets_cls, model_cls, guide_cls = DSAConfig, DSANets, DSAModel, DSAGuide
     checkpoint_name = "dsa"
     has_stage2 = True   # the judge protocols' "fixed dynamics" keeps a real dynamics latent (z_1..z_T)
-
-    def __init__(self, config: DSAConfig, device="cpu"):
-        self.config, self.device = config, torch.device(device)
-        self.nets = DSANets(config).to(self.device)
-        self.model, self.guide = DSAModel(self.nets), DSAGuide(self.nets)
-
-    @classmethod
-    def load(cls, run_dir, device="cpu"):
-        """The run's newest loadable checkpoint, in evaluation mode."""
-        run_dir = Path(run_dir)
-        if not (run_dir / "config.json").is_file():
-            raise CheckpointError(f"{run_dir} has no config.json: pass a run folder written by experiments.run")
-        config = json.loads((run_dir / "config.json").read_text())
-        api = cls(DSAConfig.from_dict(config["model"]), device)
-        api.model.load_state_dict(CheckpointManager(run_dir / "checkpoints", cls.checkpoint_name)
-                                  .load_newest(api.device)["model"])
-        return api.eval()
-
-    def eval(self):
-        self.nets.eval()
-        return self
 
     def _pair(self):
         return self.model, self.guide

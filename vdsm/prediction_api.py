@@ -10,11 +10,12 @@ from pyro import poutine
 from .api import use_means
 from .checkpoint import CheckpointError, CheckpointManager
 
-__all__ = ["PredictionModelAPI"]
+__all__ = ["OneStageModelAPI", "PredictionModelAPI"]
 
 
-class PredictionModelAPI:
-    """Model and guide of one prediction model on one device (subclasses set the class attributes)."""
+class OneStageModelAPI:
+    """Model and guide of a one-stage model on one device, sharing one ``nets`` module (SVG, SRVP,
+    DSA; subclasses set the class attributes): build, ``load(run_dir)`` in eval mode, ``eval``."""
 
     config_cls = nets_cls = model_cls = guide_cls = None
     checkpoint_name = None
@@ -40,6 +41,11 @@ class PredictionModelAPI:
         """Evaluation mode (BatchNorm's running statistics); ``load`` returns the model in it."""
         self.nets.eval()
         return self
+
+
+
+class PredictionModelAPI(OneStageModelAPI):
+    """A prediction model (SVG, SRVP): futures from past frames, and reconstructions."""
 
     @torch.no_grad()
     def predict(self, x_past, n_future, n_samples=None):

@@ -99,25 +99,21 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
         x = torch.stack([it[0] for it in items]).to(device)
         labels = {k: torch.tensor([it[1][k] for it in items], device=device) for k in judge.heads_spec}
         torch.manual_seed(int(torch.randint(2 ** 31, (), generator=generator)))
-        if dynamic:
-            frames = model.fix_dynamics(x)
+        for name, generate, heads, others, diversity in (
+                ("fix_dynamics", model.fix_dynamics, dynamic, static, "prior_identity"),
+                ("fix_identity", model.fix_identity, static, dynamic, "prior_dynamics")):
+            if not heads:
+                continue
+            frames = generate(x)
             generated = judge.predict(frames)
-            for head in dynamic:
-                rows["fix_dynamics"][head].append(prediction_summary(generated[head], labels[head]))
-            for head in static:
-                rows["prior_identity"][head].append(prediction_summary(generated[head]))
+            for head in heads:
+                rows[name][head].append(prediction_summary(generated[head], labels[head]))
+            for head in others:
+                rows[diversity][head].append(prediction_summary(generated[head]))
+            if name == "fix_identity":
+                rows["all_static"].append(_all_right(generated, labels, static))
             if frechet:
-                rows["frechet_fix_dynamics"].append(_frechet(judge, frames, x))
-        if static:
-            frames = model.fix_identity(x)
-            generated = judge.predict(frames)
-            for head in static:
-                rows["fix_identity"][head].append(prediction_summary(generated[head], labels[head]))
-            for head in dynamic:
-                rows["prior_dynamics"][head].append(prediction_summary(generated[head]))
-            rows["all_static"].append(_all_right(generated, labels, static))
-            if frechet:
-                rows["frechet_fix_identity"].append(_frechet(judge, frames, x))
+                rows["frechet_" + name].append(_frechet(judge, frames, x))
         real = judge.predict(x)
         with reference_inputs():
             rebuilt = judge.predict(model.reconstruct(x))
