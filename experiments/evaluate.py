@@ -84,7 +84,8 @@ def evaluate(args):
         return evaluate_prediction(args, run_dir, config, device)
     for name in ("samples", "max_sequences", "n_future", "protocol", "lpips_backbone", "fvd_model"):
         if getattr(args, name) is not None:
-            raise UsageError(f"--{name.replace('_', '-')} applies to prediction runs (SVG, SRVP), not to this VDSM run")
+            raise UsageError(f"--{name.replace('_', '-')} applies to prediction runs (SVG, SRVP), not to this "
+                             f"{config.get('model_name', 'vdsm').upper()} run")
     args.repeats, args.judge_steps, args.batch_size = args.repeats or 5, args.judge_steps or 1500, args.batch_size or 128
     return evaluate_judge(args, run_dir, config, device)
 

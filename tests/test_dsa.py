@@ -126,6 +126,9 @@ def test_dsa_runs_evaluates_and_damages_from_the_command_line(tmp_path, data_dir
     assert protocol["model"] == "dsa" and protocol["fix_dynamics"]["protocol"]
     assert set(protocol["fix_dynamics"]["prior_identity"]) == {"body", "bottom", "top", "hair"}
     assert "(sprites, test split, dsa model)" in (run / "disentanglement.md").read_text()
+    refused = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--run", str(run), "--samples", "3"],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "not to this DSA run" in refused.stderr
     damage = subprocess.run([sys.executable, "-m", "experiments.damage", "--run", str(run), "--judge-steps", "3",
                              "--iterations", "1", "--hits", "5", "--repeats", "1", "--sequences", "4", "--which",
                              "decoder", "--data-root", str(root), "--sprites-layers", str(data_dirs.sprites),
