@@ -43,15 +43,16 @@ def fit_and_save(vdsm, run_dir, dataset, train_split, options, components, data_
     chosen on val, and save it in the run; returns {latent: summary}."""
     train = data.get_dataset(dataset, train_split, data_root, **options)
     val = data.get_dataset(dataset, "val", data_root, **options)
+    started = time.time()
     summaries = {}
-    for latent, max_components in components.items():
-        started = time.time()
-        mixture, summary = vdsm.fit_prior(latent, train, val, max_components, seed=seed)
+    for latent, (mixture, summary) in vdsm.fit_priors(components, train, val, seed=seed).items():
         if train_split == "trainval":
             summary["note"] = "the run trained on its val sequences (--train-split trainval): the size was chosen on them"
-        summary.update(seconds=round(time.time() - started, 1), date=time.strftime("%Y-%m-%d"))
+        summary.update(date=time.strftime("%Y-%m-%d"))
         vdsm.save_prior(run_dir, latent, mixture, summary)
         summaries[latent] = summary
+    for summary in summaries.values():   # one pass over the data serves every latent
+        summary["seconds_all_fits"] = round(time.time() - started, 1)
     return summaries
 
 
@@ -84,7 +85,7 @@ def fit_prior(args):
         for row in summary["tried"]:
             print(f"{latent}: {row['components']:5d} components: train {row['train_loglik']:.2f}, "
                   f"val {row['val_loglik']:.2f} (mean log-likelihood per sequence)")
-        print(f"{latent}: kept {summary['components']} components ({summary['seconds']} s); written "
+        print(f"{latent}: kept {summary['components']} components; written "
               f"{run_dir / 'checkpoints' / (latent + '_prior.pt')}")
     write_text_atomic(metrics_path, json.dumps(metrics, indent=1))
     return summaries

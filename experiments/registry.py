@@ -17,12 +17,12 @@ from models.dsa import DSAConfig
 from models.srvp import SRVPConfig
 from models.svg import SVGConfig
 
-__all__ = ["PredictionModel", "PREDICTION_MODELS", "JUDGED_MODELS", "prediction_model", "api_class", "load_judged",
+__all__ = ["OneStageModel", "PREDICTION_MODELS", "JUDGED_MODELS", "prediction_model", "api_class", "load_judged",
            "judged_seq_len"]
 
 
 @dataclass(frozen=True)
-class PredictionModel:
+class OneStageModel:
     name: str
     config_cls: type
     presets: str                 # file under experiments/configs/
@@ -36,14 +36,14 @@ class PredictionModel:
 
 
 PREDICTION_MODELS = {
-    "svg-lp": PredictionModel("svg-lp", SVGConfig, "svg.json", "vdsm.svg_api:SVG", "svg", {"learned_prior": True}),
-    "svg-fp": PredictionModel("svg-fp", SVGConfig, "svg.json", "vdsm.svg_api:SVG", "svg", {"learned_prior": False}),
-    "srvp": PredictionModel("srvp", SRVPConfig, "srvp.json", "vdsm.srvp_api:SRVP", "srvp"),
+    "svg-lp": OneStageModel("svg-lp", SVGConfig, "svg.json", "vdsm.svg_api:SVG", "svg", {"learned_prior": True}),
+    "svg-fp": OneStageModel("svg-fp", SVGConfig, "svg.json", "vdsm.svg_api:SVG", "svg", {"learned_prior": False}),
+    "srvp": OneStageModel("srvp", SRVPConfig, "srvp.json", "vdsm.srvp_api:SRVP", "srvp"),
 }
 
 # Models scored by the judge protocols, trained in one stage (``experiments.run_dsa``).
 JUDGED_MODELS = {
-    "dsa": PredictionModel("dsa", DSAConfig, "dsa.json", "vdsm.dsa_api:DSA", "dsa"),
+    "dsa": OneStageModel("dsa", DSAConfig, "dsa.json", "vdsm.dsa_api:DSA", "dsa"),
 }
 
 

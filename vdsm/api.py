@@ -13,12 +13,13 @@ from models.vdsm import VDSMConfig, VDSMStage1Model, VDSMStage2Model
 
 from .annealing import Schedule
 from .checkpoint import CheckpointError, CheckpointManager, load_checkpoint, save_checkpoint
-from .fitted_prior import DiagonalMixture, fit_mixture_chosen_on_val, posterior_dynamics, posterior_identities
+from .fitted_prior import DiagonalMixture, fit_mixture_chosen_on_val, posterior_values
 from .train import load_param_store_state
 
 __all__ = ["VDSM", "LatentVideoAPI", "use_means", "guide_factory"]
 
-FITTED_PRIORS = ("identity", "dynamics")   # latents with a prior fitted after training (vdsm.fitted_prior)
+# latents with a prior fitted after training (vdsm.fitted_prior), and the guide's sites each covers
+FITTED_PRIORS = {"identity": ("identity",), "dynamics": ("dynamics", "z_1")}
 
 
 def prior_path(run_dir, latent):
@@ -189,13 +190,9 @@ class VDSM(LatentVideoAPI):
 
     dynamics_mixture = None   # a DiagonalMixture over [d, z_1] fitted after training, or None
 
-    def set_identity_prior(self, mixture):
-        """Draw identities from ``mixture`` (a ``DiagonalMixture``; None: the Gaussian prior again)."""
-        return self.set_fitted_prior("identity", mixture)
-
     def set_fitted_prior(self, latent, mixture):
-        """Draw ``latent`` ("identity", or "dynamics": d and z_1 jointly) from ``mixture`` (None: from
-        the model's own priors again)."""
+        """Draw ``latent`` ("identity", or "dynamics": d and z_1 jointly) from ``mixture`` (a
+        ``DiagonalMixture``; None: from the model's own priors again)."""
         mixture = None if mixture is None else mixture.to(self.device)
         if latent == "identity":
             self.model1.identity_mixture = self.model2.identity_mixture = mixture
@@ -204,31 +201,34 @@ class VDSM(LatentVideoAPI):
         return self
 
     @torch.no_grad()
-    def fit_prior(self, latent, train, val, max_components, seed=0):
-        """Fit a mixture to the posterior ``latent`` ("identity"; "dynamics": [d, z_1], needs stage 2)
-        of the sequences of ``train`` (datasets of (frames, labels)), its size chosen by the mean
-        log-likelihood of ``val``'s, and use it. Returns the mixture and a summary (sizes tried,
-        the one kept, the scale floor)."""
+    def fit_priors(self, components, train, val, seed=0):
+        """Fit a mixture to each posterior latent in ``components`` (latent -> largest size;
+        "identity", and "dynamics": [d, z_1], which needs stage 2) over the sequences of ``train``
+        (datasets of (frames, labels)), its size chosen by the mean log-likelihood of ``val``'s, and
+        use it. Both latents come from one pass over each dataset. Returns {latent: (mixture,
+        summary)}, the summary with the sizes tried, the one kept and the scale floor."""
+        if "dynamics" in components and not self.has_stage2:
+            raise ValueError("no fitted prior for 'dynamics' on a stage-1 model: identity, or dynamics with stage 2")
         self.eval()
-        if latent == "identity":
-            train_points, min_scale = posterior_identities(self.guide1.encoder, train, self.device)
-            val_points, _ = posterior_identities(self.guide1.encoder, val, self.device)
-            what = "identities drawn from"
-        elif latent == "dynamics" and self.has_stage2:
-            train_points, min_scale = posterior_dynamics(self.posterior, train, self.device)
-            val_points, _ = posterior_dynamics(self.posterior, val, self.device)
-            what = "dynamics d and first pose z_1 drawn jointly from"
-        else:
-            raise ValueError(f"no fitted prior for {latent!r} on this model: identity, or dynamics with stage 2")
-        mixture, tried = fit_mixture_chosen_on_val(train_points, val_points, min_scale=min_scale,
-                                                   max_components=max_components, seed=seed)
-        self.set_fitted_prior(latent, mixture)
-        floor = min_scale if isinstance(min_scale, float) else float(torch.as_tensor(min_scale).mean())
-        return mixture, {"what": f"{what} a diagonal Gaussian mixture fitted after training to the posterior "
-                                 f"means of the training sequences; size chosen on val",
-                         "components": int(mixture.loc.shape[0]), "max_components": max_components,
-                         "min_scale_mean": floor, "train_sequences": len(train), "val_sequences": len(val),
-                         "tried": tried}
+        groups = {latent: FITTED_PRIORS[latent] for latent in components}
+        train_points = posterior_values(self.posterior, train, self.device, groups)
+        val_points = posterior_values(self.posterior, val, self.device, groups)
+        fitted = {}
+        for latent, max_components in components.items():
+            points, scales = train_points[latent]
+            # identity: one floor for every dimension (the mean posterior scale); dynamics: one per dimension
+            min_scale = float(scales.mean()) if latent == "identity" else scales
+            mixture, tried = fit_mixture_chosen_on_val(points, val_points[latent][0], min_scale=min_scale,
+                                                       max_components=max_components, seed=seed)
+            self.set_fitted_prior(latent, mixture)
+            what = "identities drawn from" if latent == "identity" else "dynamics d and first pose z_1 drawn jointly from"
+            fitted[latent] = (mixture, {
+                "what": f"{what} a diagonal Gaussian mixture fitted after training to the posterior means of the "
+                        f"training sequences; size chosen on val",
+                "components": int(mixture.loc.shape[0]), "max_components": max_components,
+                "min_scale_mean": float(scales.mean()), "train_sequences": len(train), "val_sequences": len(val),
+                "tried": tried})
+        return fitted
 
     @staticmethod
     def save_prior(run_dir, latent, mixture, summary):

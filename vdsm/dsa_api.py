@@ -24,7 +24,6 @@ class DSA(OneStageModelAPI, LatentVideoAPI):
 
     config_cls, nets_cls, model_cls, guide_cls = DSAConfig, DSANets, DSAModel, DSAGuide
     checkpoint_name = "dsa"
-    has_stage2 = True   # the judge protocols' "fixed dynamics" keeps a real dynamics latent (z_1..z_T)
 
     def _pair(self):
         return self.model, self.guide

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 import pyro.distributions as dist
 import torch
 
-__all__ = ["DiagonalMixture", "fit_mixture", "fit_mixture_chosen_on_val", "posterior_identities",
-           "posterior_dynamics", "CANDIDATES"]
+__all__ = ["DiagonalMixture", "fit_mixture", "fit_mixture_chosen_on_val", "posterior_values", "CANDIDATES"]
 
 CANDIDATES = (1, 4, 16, 64, 256, 1024)   # mixture sizes tried; the one with the best val likelihood is kept
 
@@ -99,31 +98,22 @@ def fit_mixture(x, k, *, min_scale, iterations=200, seed=0):
 
 
 @torch.no_grad()
-def posterior_identities(encoder, dataset, device, batch_size=256):
-    """Posterior identity means [N, D] and the mean posterior scale of every sequence in ``dataset``."""
-    locs, scales = [], []
-    for start in range(0, len(dataset), batch_size):
-        x = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))]).to(device)
-        _, _, id_loc, id_scale = encoder.encode_sequences(x)
-        locs.append(id_loc.cpu())
-        scales.append(id_scale.cpu())
-    return torch.cat(locs), float(torch.cat(scales).mean())
-
-
-@torch.no_grad()
-def posterior_dynamics(posterior, dataset, device, batch_size=256):
-    """[d, z_1] of every sequence in ``dataset`` [N, dynamics + z dims] (``posterior(x)``: a guide
-    trace at the posterior means) and the mean posterior scale of each of those dimensions [D]
-    (1e-3 where a custom guide's sites do not expose a scale)."""
-    points, scales = [], []
+def posterior_values(posterior, dataset, device, groups, batch_size=256):
+    """One pass over ``dataset``: for each group (name -> site names, e.g. {"dynamics": ("dynamics",
+    "z_1")}), the sites' posterior means of every sequence side by side [N, D] and the mean
+    posterior scale of each of those dimensions [D] (1e-3 where a custom guide's sites do not
+    expose a scale). ``posterior(x)``: a guide trace at the posterior means."""
+    points = {name: [] for name in groups}
+    scales = {name: [] for name in groups}
     for start in range(0, len(dataset), batch_size):
         x = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))]).to(device)
         trace = posterior(x)
-        values = [trace.nodes[name]["value"] for name in ("dynamics", "z_1")]
-        points.append(torch.cat(values, -1).cpu())
-        scales.append(torch.cat([_site_scale(trace.nodes[name]["fn"], v) for name, v in
-                                 zip(("dynamics", "z_1"), values)], -1).cpu())
-    return torch.cat(points), torch.cat(scales).mean(0)
+        for name, sites in groups.items():
+            values = [trace.nodes[site]["value"] for site in sites]
+            points[name].append(torch.cat(values, -1).cpu())
+            scales[name].append(torch.cat([_site_scale(trace.nodes[site]["fn"], v)
+                                           for site, v in zip(sites, values)], -1).cpu())
+    return {name: (torch.cat(points[name]), torch.cat(scales[name]).mean(0)) for name in groups}
 
 
 def _site_scale(fn, value):
