@@ -181,6 +181,8 @@ def markdown(dataset, result):
              + ", ".join(f"{k} {100 * v:.2f}%" for k, v in result["judge_accuracy"].items()), "",
              f"Batches of {result['batch_size']} {result['split']} sequences, {result['repeats']} repeats "
              f"(mean ± std).", ""]
+    if result.get("departure"):
+        lines += [f"**Departure from the published protocol: {result['departure']}.**", ""]
     if result["stage"] == 1:
         lines += ["**A stage-1 model has no dynamics latent: the first two tables are not the protocol "
                   "(see each table's note).**", ""]

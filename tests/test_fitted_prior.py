@@ -86,6 +86,14 @@ def test_a_run_with_a_fitted_identity_prior_draws_identities_from_it(tmp_path, d
                              "z_1": drawn[:, vdsm.config.dynamics_dim:]}, 3, 4)
     torch.manual_seed(5)
     assert torch.allclose(vdsm.fix_identity(x), expected, atol=1e-6)
+    assert vdsm.fitted_priors == ["identity", "dynamics"]
+    evaluate = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--run", str(run), "--judge-steps", "3",
+                               "--batch-size", "6", "--repeats", "1", "--data-root", str(tmp_path / "root"),
+                               "--sprites-layers", str(data_dirs.sprites)], cwd=REPO, capture_output=True, text=True,
+                              timeout=300)
+    assert evaluate.returncode == 0, evaluate.stderr
+    assert "Departure from the published protocol: prior samples draw identity and dynamics" in \
+        (run / "disentanglement.md").read_text()
     # without the file, identities come from the Gaussian prior again
     (run / "checkpoints" / "identity_prior.pt").unlink()
     assert VDSM.load(run).model2.identity_mixture is None

@@ -129,6 +129,16 @@ def test_prior_samples_are_scored_for_diversity_confidence_and_distance_to_real_
     assert abs(bad["fix_identity"]["all_static"]["mean"] - 6 ** -4) < 0.02
 
 
+def test_priors_fitted_after_training_are_labelled_as_a_departure():
+    judge = OracleJudge(SPRITES.dynamic, SPRITES.static)
+    plain = judge_protocol(StandIn(judge), judge, dataset(judge), batch_size=32, repeats=1)
+    fitted = StandIn(judge)
+    fitted.fitted_priors = ["identity", "dynamics"]
+    labelled = judge_protocol(fitted, judge, dataset(judge), batch_size=32, repeats=1)
+    assert "departure" not in plain and labelled["fitted_priors"] == ["identity", "dynamics"]
+    assert "identity and dynamics from priors fitted after training" in labelled["departure"]
+
+
 def test_a_model_with_swapped_latents_scores_chance():
     judge = OracleJudge(SPRITES.dynamic, SPRITES.static)
     r = judge_protocol(StandIn(judge, disentangles=False), judge, dataset(judge), batch_size=128, repeats=3)

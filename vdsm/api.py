@@ -190,6 +190,12 @@ class VDSM(LatentVideoAPI):
 
     dynamics_mixture = None   # a DiagonalMixture over [d, z_1] fitted after training, or None
 
+    @property
+    def fitted_priors(self):
+        """The latents drawn from priors fitted after training (in use), e.g. ["identity", "dynamics"]."""
+        in_use = {"identity": self.model2.identity_mixture, "dynamics": self.dynamics_mixture if self.has_stage2 else None}
+        return [latent for latent, mixture in in_use.items() if mixture is not None]
+
     def set_fitted_prior(self, latent, mixture):
         """Draw ``latent`` ("identity", or "dynamics": d and z_1 jointly) from ``mixture`` (a
         ``DiagonalMixture``; None: from the model's own priors again)."""

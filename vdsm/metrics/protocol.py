@@ -26,7 +26,8 @@ protocol runs the part its judge has heads for and says so when it skips the res
   labels, whose static heads read B's, and both.
 
 A model is anything with ``fix_dynamics``, ``fix_identity``, ``reconstruct`` and
-``transfer_action`` taking frames [B, T, C, H, W]. A VDSM trained in stage 1 only
+``transfer_action`` taking frames [B, T, C, H, W]. A model whose ``fitted_priors`` names latents
+drawn from priors fitted after training gets that departure from the protocol in the result. A VDSM trained in stage 1 only
 (``has_stage2`` False) has no dynamics latent: its "fixed dynamics" keeps every pose of the real
 sequence, so its numbers are labelled as not the protocol.
 """
@@ -152,7 +153,14 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
             out["frechet_judge"] = _mean_std(rows["frechet_" + name])
         return out
 
-    result = {"stage": stage, "batch_size": int(min(batch_size, len(dataset))), "repeats": repeats,
+    fitted = list(getattr(model, "fitted_priors", ()))
+    if fitted:   # labelled in the result: the published protocol draws from the trained prior
+        result_note = {"fitted_priors": fitted,
+                       "departure": f"prior samples draw {' and '.join(fitted)} from priors fitted after training "
+                                    f"(vdsm.fitted_prior), not from the trained priors"}
+    else:
+        result_note = {}
+    result = {**result_note, "stage": stage, "batch_size": int(min(batch_size, len(dataset))), "repeats": repeats,
               "dynamic_heads": dynamic, "static_heads": static,
               "fix_dynamics": section("fix_dynamics", dynamic, static),
               "fix_identity": section("fix_identity", static, dynamic),
