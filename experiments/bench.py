@@ -197,7 +197,7 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
             h_seq, context = guide.frame_states(d, seq_len), guide.combiner_context(d, z_loc)
             zs, z_prev = [], guide.z_q_0.expand(batch_size, config.z_dim)
             for t in range(seq_len):
-                loc, scale = guide.combiner(z_prev, h_seq[:, t], context[:, t])
+                loc, scale = guide.step(z_prev, h_seq[:, t], context[:, t])
                 z_prev = loc + scale * torch.randn_like(loc)
                 zs.append(z_prev)
             z = torch.stack(zs, 1)

@@ -43,6 +43,10 @@ class VDSMStage2Guide(nn.Module):
     in evaluation it is always shown (unless ``show_poses_in_eval`` is False, as in
     ``vdsm.api.VDSM.reference_guide_inputs``). In the reference guide (p = 0) every pose comes
     from d, and poses that d does not separate are drawn as their neighbours' (BENCHMARKS.md).
+    With ``config.guide_pose_residual`` a shown pose is also added to the combiner's mean, so the
+    combiner only learns a correction to the encoder's pose. Without it, the combiner did not
+    learn to pass every pose through: with the poses shown, Sprites' slash-left was still
+    reconstructed as spellcast-left (6% right; 100% with the residual, BENCHMARKS.md).
     """
 
     show_poses_in_eval = True
@@ -89,6 +93,14 @@ class VDSMStage2Guide(nn.Module):
             shown = z_means.new_full((b, 1, 1), float(self.show_poses_in_eval))
         return torch.cat([context, shown * z_means, shown.expand(b, t, 1)], -1)
 
+    def step(self, z_prev, h_t, context_t):
+        """(loc, scale) of q(z_t | z_{t-1}, h_t, context_t) for one frame of ``combiner_context``."""
+        loc, scale = self.combiner(z_prev, h_t, context_t)
+        if self.config.guide_pose_residual:  # the shown pose (zero when not shown) sits after d in the context
+            n = self.config.dynamics_dim
+            loc = loc + context_t[..., n:n + self.config.z_dim]
+        return loc, scale
+
     def forward(self, x, *, factors, **unused):
         c = self.config
         b, t = x.shape[:2]
@@ -104,5 +116,5 @@ class VDSMStage2Guide(nn.Module):
             z_prev = self.z_q_0.expand(b, c.z_dim)
             with poutine.scale(scale=factors["z"]):
                 for k in pyro.markov(range(1, t + 1)):
-                    loc, scale = self.combiner(z_prev, h_seq[:, k - 1], context[:, k - 1])
+                    loc, scale = self.step(z_prev, h_seq[:, k - 1], context[:, k - 1])
                     z_prev = pyro.sample(f"z_{k}", Normal(loc, scale).to_event(1))

@@ -40,6 +40,8 @@ class VDSMConfig:
     learned_identity_loc: bool = False  # identity prior N(m, 1/n) with m learned in stage 1 (reference: m = 0)
     learned_dynamics_prior: bool = False  # dynamics prior N(m, s) with m, s learned in stage 2 (reference: N(0, 1/n))
     guide_pose_input: float = 0.0  # share of training sequences whose stage-2 combiner sees the frame poses (0: reference)
+    # with guide_pose_input > 0: a shown pose is added to the combiner's mean (the combiner learns a correction)
+    guide_pose_residual: bool = False
     # 0: identities drawn from the Gaussian prior (reference); N > 0: after training, from a mixture of at
     # most N components fitted to the training identities (vdsm.fitted_prior); training is unchanged
     identity_prior_components: int = 0
@@ -78,6 +80,8 @@ class VDSMConfig:
             raise ValueError(f"identity_scale_max={self.identity_scale_max} must be >= 0 (0 means unbounded)")
         if not 0 <= self.guide_pose_input <= 1:
             raise ValueError(f"guide_pose_input={self.guide_pose_input} must be in [0, 1] (0: the reference guide)")
+        if self.guide_pose_residual and self.guide_pose_input == 0:
+            raise ValueError("guide_pose_residual needs guide_pose_input > 0 (no pose is shown to add)")
         if self.emission not in ("bernoulli", "normal", "laplace"):
             raise ValueError(f"emission={self.emission!r}: use bernoulli, normal or laplace")
 

@@ -148,6 +148,22 @@ def test_stage2_guide_shows_frame_poses_to_the_combiner_only_with_guide_pose_inp
     assert moved.all()  # evaluation: always shown
 
 
+def test_residual_stage2_guide_centres_q_z_on_the_shown_pose():
+    torch.manual_seed(0)
+    x, d = frames(4, 3), torch.randn(4, TINY.dynamics_dim)
+    config = dataclasses.replace(TINY, guide_pose_input=0.5, guide_pose_residual=True)
+    plain = VDSMStage2Guide(dataclasses.replace(config, guide_pose_residual=False)).eval()
+    residual = VDSMStage2Guide(config).eval()
+    residual.load_state_dict(plain.state_dict())  # same networks: only the added pose differs
+    poses = residual.encoder.encode_sequences(x)[0]
+    assert torch.allclose(_first_pose_mean(residual, x, d), _first_pose_mean(plain, x, d) + poses[:, 0], atol=1e-6)
+    residual.show_poses_in_eval = False  # nothing shown, nothing added
+    plain.show_poses_in_eval = False
+    assert torch.allclose(_first_pose_mean(residual, x, d), _first_pose_mean(plain, x, d))
+    with pytest.raises(ValueError, match="guide_pose_input"):
+        dataclasses.replace(TINY, guide_pose_residual=True).check()
+
+
 def _batches(b, t):
     while True:
         yield frames(b, t)
