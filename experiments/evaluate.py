@@ -212,7 +212,24 @@ def markdown(dataset, result):
     keys = [k for k in ("dynamics_of_A", "identity_of_B", "both") if k in tr]
     lines += ["", f"## Transfer ({tr['what']})", "", "| " + " | ".join(keys) + " |", "|---" * len(keys) + "|",
               "| " + " | ".join(_fmt(tr[k], True) for k in keys) + " |", ""]
+    lines += _per_class_table(result.get("per_class", {}))
     return "\n".join(lines)
+
+
+def _per_class_table(per_class):
+    """Markdown: each dynamic head's accuracy per true class (a class never drawn shows as ~0%)."""
+    lines = []
+    for head in next(iter(per_class.values()), {}):
+        classes = len(per_class["reconstruction"][head]["of"])
+        lines += [f"## Per class: {head} (true class -> % right, of all repeats' sequences)", "",
+                  "| | " + " | ".join(str(c) for c in range(classes)) + " |", "|---" * (classes + 1) + "|"]
+        for name, label in (("fix_dynamics", "dynamics kept, identity from the prior"),
+                            ("reconstruction", "reconstructions (reference guide inputs)"), ("transfer", "transfer")):
+            counts = per_class[name][head]
+            cells = [f"{100 * r / n:.0f}" if n else "-" for r, n in zip(counts["right"], counts["of"])]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 # ---------------------------------------------------------------- prediction (SVG, SRVP)

@@ -192,3 +192,37 @@ def test_consistency_uses_the_reference_guides_inputs_and_reports_pose_input_apa
     assert r["consistency_with_pose_input"]["heads"]["action"]["mean"] == 1.0
     plain = judge_protocol(StandIn(judge), judge, dataset(judge), batch_size=32, repeats=1)
     assert "consistency_with_pose_input" not in plain
+
+
+class DropsOneAction(StandIn):
+    """Draws action 7 as action 4 wherever it generates the motion (as a stage 2 that lost a class)."""
+
+    def _relabel(self, x):
+        labels = decode(x, self.judge.heads_spec)
+        labels["action"] = torch.where(labels["action"] == 7, 4, labels["action"])
+        return encode(labels, self.judge.heads_spec, x.shape[1], x.shape[-1])
+
+    def fix_dynamics(self, x):
+        return self._relabel(super().fix_dynamics(x))
+
+    def reconstruct(self, x):
+        return self._relabel(x)
+
+    def transfer_action(self, a, b):
+        return self._relabel(super().transfer_action(a, b))
+
+
+def test_per_class_accuracy_shows_an_action_that_is_never_drawn():
+    judge = OracleJudge(SPRITES.dynamic, SPRITES.static)
+    r = judge_protocol(DropsOneAction(judge), judge, dataset(judge), batch_size=128, repeats=3)
+    for name in ("fix_dynamics", "reconstruction", "transfer"):
+        counts = r["per_class"][name]["action"]
+        assert sum(counts["of"]) == 3 * 128
+        assert counts["right"][7] == 0 and counts["of"][7] > 0
+        assert all(r_ == n for c, (r_, n) in enumerate(zip(counts["right"], counts["of"])) if c != 7)
+    assert "per_class" not in judge_protocol(StandIn(OracleJudge({}, SPRITES.static)), OracleJudge({}, SPRITES.static),
+                                             dataset(OracleJudge({}, SPRITES.static)), batch_size=16, repeats=1)
+    from experiments.evaluate import _per_class_table
+
+    table = "\n".join(_per_class_table(r["per_class"]))
+    assert "| transfer | 100 | 100 | 100 | 100 | 100 | 100 | 100 | 0 | 100 |" in table

@@ -24,6 +24,9 @@ protocol runs the part its judge has heads for and says so when it skips the res
   number; with pose input it is reported separately (``consistency_with_pose_input``).
 * ``transfer``: dynamics of A, identity of B; share of sequences whose dynamic heads read A's
   labels, whose static heads read B's, and both.
+* ``per_class``: each dynamic head's accuracy per true class (right / of, summed over the repeats)
+  in ``fix_dynamics``, ``reconstruction`` and ``transfer``: a motion the model never draws (e.g.
+  one of Sprites' nine actions) shows as one class near 0% where the mean loses only 1/9.
 
 A model is anything with ``fix_dynamics``, ``fix_identity``, ``reconstruct`` and
 ``transfer_action`` taking frames [B, T, C, H, W]. A model whose ``fitted_priors`` names latents
@@ -73,6 +76,15 @@ def _frechet(judge, generated, real):
     return frechet_from_features(judge.frame_features(generated).cpu(), judge.frame_features(real).cpu())
 
 
+def _count_per_class(counts, probs, labels):
+    """Add right / total per true class of one batch to ``counts`` ({"right": [...], "of": [...]})."""
+    right = (probs.argmax(-1) == labels).long()
+    for c in range(len(counts["of"])):
+        chosen = labels == c
+        counts["of"][c] += int(chosen.sum())
+        counts["right"][c] += int(right[chosen].sum())
+
+
 def _agreement(a, b, heads):
     return {k: (a[k].argmax(-1) == b[k].argmax(-1)).float().mean().item() for k in heads}
 
@@ -93,6 +105,8 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
             "consistency_with_pose_input": [], "transfer": [], "prior_identity": {h: [] for h in static},
             "prior_dynamics": {h: [] for h in dynamic}, "all_static": [], "reconstruction": [],
             "frechet_fix_dynamics": [], "frechet_fix_identity": []}
+    per_class = {name: {h: {"right": [0] * judge.heads_spec[h], "of": [0] * judge.heads_spec[h]} for h in dynamic}
+                 for name in ("fix_dynamics", "reconstruction", "transfer")}
     frechet = hasattr(judge, "frame_features")
     for _ in tqdm(range(repeats), desc="judge protocols", disable=not progress, dynamic_ncols=True):
         idx = torch.randperm(len(dataset), generator=generator)[: min(batch_size, len(dataset))]
@@ -109,6 +123,8 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
             generated = judge.predict(frames)
             for head in heads:
                 rows[name][head].append(prediction_summary(generated[head], labels[head]))
+                if name in per_class:
+                    _count_per_class(per_class[name][head], generated[head], labels[head])
             for head in others:
                 rows[diversity][head].append(prediction_summary(generated[head]))
             if name == "fix_identity":
@@ -122,11 +138,15 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
         rows["reconstruction"].append({**{h: (rebuilt[h].argmax(-1) == labels[h]).float().mean().item()
                                           for h in judge.heads_spec},
                                        "all": _all_right(rebuilt, labels, judge.heads_spec)})
+        for head in dynamic:
+            _count_per_class(per_class["reconstruction"][head], rebuilt[head], labels[head])
         if pose_input:
             rows["consistency_with_pose_input"].append(_agreement(real, judge.predict(model.reconstruct(x)),
                                                                   judge.heads_spec))
         partner = torch.roll(torch.arange(len(x), device=device), 1)
         moved = judge.predict(model.transfer_action(x, x[partner]))
+        for head in dynamic:
+            _count_per_class(per_class["transfer"][head], moved[head], labels[head])
         row = {}
         ok_a = torch.stack([moved[h].argmax(-1) == labels[h] for h in dynamic]).all(0) if dynamic else None
         ok_b = torch.stack([moved[h].argmax(-1) == labels[h][partner] for h in static]).all(0) if static else None
@@ -171,6 +191,8 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
                               "heads": _aggregate(rows["consistency"])},
               "transfer": {"what": WHAT["transfer"][stage == 1], "protocol": stage == 2,
                            **_aggregate(rows["transfer"])}}
+    if dynamic:
+        result["per_class"] = per_class
     if pose_input:
         result["consistency_with_pose_input"] = {
             "what": "as consistency, with the stage-2 guide also seeing the frame poses (--guide-pose-input)",
