@@ -81,7 +81,8 @@ class VDSMConfig:
         if not 0 <= self.guide_pose_input <= 1:
             raise ValueError(f"guide_pose_input={self.guide_pose_input} must be in [0, 1] (0: the reference guide)")
         if self.guide_pose_residual and self.guide_pose_input == 0:
-            raise ValueError("guide_pose_residual needs guide_pose_input > 0 (no pose is shown to add)")
+            raise ValueError("guide_pose_residual needs guide_pose_input > 0 (no pose is shown to add): "
+                             "turn it off too (--no-guide-pose-residual)")
         if self.emission not in ("bernoulli", "normal", "laplace"):
             raise ValueError(f"emission={self.emission!r}: use bernoulli, normal or laplace")
 
