@@ -143,7 +143,6 @@ def train_one_stage(api, entry, train, args, config, run_dir, device, writer, ra
 
 
 def run_svg(args, config, run_dir, device, rank=0, world_size=1, monitor=None):
-
     train = check_svg_data(args, config)
     writer = None
     if rank == 0:

@@ -78,11 +78,10 @@ def _frechet(judge, generated, real):
 
 def _count_per_class(counts, probs, labels):
     """Add right / total per true class of one batch to ``counts`` ({"right": [...], "of": [...]})."""
-    right = (probs.argmax(-1) == labels).long()
-    for c in range(len(counts["of"])):
-        chosen = labels == c
-        counts["of"][c] += int(chosen.sum())
-        counts["right"][c] += int(right[chosen].sum())
+    n = len(counts["of"])
+    right = labels[probs.argmax(-1) == labels]
+    for key, present in (("of", labels), ("right", right)):
+        counts[key] = [a + b for a, b in zip(counts[key], torch.bincount(present, minlength=n).tolist())]
 
 
 def _agreement(a, b, heads):
