@@ -75,7 +75,16 @@ class LearnedFromFrames(FramePrior):
 
 
 class MarkovTransition(FramePrior):
-    """z_1 ~ N(0, I), z_t ~ N(transition(z_{t-1}, d)): sites "z_1".."z_T" (``pyro.markov``)."""
+    """z_1 ~ N(0, I), z_t ~ N(transition(z_{t-1}, d)): sites "z_1".."z_T" (``pyro.markov``).
+
+    With ``model.overshooting`` = w > 0, latent overshooting (Hafner et al. 2019, PlaNet) with the
+    earlier steps at their means: from every z_s the transition is also rolled out open-loop, and
+    its k-step predictions (k = 2..T-s) score the later latents, held fixed as in PlaNet:
+    ``pyro.factor("overshooting", w / (T - 1) * sum_k sum_t log N(z_t | k-step prediction))``.
+    Training sees only one-step transitions otherwise, while transfer and prediction roll the
+    transition out from z_1 for T - 1 steps (BENCHMARKS.md: the rollouts of some actions drift to
+    another action's poses).
+    """
 
     def sample(self, model, b, t, d, ref, x=None):
         zs, z_prev = [], None
@@ -86,7 +95,25 @@ class MarkovTransition(FramePrior):
                 loc, scale = model.transition(z_prev, d)
             z_prev = pyro.sample(f"z_{k}", Normal(loc, scale).to_event(1))
             zs.append(z_prev)
-        return torch.stack(zs, 1)
+        zs = torch.stack(zs, 1)
+        weight = getattr(model, "overshooting", 0.0)
+        if weight > 0 and t > 2:
+            pyro.factor("overshooting", weight / (t - 1) * self.overshooting_log_prob(model, zs, d))
+        return zs
+
+    @staticmethod
+    def overshooting_log_prob(model, zs, d):
+        """[B]: sum over k = 2..T-1 and t of log N(z_t | the transition's k-step open-loop prediction
+        from z_{t-k}); the latents ``zs`` [B, T, z_dim] are held fixed (no gradient through them)."""
+        zs = zs.detach()
+        t = zs.shape[1]
+        means, total = zs[:, :-1], 0.0       # means[:, s]: the (k-1)-step prediction started at z_{s+1}
+        for k in range(1, t):
+            loc, scale = model.transition(means, d.unsqueeze(1).expand(-1, means.shape[1], -1))
+            if k > 1:  # k = 1 is the ELBO's own transition term
+                total = total + Normal(loc, scale).log_prob(zs[:, k:]).sum((-2, -1))
+            means = loc[:, :-1]
+        return total
 
 
 class RecurrentPrior(FramePrior):

@@ -48,6 +48,9 @@ class VDSMConfig:
     # 0: new dynamics d and first poses z_1 drawn from their priors (reference); N > 0: after training, jointly
     # from a mixture of at most N components fitted to the training sequences' posterior [d, z_1]
     dynamics_prior_components: int = 0
+    # > 0: weight of latent overshooting in stage 2 (the transition's open-loop k-step predictions also
+    # score the posterior poses, models.family.MarkovTransition); 0: one-step transitions only (reference)
+    overshooting: float = 0.0
 
     def to_dict(self):
         return asdict(self)
@@ -76,6 +79,8 @@ class VDSMConfig:
         for name in ("identity_prior_components", "dynamics_prior_components"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (0: the reference's prior)")
+        if self.overshooting < 0:
+            raise ValueError(f"overshooting={self.overshooting} must be >= 0 (0: the reference's one-step transitions)")
         if self.identity_scale_max < 0:
             raise ValueError(f"identity_scale_max={self.identity_scale_max} must be >= 0 (0 means unbounded)")
         if not 0 <= self.guide_pose_input <= 1:
@@ -128,7 +133,8 @@ class VDSMStage1Model(StateSpaceVideoModel):
 class VDSMStage2Model(VDSMStage1Model):
     """Stage 2: adds dynamics d ~ N(0, 1/dynamics_dim) and z_t ~ N(GatedTransition(z_{t-1}, d)).
 
-    The decoder comes from stage 1 and is frozen by the runner. With
+    The decoder comes from stage 1 and is frozen by the runner. With ``overshooting`` > 0 the
+    transition is also trained on its open-loop rollouts (``models.family.MarkovTransition``). With
     ``learned_dynamics_prior`` the prior of d is N(m, diag(s)) with m and s learned in stage 2
     (``dynamics_loc``, ``dynamics_log_scale``, starting at the reference's N(0, 1/n)): the ELBO
     then fits them to the posterior dynamics, whose spread is 2-3x the reference prior's scale
@@ -141,6 +147,7 @@ class VDSMStage2Model(VDSMStage1Model):
     def __init__(self, config: VDSMConfig):
         super().__init__(config)
         self.trans = GatedTransition(config.z_dim, config.dynamics_dim, config.trans_dim)
+        self.overshooting = config.overshooting
         n = config.dynamics_dim
         if config.learned_dynamics_prior:
             self.dynamics_loc = nn.Parameter(torch.zeros(n))

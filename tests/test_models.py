@@ -164,6 +164,44 @@ def test_residual_stage2_guide_centres_q_z_on_the_shown_pose():
         dataclasses.replace(TINY, guide_pose_residual=True).check()
 
 
+def test_overshooting_scores_each_later_pose_under_the_open_loop_rollout():
+    torch.manual_seed(0)
+    model = VDSMStage2Model(dataclasses.replace(TINY, overshooting=2.0))
+    zs, d = torch.randn(3, 4, TINY.z_dim, requires_grad=True), torch.randn(3, TINY.dynamics_dim)
+
+    def rollout(z, k):  # k transitions at their means, then the distribution of the next step
+        for _ in range(k - 1):
+            z = model.transition(z, d)[0]
+        return torch.distributions.Normal(*model.transition(z, d))
+
+    by_hand = sum(rollout(zs[:, s], k).log_prob(zs[:, s + k]).sum(-1)
+                  for k in (2, 3) for s in range(4 - k))  # z_1 -> z_3, z_2 -> z_4, z_1 -> z_4
+    log_prob = model.frame_prior.overshooting_log_prob(model, zs, d)
+    assert log_prob.shape == (3,)
+    assert torch.allclose(log_prob, by_hand, atol=1e-5)
+    log_prob.sum().backward()
+    assert zs.grad is None  # the posterior poses are held fixed, as in PlaNet
+    assert model.trans.proposal[0].weight.grad.abs().sum() > 0
+
+
+def test_overshooting_adds_its_weighted_term_to_the_stage2_elbo():
+    torch.manual_seed(0)
+    x = frames(2, 4)
+    plain, guide = VDSMStage2Model(TINY), VDSMStage2Guide(TINY)
+    overshooting = VDSMStage2Model(dataclasses.replace(TINY, overshooting=2.0))
+    overshooting.load_state_dict(plain.state_dict())
+    guide_trace = poutine.trace(guide).get_trace(x, factors=FACTORS)
+    traces = [poutine.trace(poutine.replay(m, trace=guide_trace)).get_trace(x, factors=FACTORS)
+              for m in (plain, overshooting)]
+    assert "overshooting" not in traces[0].nodes
+    zs = torch.stack([guide_trace.nodes[f"z_{k}"]["value"] for k in range(1, 5)], 1)
+    expected = FACTORS["z"] * 2.0 / 3 * overshooting.frame_prior.overshooting_log_prob(
+        overshooting, zs, guide_trace.nodes["dynamics"]["value"]).sum()
+    assert torch.allclose(traces[1].log_prob_sum() - traces[0].log_prob_sum(), expected, rtol=1e-4)
+    with pytest.raises(ValueError, match="overshooting=-1"):
+        dataclasses.replace(TINY, overshooting=-1.0).check()
+
+
 def _batches(b, t):
     while True:
         yield frames(b, t)

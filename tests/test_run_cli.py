@@ -94,6 +94,8 @@ def test_custom_guide_through_the_runner(tmp_path, data_dirs):
     (["--dataset", "sprites", "--identity-scale-max", "-1"], "identity_scale_max=-1"),
     (["--dataset", "sprites", "--guide-pose-input", "1.5"], "guide_pose_input=1.5"),
     (["--dataset", "sprites", "--guide-pose-input", "0"], "--no-guide-pose-residual"),
+    (["--dataset", "sprites", "--overshooting", "-1"], "overshooting=-1"),
+    (["--dataset", "sprites", "--model", "dsa", "--overshooting", "1"], "--overshooting only applies to --model vdsm"),
     (["--dataset", "sprites", "--resume", "/nonexistent/run"], "--resume"),
     (["--dataset", "sprites", "--guide2", "no.such:thing"], "guide factory"),
     (["--dataset", "kth"], "no VDSM config"),
