@@ -249,3 +249,24 @@ def test_learned_priors_are_fitted_in_their_stage_and_loaded_with_the_run(tmp_pa
     prior = vdsm.model2.dynamics_prior(2, torch.zeros(1))
     assert torch.equal(prior.mean, stage2["dynamics_loc"].expand(2, -1))
     assert torch.equal(prior.base_dist.scale, stage2["dynamics_log_scale"].exp().expand(2, -1))
+
+
+NETWORK_SIZES = {"z_dim", "encoder_widths", "encoder_features", "decoder_widths", "dynamics_dim", "trans_dim",
+                 "rnn_dim", "rnn_layers", "rnn_dropout"}
+
+
+@pytest.mark.parametrize("dataset", ["sprites", "smmnist", "mug", "pendulum"])
+def test_every_model_departure_of_a_cpu_preset_is_named_in_its_departures(dataset):
+    from experiments.configs import load_preset
+    from experiments.run import complete_model_config
+
+    cpu, paper = load_preset(dataset, "cpu"), load_preset(dataset, "paper")
+    departs = " ".join(cpu.get("departs_from_paper", []))
+    cpu_model, paper_model = complete_model_config(cpu["model"]), complete_model_config(paper["model"])
+    for name, value in cpu_model.items():
+        if value == paper_model[name]:
+            continue
+        if name in NETWORK_SIZES:
+            assert "networks:" in departs, (dataset, name)
+        else:
+            assert name in departs, (dataset, name, value)
