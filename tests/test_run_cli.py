@@ -79,7 +79,9 @@ def test_custom_guide_through_the_runner(tmp_path, data_dirs):
     result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--out", out,
                      "--guide2", "guides.examples:mean_field", *TINY_FLAGS)
     assert result.returncode == 0, result.stderr
-    assert json.loads((out / "config.json").read_text())["guide2"] == "guides.examples:mean_field"
+    config = json.loads((out / "config.json").read_text())
+    assert config["guide2"] == "guides.examples:mean_field"
+    assert config["model"]["overshooting"] > 0  # the preset's overshooting factor trained with this guide too
     assert VDSM.load(out).guide2.__class__.__name__ == "MeanFieldStage2Guide"
 
 
