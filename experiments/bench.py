@@ -187,6 +187,7 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
         optimizer.step()
 
     def vdsm_nets_loss():
+        extra = 0.0
         z_loc, z_scale, id_loc, id_scale = guide.encoder.encode_sequences(x)
         identity = id_loc + id_scale * torch.randn_like(id_loc)
         if stage == "stage1":
@@ -202,8 +203,10 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
                 zs.append(z_prev)
             z = torch.stack(zs, 1)
             model.transition(z[:, :-1], d.unsqueeze(1).expand(-1, seq_len - 1, -1))[0].sum()
+            if config.overshooting > 0:  # the open-loop rollouts the model's factor scores
+                extra = -config.overshooting * model.frame_prior.overshooting_log_prob(model, z, d).sum()
         logits = model.decoder(z, torch.softmax(factors["temp_id"] * identity, -1))
-        return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum")
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum") + extra
 
     def timed(fn):
         for _ in range(warmup):
