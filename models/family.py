@@ -96,9 +96,8 @@ class MarkovTransition(FramePrior):
             z_prev = pyro.sample(f"z_{k}", Normal(loc, scale).to_event(1))
             zs.append(z_prev)
         zs = torch.stack(zs, 1)
-        weight = getattr(model, "overshooting", 0.0)
-        if weight > 0 and t > 2:
-            pyro.factor("overshooting", weight / (t - 1) * self.overshooting_log_prob(model, zs, d))
+        if model.overshooting > 0 and t > 2:
+            pyro.factor("overshooting", model.overshooting / (t - 1) * self.overshooting_log_prob(model, zs, d))
         return zs
 
     @staticmethod
@@ -166,6 +165,7 @@ class StateSpaceVideoModel(nn.Module):
     z_dim = None
     frame_prior = IndependentNormal()
     kl_scale = 1.0  # a constant factor on the per-frame KL (SVG's beta * C * H * W)
+    overshooting = 0.0  # weight of MarkovTransition's latent overshooting (0: one-step transitions only)
 
     def static_prior(self, batch, ref):
         return None

@@ -147,13 +147,16 @@ class VDSMStage2Model(VDSMStage1Model):
     def __init__(self, config: VDSMConfig):
         super().__init__(config)
         self.trans = GatedTransition(config.z_dim, config.dynamics_dim, config.trans_dim)
-        self.overshooting = config.overshooting
         n = config.dynamics_dim
         if config.learned_dynamics_prior:
             self.dynamics_loc = nn.Parameter(torch.zeros(n))
             self.dynamics_log_scale = nn.Parameter(torch.full((n,), -math.log(n)))
         else:
             self.dynamics_loc = self.dynamics_log_scale = None
+
+    @property
+    def overshooting(self):
+        return self.config.overshooting
 
     def dynamics_prior(self, batch, ref):
         n = self.config.dynamics_dim
