@@ -203,8 +203,9 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
                 zs.append(z_prev)
             z = torch.stack(zs, 1)
             model.transition(z[:, :-1], d.unsqueeze(1).expand(-1, seq_len - 1, -1))[0].sum()
-            if config.overshooting > 0:  # the open-loop rollouts the model's factor scores
-                extra = -config.overshooting * model.frame_prior.overshooting_log_prob(model, z, d).sum()
+            if model.overshooting > 0 and seq_len > 2:  # the model's overshooting factor, same weight
+                weight = model.overshooting / (seq_len - 1)
+                extra = -weight * model.frame_prior.overshooting_log_prob(model, z, d).sum()
         logits = model.decoder(z, torch.softmax(factors["temp_id"] * identity, -1))
         return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum") + extra
 
