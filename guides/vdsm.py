@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pyro import poutine
 
-from vdsm.nets import BlurPoolEncoder, Combiner
+from vdsm.nets import LSTM, BlurPoolEncoder, Combiner
 from vdsm.precision import Normal
 
 __all__ = ["VDSMStage1Guide", "VDSMStage2Guide"]
@@ -57,12 +57,12 @@ class VDSMStage2Guide(nn.Module):
         self.encoder = BlurPoolEncoder(c.nc, c.z_dim, c.n_experts, c.encoder_widths, c.encoder_features,
                                        c.identity_scale_max)
         dropout = c.rnn_dropout if c.rnn_layers > 1 else 0.0
-        self.birnn = nn.LSTM(c.z_dim, c.rnn_dim, c.rnn_layers, batch_first=True, bidirectional=True,
+        self.birnn = LSTM(c.z_dim, c.rnn_dim, c.rnn_layers, batch_first=True, bidirectional=True,
                              dropout=dropout)
         self.d_loc = nn.Linear(2 * c.rnn_layers * c.rnn_dim, c.dynamics_dim)
         self.d_scale = nn.Linear(2 * c.rnn_layers * c.rnn_dim, c.dynamics_dim)
         self.d_to_state = nn.Linear(c.dynamics_dim, 2 * c.rnn_layers * c.rnn_dim)
-        self.rnn = nn.LSTM(c.rnn_dim, c.rnn_dim, c.rnn_layers, batch_first=True, dropout=dropout)
+        self.rnn = LSTM(c.rnn_dim, c.rnn_dim, c.rnn_layers, batch_first=True, dropout=dropout)
         self.rnn_input = nn.Parameter(torch.zeros(c.rnn_dim))
         self.z_q_0 = nn.Parameter(torch.zeros(c.z_dim))
         pose_input = c.z_dim + 1 if c.guide_pose_input > 0 else 0  # pose mean and its shown flag

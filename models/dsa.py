@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pyro.infer import TraceMeanField_ELBO
 
-from vdsm.nets import DCGANDecoder, DCGANEncoder
+from vdsm.nets import LSTM, RNN, DCGANDecoder, DCGANEncoder
 
 from .config import DictConfig, check_values
 from .family import RecurrentPrior, StateSpaceVideoModel, emission_distribution
@@ -63,11 +63,11 @@ class DSANets(nn.Module):
         self.prior_cell = nn.LSTMCell(c.z_dim, c.rnn_dim)
         self.prior_out = nn.Linear(c.rnn_dim, 2 * c.z_dim)
         # q(f | x_1:T): a bidirectional LSTM over the frame features
-        self.f_rnn = nn.LSTM(c.g_dim, c.rnn_dim, batch_first=True, bidirectional=True)
+        self.f_rnn = LSTM(c.g_dim, c.rnn_dim, batch_first=True, bidirectional=True)
         self.f_out = nn.Linear(2 * c.rnn_dim, 2 * c.f_dim)
         if c.posterior == "full":   # q(z_1:T | x_1:T, f): a bidirectional LSTM, then a forward RNN
-            self.z_birnn = nn.LSTM(c.g_dim + c.f_dim, c.rnn_dim, batch_first=True, bidirectional=True)
-            self.z_rnn = nn.RNN(2 * c.rnn_dim, c.rnn_dim, batch_first=True)
+            self.z_birnn = LSTM(c.g_dim + c.f_dim, c.rnn_dim, batch_first=True, bidirectional=True)
+            self.z_rnn = RNN(2 * c.rnn_dim, c.rnn_dim, batch_first=True)
             self.z_out = nn.Linear(c.rnn_dim, 2 * c.z_dim)
         else:                       # q(z_t | x_t)
             self.z_out = nn.Linear(c.g_dim, 2 * c.z_dim)

@@ -145,7 +145,7 @@ class ResidualState(FramePrior):
             ys.append(y)
             penalty = penalty + p
         if model.penalty_scale > 0 and t > 1:
-            pyro.factor("l2_res", -model.penalty_scale * penalty)
+            pyro.factor("l2_res", -model.penalty_scale * full_precision(penalty))
         return torch.stack(ys, 1)
 
 

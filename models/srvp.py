@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pyro.infer import TraceMeanField_ELBO
 
-from vdsm.nets import DCGANDecoder, DCGANEncoder, VGGDecoder, VGGEncoder
+from vdsm.nets import LSTM, DCGANDecoder, DCGANEncoder, VGGDecoder, VGGEncoder
 from vdsm.precision import full_precision
 
 from .config import DictConfig, check_values
@@ -115,7 +115,7 @@ class SRVPNets(nn.Module):
         self.content_in = nn.Sequential(nn.Linear(c.nh, c.content_dim), nn.ReLU(inplace=True))
         self.content_out = nn.Sequential(nn.Linear(c.content_dim, c.content_dim), nn.Tanh())
         self.y_inf = mlp(c.nt_inf * c.nh, c.y_hidden, 2 * c.ny, 3)
-        self.z_lstm = nn.LSTM(c.nh, c.rnn_size, 1, batch_first=True)
+        self.z_lstm = LSTM(c.nh, c.rnn_size, 1, batch_first=True)
         self.z_out = nn.Linear(c.rnn_size, 2 * c.nz)
         self.prior = mlp(c.ny, c.mlp_hidden, 2 * c.nz, 4)
         self.residual = mlp(c.ny + c.nz, c.mlp_hidden, c.ny, 4)
@@ -166,7 +166,8 @@ class SRVPNets(nn.Module):
         """One frame of residual dynamics: (y_t, sum over Euler sub-steps of ||dt * f||_2 [B])."""
         dt, penalty = 1.0 / self.config.n_euler_steps, 0.0
         for _ in range(self.config.n_euler_steps):  # the same z for every sub-step
-            dy = dt * self.residual(torch.cat([y, z], -1))
+            # in fp32 under --amp: y accumulates these increments over the whole sequence
+            dy = dt * full_precision(self.residual(torch.cat([y, z], -1)))
             y, penalty = y + dy, penalty + dy.norm(dim=-1)
         return y, penalty
 

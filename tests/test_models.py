@@ -1,5 +1,6 @@
 import dataclasses
 import math
+import re
 
 import pyro
 import pyro.optim
@@ -12,7 +13,7 @@ from pyro.infer import SVI, Trace_ELBO
 from guides import VDSMStage1Guide, VDSMStage2Guide
 from guides.examples import autonormal_identity, mean_field
 from models import VDSMConfig, VDSMStage1Model, VDSMStage2Model
-from tests_helpers import MeanGuide, check_elbo_under_bf16_autocast
+from tests_helpers import MeanGuide
 from vdsm.annealing import Schedule
 from vdsm.api import VDSM
 from vdsm.nets import MixtureOfExpertsDecoder
@@ -215,6 +216,17 @@ def test_train_stage_follows_the_schedules_learning_rate():
     stats = train_stage(vdsm.model1, vdsm.guide1, _batches(2, 3), schedule=Schedule(), device="cpu",
                         options=TrainOptions(steps=2, lr=1e-3, progress=False))
     assert stats["last_lr"] == 1e-3
+
+
+def test_train_stage_logs_its_step_time_and_expected_end_once(caplog):
+    vdsm = VDSM(TINY)
+    with caplog.at_level("INFO", logger="vdsm.train"):
+        train_stage(vdsm.model1, vdsm.guide1, _batches(2, 3), schedule=Schedule(), device="cpu", tag="stage1",
+                    options=TrainOptions(steps=5, progress=False, report_after=2))
+    lines = [r.getMessage() for r in caplog.records if "s/step" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert re.fullmatch(r"stage1: \d+\.\d{3} s/step over its first 2 steps; 3 steps left, ends about \d\d:\d\d "
+                        r"\(in \d+\.\d min\)", lines[0])
 
 
 def test_autonormal_guide_refuses_a_batch_of_another_size_with_one_line():
@@ -439,12 +451,6 @@ def test_reference_guide_inputs_hide_the_frame_poses_from_the_stage2_guide():
     with vdsm.reference_guide_inputs():  # as the reference guide: poses from d alone
         assert torch.equal(_first_pose_mean(vdsm.guide2, a, d), _first_pose_mean(vdsm.guide2, b, d))
     assert vdsm.guide2.show_poses_in_eval  # restored
-
-
-@pytest.mark.parametrize("model_cls,guide_cls", PAIRS)
-def test_bf16_autocast_keeps_every_log_prob_in_fp32(model_cls, guide_cls):
-    model, guide = model_cls(TINY), guide_cls(TINY)
-    check_elbo_under_bf16_autocast(model, guide, frames(2, 4), FACTORS, model.parameters())
 
 
 def test_identity_scale_max_bounds_the_guides_identity_scale():

@@ -1,10 +1,5 @@
-"""Shared test helpers: the flags of a tiny VDSM run (seconds on a CPU), a noise-free guide, the bf16
-autocast check."""
-import pyro
-import torch
+"""Shared test helpers: the flags of a tiny VDSM run (seconds on a CPU), a noise-free guide."""
 import torch.nn as nn
-from pyro import poutine
-from pyro.infer import Trace_ELBO
 
 from vdsm.api import use_means
 
@@ -21,33 +16,47 @@ class MeanGuide(nn.Module):
             return self.guide(x, **kwargs)
 
 
-def tiny_run_flags(steps=2, batch_size=2):
-    """Flags of a tiny VDSM run; ``steps=None`` leaves the step counts to the caller."""
+def tiny_run_flags(steps=2, batch_size=2, prior_components=0):
+    """Flags of a tiny VDSM run; ``steps=None`` leaves the step counts to the caller.
+
+    ``prior_components`` 0: no fitted priors (their EM needs a posterior pass over every training
+    sequence, the slowest part of a tiny run); the shared ``vdsm_run`` fixture fits them, with 4.
+    """
     return ["--z-dim", "4", "--n-experts", "3", "--encoder-widths", "4", "4", "4", "4", "--encoder-features", "8",
             "--decoder-widths", "8", "8", "4", "4", "--dynamics-dim", "3", "--trans-dim", "4", "--rnn-dim", "8",
             "--rnn-layers", "1", "--batch-size", str(batch_size), *(["--steps", str(steps)] if steps else []),
             "--eval-sequences", "4", "--num-workers", "0", "--no-progress",
-            # no fitted priors (EM over every training sequence): tests/test_fitted_prior.py runs them small
-            "--identity-prior-components", "0", "--dynamics-prior-components", "0"]
+            "--identity-prior-components", str(prior_components), "--dynamics-prior-components", str(prior_components)]
 
 
-def check_elbo_under_bf16_autocast(model, guide, x, factors, params):
-    """--amp runs the networks in bf16: every site's log-prob and the ELBO must still be fp32, the
-    ELBO within 2% of the fp32 one (same random numbers), and its gradients finite."""
-    losses = []
-    for amp in (False, True):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            pyro.set_rng_seed(0)
-            guide_trace = poutine.trace(guide).get_trace(x, factors=factors)
-            trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, factors=factors)
-            for t in (trace, guide_trace):
-                t.compute_log_prob()
-                for name, site in t.nodes.items():
-                    if site["type"] == "sample" and name != "sequences":
-                        assert site["log_prob"].dtype == torch.float32, name
-            pyro.set_rng_seed(0)
-            losses.append(Trace_ELBO().differentiable_loss(model, guide, x, factors=factors))
-    assert losses[1].dtype == torch.float32
-    assert abs(losses[1].item() - losses[0].item()) < 0.02 * abs(losses[0].item())
-    losses[1].backward()
-    assert all(torch.isfinite(p.grad).all() for p in params if p.grad is not None)
+# the shared tiny run (conftest's ``vdsm_run``): a --resume of it must restate these
+SHARED_RUN_FLAGS = tiny_run_flags(prior_components=4)
+# a tiny SVG-LP run (conftest's ``svg_run``)
+SVG_TINY = ["--nf", "4", "--g-dim", "8", "--z-dim", "2", "--rnn-size", "8", "--batch-size", "2", "--steps", "2",
+            "--n-future", "3", "--eval-samples", "2", "--eval-sequences", "3", "--num-workers", "0", "--no-progress"]
+
+
+def copy_run(run, folder):
+    """A copy of a run folder, for a test that writes into it (the shared run stays as trained)."""
+    import shutil
+
+    shutil.copytree(run, folder)
+    return folder
+
+
+def run_main(module, argv):
+    """``python -m experiments.<module> ARGV`` in this process: (exit code, stdout, stderr) as the
+    shell sees them (argparse's exits included), without a new interpreter's seconds of imports.
+    The real shell path runs once per command elsewhere (``vdsm_run``, the bad-input test)."""
+    import contextlib
+    import importlib
+    import io
+
+    main = importlib.import_module(f"experiments.{module}").main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    return code, out.getvalue(), err.getvalue()

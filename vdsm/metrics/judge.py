@@ -14,6 +14,7 @@ from data import FOLDER_OPTIONS, get_dataset
 from data.common import data_root
 
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..nets import LSTM
 
 __all__ = ["Judge", "JudgeSpec", "JUDGES", "JUDGE_HEADS", "train_judge", "load_or_train_judge", "judge_accuracy"]
 
@@ -68,7 +69,7 @@ class Judge(nn.Module):
             layers += [nn.Conv2d(c, w, 4, 2, 1), nn.BatchNorm2d(w), nn.LeakyReLU(0.2)]
             c = w
         self.frames = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * 16, hidden), nn.LeakyReLU(0.2))
-        self.lstm = nn.LSTM(hidden, hidden, batch_first=True)
+        self.lstm = LSTM(hidden, hidden, batch_first=True)
         self.heads = nn.ModuleDict({k: nn.Linear(2 * hidden, n) for k, n in heads.items()})
 
     def forward(self, x):

@@ -1,9 +1,70 @@
-"""Pyro DMM's GatedTransition and Combiner, each with a per-sequence dynamics vector as extra input."""
+"""Pyro DMM's GatedTransition and Combiner, each with a per-sequence dynamics vector as extra input;
+SVG's sequence LSTM; and the recurrent layers every model uses (``LSTM``, ``RNN``), which run in fp32
+inside a mixed-precision autocast region wherever the machine has no low-precision kernel for them."""
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["GatedTransition", "Combiner"]
+__all__ = ["GatedTransition", "Combiner", "SequenceLSTM", "LSTM", "RNN", "low_precision_kernel_available"]
+
+
+@functools.lru_cache(maxsize=None)
+def low_precision_kernel_available(rnn_cls, device_type, dtype):
+    """Whether ``rnn_cls`` (``nn.LSTM``, ``nn.RNN``, ...) runs forward and backward under
+    ``torch.autocast(device_type, dtype)`` on this machine, by trying a tiny one (once per process).
+
+    oneDNN, which runs CPU LSTMs under bf16 autocast, has no bf16 LSTM kernel on CPUs without
+    AVX512-BF16 or AMX (an AVX2-only laptop): the call raises instead of falling back. A probe
+    rather than a list of CPU models, so ``ONEDNN_MAX_CPU_ISA`` and new hardware are seen as they are.
+    """
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
+        probe = rnn_cls(4, 4, batch_first=True).to(device_type)   # fork_rng: the probe draws no user numbers
+        x = torch.ones(2, 3, 4, device=device_type, requires_grad=True)
+        try:
+            with torch.autocast(device_type, dtype=dtype):
+                out, _ = probe(x)
+            out.float().sum().backward()
+        except (RuntimeError, NotImplementedError):
+            return False
+    return True
+
+
+def _fp32(value):
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return tuple(v.float() for v in value)
+    return value.float()
+
+
+class _Fp32WithoutLowPrecisionKernel:
+    """Mixin for a ``torch.nn`` recurrent layer: under autocast, if the probe finds no kernel for the
+    autocast dtype, the layer runs in fp32 (autocast off for this call) instead of raising. Outputs
+    are then fp32; the next autocast layer casts them down as it would any input."""
+
+    torch_cls = None   # the torch.nn layer it extends, whose kernel is probed
+
+    def forward(self, input, hx=None):
+        device = input.device.type
+        if torch.is_autocast_enabled(device):
+            if not low_precision_kernel_available(self.torch_cls, device, torch.get_autocast_dtype(device)):
+                with torch.autocast(device, enabled=False):
+                    return super().forward(_fp32(input), _fp32(hx))
+        return super().forward(input, hx)
+
+
+class LSTM(_Fp32WithoutLowPrecisionKernel, nn.LSTM):
+    """``nn.LSTM`` (same arguments, same parameter names) that never fails under ``--amp``."""
+
+    torch_cls = nn.LSTM
+
+
+class RNN(_Fp32WithoutLowPrecisionKernel, nn.RNN):
+    """``nn.RNN`` (same arguments, same parameter names) that never fails under ``--amp``."""
+
+    torch_cls = nn.RNN
 
 
 class GatedTransition(nn.Module):
@@ -59,7 +120,7 @@ class SequenceLSTM(nn.Module):
         super().__init__()
         self.kind = kind
         self.embed = nn.Linear(input_dim, hidden_dim)
-        self.lstm = nn.LSTM(hidden_dim, hidden_dim, num_layers, batch_first=True)
+        self.lstm = LSTM(hidden_dim, hidden_dim, num_layers, batch_first=True)
         if kind == "gaussian":
             self.loc = nn.Linear(hidden_dim, output_dim)
             self.log_var = nn.Linear(hidden_dim, output_dim)
