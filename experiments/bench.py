@@ -2,6 +2,7 @@
 
     python -m experiments.bench                  # data and steps, JSON to bench.json + a table
     python -m experiments.bench --only data      # data loading only
+    python -m experiments.bench --only machine   # the CPU model and its fp32 matmul rate (every part records it)
     python -m experiments.bench --only steps --batch-sizes 5 10 --device cuda
     python -m experiments.bench --only quality   # train the default Sprites run (~30 min on 2 cores)
     python -m experiments.bench --only prediction --run-flags="--mnist PATH"   # SVG-LP and SRVP on SM-MNIST
@@ -235,8 +236,9 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--only", choices=["data", "steps", "quality", "prediction"], default=None,
-                   help="one part; without it: data and steps (quality takes half an hour, prediction an hour)")
+    p.add_argument("--only", choices=["machine", "data", "steps", "quality", "prediction"], default=None,
+                   help="one part; without it: data and steps (quality takes half an hour, prediction an hour); "
+                        "every part records the machine probe (CPU model, fp32 matmul rate), machine alone")
     p.add_argument("--configs", nargs="+", default=list(STEP_CONFIGS), choices=list(STEP_CONFIGS))
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[5, 10, 20, 40])
     p.add_argument("--device", default="cpu")
@@ -275,14 +277,16 @@ def main(argv=None):
         args.val_sequences = 64 if prediction else 128
     if args.val_sequences < 1 or args.repeats < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
         p.error("--val-sequences, --repeats and --batch-sizes must be at least 1, --warmup at least 0")
-    from vdsm.runtime import keep_freed_memory
+    from vdsm.runtime import keep_freed_memory, machine_line, machine_summary
 
     keep_freed_memory()  # as experiments.run does: training processes keep freed memory for reuse
     if args.one:
         name, batch_size = args.one.split(":")
         print(json.dumps(bench_step(name, int(batch_size), args.device, args.warmup, args.repeats, args.amp)))
         return 0
-    results = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    results = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "machine": machine_summary(args.device, amp=args.amp)}
+    print(machine_line(results["machine"]), flush=True)
     if args.only == "quality":
         import shlex
 

@@ -44,15 +44,15 @@ def fit_and_save(vdsm, run_dir, dataset, train_split, options, components, data_
     train = data.get_dataset(dataset, train_split, data_root, **options)
     val = data.get_dataset(dataset, "val", data_root, **options)
     started = time.time()
+    fitted = vdsm.fit_priors(components, train, val, seed=seed)
+    seconds = round(time.time() - started, 1)   # one pass over the data serves every latent
     summaries = {}
-    for latent, (mixture, summary) in vdsm.fit_priors(components, train, val, seed=seed).items():
+    for latent, (mixture, summary) in fitted.items():
         if train_split == "trainval":
             summary["note"] = "the run trained on its val sequences (--train-split trainval): the size was chosen on them"
-        summary.update(date=time.strftime("%Y-%m-%d"))
+        summary.update(date=time.strftime("%Y-%m-%d"), seconds_all_fits=seconds)
         vdsm.save_prior(run_dir, latent, mixture, summary)
         summaries[latent] = summary
-    for summary in summaries.values():   # one pass over the data serves every latent
-        summary["seconds_all_fits"] = round(time.time() - started, 1)
     return summaries
 
 

@@ -34,10 +34,11 @@ import data
 from guides.common import GuideError
 from models.vdsm import VDSMConfig
 from vdsm.annealing import Schedule
-from vdsm.api import VDSM, guide_factory
+from vdsm.api import FITTED_FROM, VDSM, guide_factory, prior_path
 from vdsm.batches import ResumableBatches
-from vdsm.checkpoint import CheckpointManager, write_text_atomic
-from vdsm.runtime import keep_freed_memory
+from vdsm.checkpoint import CheckpointManager, load_checkpoint, write_text_atomic
+from vdsm.fitted_prior import DiagonalMixture
+from vdsm.runtime import keep_freed_memory, machine_line, machine_summary
 from vdsm.train import TrainOptions, train_stage
 from vdsm.viz import save_gif, save_labelled_gif, save_labelled_grid, sequence_strip
 
@@ -384,6 +385,7 @@ def checkpoint_manager(args, run_dir, name):
 
 
 def run_stage(vdsm, stage, args, config, run_dir, device, writer, rank=0, world_size=1, monitor=None):
+    """Train (or resume) one stage; returns (its statistics, whether it trained in this call)."""
     model, guide = (vdsm.model1, vdsm.guide1) if stage == "stage1" else (vdsm.model2, vdsm.guide2)
     checkpoints = checkpoint_manager(args, run_dir, stage)
     resume = None
@@ -399,7 +401,7 @@ def run_stage(vdsm, stage, args, config, run_dir, device, writer, rank=0, world_
             log.info("%s already finished (%d steps), skipped", stage, resume["step"])
             model.load_state_dict(resume["model"])
             guide.load_state_dict(resume["guide"])
-            return resume.get("stats", {"steps": resume["step"], "resumed": "already finished"})
+            return resume.get("stats", {"steps": resume["step"], "resumed": "already finished"}), False
     if stage == "stage2":  # stage-1 networks are frozen: no gradients, not in the optimiser
         for net in (vdsm.model1.decoder, vdsm.guide1.encoder):
             net.requires_grad_(False)
@@ -408,11 +410,12 @@ def run_stage(vdsm, stage, args, config, run_dir, device, writer, rank=0, world_
     batches = ResumableBatches(train_dataset(args, config, stage), config[stage]["batch_size"], seed=config["seed"],
                                num_workers=args.num_workers, rank=rank, world_size=world_size,
                                pin_memory=device.type == "cuda")
-    return train_stage(model, guide, batches, options=train_options(args, config, stage),
-                       schedule=Schedule(**config[stage]["schedule"]), device=device,
-                       checkpoints=checkpoints if rank == 0 else None, resume=resume,
-                       extra_state={"config": config["model"], "stage": stage}, writer=writer, tag=stage,
-                       on_step=None if monitor is None else lambda step, last: monitor(vdsm, stage, step, last))
+    stats = train_stage(model, guide, batches, options=train_options(args, config, stage),
+                        schedule=Schedule(**config[stage]["schedule"]), device=device,
+                        checkpoints=checkpoints if rank == 0 else None, resume=resume,
+                        extra_state={"config": config["model"], "stage": stage}, writer=writer, tag=stage,
+                        on_step=None if monitor is None else lambda step, last: monitor(vdsm, stage, step, last))
+    return stats, True
 
 
 @torch.no_grad()
@@ -487,23 +490,34 @@ def run_vdsm(args, config, run_dir, device, rank, world_size, monitor):
         state = checkpoint_manager(args, run_dir, "stage1").load_newest(device)
         vdsm.model1.load_state_dict(state["model"])
         vdsm.guide1.load_state_dict(state["guide"])
+    trained = set()
     for stage in stages:
-        metrics[stage] = without_losses(run_stage(vdsm, stage, args, config, run_dir, device, writer, rank,
-                                                   world_size, monitor))
+        stats, trained_now = run_stage(vdsm, stage, args, config, run_dir, device, writer, rank, world_size, monitor)
+        metrics[stage] = without_losses(stats)
+        trained |= {stage} if trained_now else set()
     vdsm.has_stage2 = "stage2" in stages
     fitted = {"identity": vdsm.config.identity_prior_components}
     if vdsm.has_stage2:
         fitted["dynamics"] = vdsm.config.dynamics_prior_components
     fitted = {latent: n for latent, n in fitted.items() if n > 0}
-    if rank == 0 and fitted:
+    # A prior is fitted again only when the stage its posterior comes from trained in this call (or it
+    # was never fitted): a resume that trained nothing keeps the run's mixtures instead of repeating
+    # the pass over every training sequence, which would give the same ones.
+    kept = {latent for latent in fitted if FITTED_FROM[latent] not in trained and prior_path(run_dir, latent).is_file()}
+    for latent in kept:
+        saved = load_checkpoint(prior_path(run_dir, latent), "cpu")
+        vdsm.set_fitted_prior(latent, DiagonalMixture.from_state_dict(saved["mixture"]))
+        metrics[f"{latent}_prior"] = json.loads(saved["summary"])
+    refit = {latent: n for latent, n in fitted.items() if latent not in kept}
+    if rank == 0 and refit:
         from .fit_prior import fit_and_save
 
         summaries = fit_and_save(vdsm, run_dir, args.dataset, config["train_split"],
-                                 dataset_options(args, config, "stage2"), fitted, args.data_root, config["seed"])
+                                 dataset_options(args, config, "stage2"), refit, args.data_root, config["seed"])
         metrics.update({f"{latent}_prior": summary for latent, summary in summaries.items()})
     if rank == 0:
         metrics["evaluation"] = evaluate_and_draw(vdsm, args, config, run_dir, device)
-        metrics["wall_seconds"] = time.time() - started
+        metrics["wall_seconds"], metrics["machine"] = time.time() - started, args.machine
         write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
         writer.close()
 
@@ -593,6 +607,9 @@ def run(args, monitor=None):
         what = f"resuming {run_dir}" if args.resume else f"run folder {run_dir}"
         print(f"{what}: {args.model} on {args.dataset}, preset {config['preset']} ({config.get('preset_reason', 'saved run')})"
               + "".join(f"; {k} extended {a} -> {b} steps" for k, (a, b) in extended.items()), flush=True)
+        # every time this run reports is only meaningful beside the machine it was measured on
+        args.machine = machine_summary(device, amp=args.amp)
+        print(machine_line(args.machine), flush=True)
     if world_size > 1:
         torch.distributed.barrier()
     pyro.clear_param_store()  # guides written with pyro.param start from their own initial values

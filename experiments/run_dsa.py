@@ -63,6 +63,6 @@ def run_dsa(args, config, run_dir, device, rank=0, world_size=1):
         metrics["train"] = stats
     if rank == 0:
         metrics["evaluation"] = evaluate_and_draw(api, args, config, run_dir, device, section="train")
-        metrics["wall_seconds"] = time.time() - started
+        metrics["wall_seconds"], metrics["machine"] = time.time() - started, args.machine
         write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
         writer.close()

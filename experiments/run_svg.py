@@ -159,6 +159,7 @@ def run_svg(args, config, run_dir, device, rank=0, world_size=1, monitor=None):
         metrics["train"] = stats
     if rank == 0:
         metrics["quick_prediction"] = quick_prediction(svg, args, config, run_dir)
+        metrics["machine"] = args.machine
         write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
         writer.close()
 

@@ -10,7 +10,8 @@ from tests_helpers import tiny_run_flags
 from vdsm.checkpoint import load_checkpoint
 
 
-def test_time_to_quality_records_both_stages_and_leaves_training_unchanged(tmp_path, data_dirs, capsys, monkeypatch):
+def test_time_to_quality_records_both_stages_and_leaves_training_unchanged(tmp_path, data_dirs, judge_root, capsys,
+                                                                          monkeypatch):
     import data
     from vdsm.metrics import judge
 
@@ -27,7 +28,7 @@ def test_time_to_quality_records_both_stages_and_leaves_training_unchanged(tmp_p
     flags = tiny_run_flags(steps=3) + ["--seed", "5"]
     out = tmp_path / "quality"
     assert bench_main(["--only", "quality", "--quality-out", str(out), "--every-minutes", "0",
-                       "--val-sequences", "6", "--data-root", str(tmp_path / "root"), "--judge-steps", "3",
+                       "--val-sequences", "6", "--data-root", str(judge_root), "--judge-steps", "3",
                        "--sprites-layers", str(data_dirs.sprites), "--run-flags", " ".join(flags),
                        "--json", str(tmp_path / "bench.json")]) == 0
     with (out / "time_to_quality.csv").open() as f:
@@ -98,6 +99,27 @@ def test_keep_freed_memory_applies_on_glibc_and_can_be_switched_off(monkeypatch)
     assert keep_freed_memory() is glibc
 
 
+def test_bench_machine_records_the_processor_and_its_matmul_rates(tmp_path, capsys, monkeypatch):
+    from vdsm import runtime
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")   # only reported: the process's oneDNN already started
+    torch.manual_seed(0)
+    expected = torch.rand(2)
+    torch.manual_seed(0)
+    assert bench_main(["--only", "machine", "--amp", "--json", str(tmp_path / "m.json")]) == 0
+    assert torch.equal(torch.rand(2), expected)        # the probe drew no numbers from the global stream
+    machine = json.loads((tmp_path / "m.json").read_text())["machine"]
+    assert machine["processor"] == runtime.processor_name() and machine["processor"]
+    assert machine["fp32_matmul_gflops"] > 0 and machine["bf16_matmul_gflops"] > 0
+    assert machine["threads"] == torch.get_num_threads() and machine["onednn_max_cpu_isa"] == "AVX2"
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith(f"machine: {machine['processor']} (cpu, {machine['threads']} threads, ")
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in line and "fp32 matmul" in line and "bf16" in line
+    slow_bf16 = dict(machine, fp32_matmul_gflops=100.0, bf16_matmul_gflops=40.0)
+    assert "--amp will not speed this run up" in runtime.machine_line(slow_bf16)
+    assert "--amp" not in runtime.machine_line(dict(machine, bf16_matmul_gflops=400.0, fp32_matmul_gflops=100.0))
+
+
 def test_every_step_config_runs_both_timed_paths_with_its_sample_sites():
     """Each configuration (the cpu presets as they are now included) makes an SVI step and the
     same networks' step without Pyro; the site count does not depend on the batch size."""
@@ -118,7 +140,6 @@ def test_every_step_config_runs_both_timed_paths_with_its_sample_sites():
 
 
 def test_bench_steps_writes_what_it_measured_and_exits_1_when_a_config_fails(tmp_path, monkeypatch):
-    import subprocess
     import types
 
     from experiments import bench
@@ -131,12 +152,12 @@ def test_bench_steps_writes_what_it_measured_and_exits_1_when_a_config_fails(tmp
     assert [(r["config"], r["batch_size"]) for r in written["steps"]] == [("stage2-cpu", 2)]
     assert written["failed"] == []
 
-    real_run = subprocess.run
+    measured = json.dumps(written["steps"][0])
 
-    def fail_batch_3(cmd, **kwargs):
+    def fail_batch_3(cmd, **kwargs):   # batch 2 answers what the real subprocess measured above
         if "stage2-cpu:3" in cmd:
             return types.SimpleNamespace(returncode=1, stdout="", stderr="RuntimeError: boom")
-        return real_run(cmd, **kwargs)
+        return types.SimpleNamespace(returncode=0, stdout=measured + "\n", stderr="")
 
     monkeypatch.setattr(bench.subprocess, "run", fail_batch_3)
     assert bench_main(argv[:5] + ["2", "3"] + argv[6:]) == 1

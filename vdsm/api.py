@@ -20,6 +20,8 @@ __all__ = ["VDSM", "LatentVideoAPI", "use_means", "guide_factory"]
 
 # latents with a prior fitted after training (vdsm.fitted_prior), and the guide's sites each covers
 FITTED_PRIORS = {"identity": ("identity",), "dynamics": ("dynamics", "z_1")}
+# the stage whose posterior each fitted prior describes (stage 2 keeps stage 1's encoder frozen)
+FITTED_FROM = {"identity": "stage1", "dynamics": "stage2"}
 
 
 def prior_path(run_dir, latent):

@@ -63,6 +63,7 @@ class TrainOptions:
     amp: bool = False            # bf16 autocast of the networks; log-probs stay fp32
     progress: bool = True
     schedule_steps: int = None   # length the schedules run over (default: steps)
+    report_after: int = 100      # after this many steps, log the measured s/step and the expected end
 
 
 class ELBOLoss(nn.Module):
@@ -246,6 +247,8 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
         losses.append(per_frame)
         step += 1
         bar.update(1)
+        if rank == 0 and step - start == options.report_after and step < options.steps:
+            log.info("%s", _expected_end(tag, time.perf_counter() - started, step - start, options.steps - step))
         if rank == 0:
             bar.set_postfix(loss_per_frame=f"{per_frame:.1f}", **{k: f"{v:.3g}" for k, v in factors.items()})
             if writer is not None:
@@ -270,6 +273,15 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
             "events": events, "final_loss_per_frame": sum(tail) / len(tail), "lr_scale": lr_scale,
             "last_lr": optimizer.param_groups[0]["lr"],
             "trained_tensors": len(params), "losses": losses, "grad_norms_per_frame": grad_norms}
+
+
+def _expected_end(tag, seconds, done, left):
+    """``stage1: 0.193 s/step over its first 100 steps; 6300 steps left, ends about 14:02 (in 20.3 min)``."""
+    per_step = seconds / done
+    end = time.time() + per_step * left
+    when = time.strftime("%H:%M" if per_step * left < 12 * 3600 else "%Y-%m-%d %H:%M", time.localtime(end))
+    return (f"{tag}: {per_step:.3f} s/step over its first {done} steps; {left} steps left, ends about {when} "
+            f"(in {per_step * left / 60:.1f} min)")
 
 
 def _roll_back(checkpoints, restore, initial, optimizer, options, lr_scale, step, tag, events, device):
