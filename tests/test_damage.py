@@ -104,13 +104,8 @@ def test_damage_refuses_unknown_groups(srvp_run, data_dirs, tmp_path, capsys):
     assert len(err) == 1 and "--pictures-every=0" in err[0] and not (tmp_path / "x").exists()
 
 
-def test_damage_measures_a_vdsm_run_with_the_judge(tmp_path, data_dirs, capsys):
-    from experiments.run import main
-    from tests_helpers import tiny_run_flags
-
-    run, root = tmp_path / "vdsm", tmp_path / "root"
-    assert main(["--dataset", "sprites", "--sprites-layers", str(data_dirs.sprites), "--data-root", str(root),
-                 "--out", str(run), *tiny_run_flags(steps=2)]) == 0
+def test_damage_measures_a_vdsm_run_with_the_judge(vdsm_run, judge_root, tmp_path, data_dirs, capsys):
+    run, root = vdsm_run.path, judge_root
     out = tmp_path / "damage"
     assert damage_main(["--run", str(run), "--sprites-layers", str(data_dirs.sprites), "--data-root", str(root),
                         "--judge-steps", "3", "--iterations", "2", "--hits", "30", "--repeats", "1", "--sequences",
@@ -127,3 +122,23 @@ def test_damage_measures_a_vdsm_run_with_the_judge(tmp_path, data_dirs, capsys):
     # stage 2 shares stage 1's decoder: one group, named once
     assert damage_main(["--run", str(run), "--which", "model2.decoder", "--out", str(tmp_path / "y")]) == 2
     assert "model1.decoder" in capsys.readouterr().err
+
+
+def test_weight_pictures_show_every_damaged_tensor_and_a_single_hit_in_red(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    big, bias, spared = torch.rand(300, 2000), torch.rand(7), torch.rand(4, 4)
+    hurt = Damage([("big", big), ("bias", bias), ("spared", spared)], "tensor")
+    hurt.hit_mask[0][12345] = True   # one element of 600k, shrunk ~2500x into its tile
+    hurt.hit_mask[1][3] = True
+    hurt.picture(tmp_path / "p.png", "iteration 1")
+    pixels = np.asarray(Image.open(tmp_path / "p.png").convert("RGB")).astype(int)
+    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 30) & (pixels[..., 2] < 30)
+    w, h = 240, 180   # PICTURE_TILE: two tiles side by side (the spared tensor is not drawn)
+    assert pixels.shape[1] == 8 + 2 * (w + 8)
+    left, right = red[:, 8:8 + w], red[:, 16 + w:16 + 2 * w]
+    assert 1 <= left.sum() <= 8 and right.sum() >= 4
+    hurt.hit_mask = [torch.zeros_like(m) for m in hurt.hit_mask]
+    hurt.picture(tmp_path / "none.png", "nothing hit")
+    assert not (tmp_path / "none.png").exists()
