@@ -1,12 +1,15 @@
 """Shared fixtures: data folders (../shared/data when present, else the project's downloaders)."""
 import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pyro
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +30,42 @@ def data_dirs(tmp_path_factory):
     load_mnist("test", root=root)  # torchvision's downloader
     return SimpleNamespace(sprites=sprites_layers_dir(root=root), lpc=lpc_layers_dir(root=root),
                            mnist=root / "mnist")
+
+
+@pytest.fixture(scope="session")
+def vdsm_run(tmp_path_factory, data_dirs):
+    """One tiny VDSM run on Sprites (both stages, fitted priors of 4 components), trained once through
+    the shell as a user would (``python -m experiments.run``) and read by every test that only reads
+    a run: ``.path``, ``.stdout``, ``.stderr``. A test that writes into a run copies it first
+    (``tests_helpers.copy_run``)."""
+    from tests_helpers import SHARED_RUN_FLAGS
+
+    out = tmp_path_factory.mktemp("shared_run") / "tiny"
+    result = subprocess.run([sys.executable, "-m", "experiments.run", "--dataset", "sprites", "--sprites-layers",
+                             str(data_dirs.sprites), "--out", str(out), *SHARED_RUN_FLAGS],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return SimpleNamespace(path=out, stdout=result.stdout, stderr=result.stderr)
+
+
+@pytest.fixture(scope="session")
+def svg_run(tmp_path_factory, data_dirs):
+    """One tiny SVG-LP run on Stochastic Moving MNIST and its data root: ``(run folder, root)``."""
+    from tests_helpers import SVG_TINY, run_main
+
+    out = tmp_path_factory.mktemp("svg") / "run"
+    root = out.parent / "root"
+    code, _, err = run_main("run", ["--dataset", "smmnist", "--model", "svg-lp", "--mnist", data_dirs.mnist,
+                                    "--data-root", root, "--out", out, *SVG_TINY])
+    assert code == 0, err
+    return out, root
+
+
+@pytest.fixture(scope="session")
+def judge_root(tmp_path_factory):
+    """A data root whose judge cache (``judges/``) every test that scores a Sprites run with
+    ``--judge-steps 3`` shares: the judge is trained and scored on val and test once per session."""
+    return tmp_path_factory.mktemp("judge_root")
 
 
 @pytest.fixture(autouse=True)

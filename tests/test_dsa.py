@@ -13,6 +13,7 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 
 from models.dsa import DSAConfig
+from tests_helpers import run_main
 from vdsm.dsa_api import DSA
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,29 +107,27 @@ def test_generations_keep_what_the_protocols_fix():
         assert torch.equal(first, api.fix_identity(a))
 
 
-def test_dsa_runs_evaluates_and_damages_from_the_command_line(tmp_path, data_dirs):
-    run, root = tmp_path / "dsa", tmp_path / "root"
-    cmd = [sys.executable, "-m", "experiments.run", "--dataset", "sprites", "--model", "dsa", "--sprites-layers",
-           str(data_dirs.sprites), "--data-root", str(root), "--out", str(run), *TINY_FLAGS]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+def test_dsa_runs_evaluates_and_damages_from_the_command_line(tmp_path, data_dirs, judge_root):
+    run, root = tmp_path / "dsa", judge_root
+    code, _, err = run_main("run", ["--dataset", "sprites", "--model", "dsa", "--sprites-layers", data_dirs.sprites,
+                                    "--data-root", root, "--out", run, *TINY_FLAGS])
+    assert code == 0, err
     config = json.loads((run / "config.json").read_text())
     assert config["model_name"] == "dsa" and config["preset"] == "cpu" and config["model"]["f_dim"] == 4
     assert config["departs_from_paper"] and (run / "checkpoints" / "dsa.pt").is_file()
     for picture in ("reconstructions.png", "identity_swap.png", "action_transfer.png", "samples.gif"):
         assert (run / picture).stat().st_size > 0, picture
     assert json.loads((run / "metrics.json").read_text())["evaluation"]["split"] == "val"
-    evaluate = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--run", str(run), "--judge-steps", "3",
-                               "--batch-size", "6", "--repeats", "1", "--data-root", str(root), "--sprites-layers",
-                               str(data_dirs.sprites)], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert evaluate.returncode == 0, evaluate.stderr
+    code, _, err = run_main("evaluate", ["--run", run, "--judge-steps", "3", "--batch-size", "6", "--repeats", "1",
+                                         "--data-root", root, "--sprites-layers", data_dirs.sprites])
+    assert code == 0, err
     protocol = json.loads((run / "metrics.json").read_text())["judge_protocol"]
     assert protocol["model"] == "dsa" and protocol["fix_dynamics"]["protocol"]
     assert set(protocol["fix_dynamics"]["prior_identity"]) == {"body", "bottom", "top", "hair"}
     assert "(sprites, test split, dsa model)" in (run / "disentanglement.md").read_text()
-    refused = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--run", str(run), "--samples", "3"],
-                             cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "not to this DSA run" in refused.stderr
+    code, _, err = run_main("evaluate", ["--run", run, "--samples", "3"])
+    assert code == 2 and "not to this DSA run" in err
+    # experiments.damage through the shell once, as a user types it
     damage = subprocess.run([sys.executable, "-m", "experiments.damage", "--run", str(run), "--judge-steps", "3",
                              "--iterations", "1", "--hits", "5", "--repeats", "1", "--sequences", "4", "--which",
                              "decoder", "--data-root", str(root), "--sprites-layers", str(data_dirs.sprites),
@@ -146,8 +145,7 @@ def test_dsa_runs_evaluates_and_damages_from_the_command_line(tmp_path, data_dir
     (["--dataset", "smmnist", "--model", "dsa"], "no dsa cpu preset for dataset 'smmnist'"),
 ])
 def test_flags_that_do_not_apply_are_refused(argv, message, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "experiments.run", *argv, "--out", str(tmp_path / "x")],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+    code, _, err = run_main("run", [*argv, "--out", tmp_path / "x"])
+    assert code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
     assert not (tmp_path / "x").exists()

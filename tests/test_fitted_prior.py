@@ -55,17 +55,13 @@ def test_state_round_trip_and_device_move():
     assert torch.equal(back.log_prob(x), mixture.log_prob(x))
 
 
-def test_a_run_with_a_fitted_identity_prior_draws_identities_from_it(tmp_path, data_dirs):
+def test_a_run_with_a_fitted_identity_prior_draws_identities_from_it(vdsm_run, judge_root, tmp_path, data_dirs):
     """--identity-prior-components: the runner fits the mixture after training, VDSM.load uses it
     for every identity drawn from the prior; fit_prior does the same for a run trained without it."""
-    from tests_helpers import tiny_run_flags
+    from tests_helpers import copy_run, run_main
     from vdsm.api import VDSM
 
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "experiments.run", "--dataset", "sprites", "--sprites-layers", str(data_dirs.sprites),
-           "--out", str(run), *tiny_run_flags(), "--identity-prior-components", "4", "--dynamics-prior-components", "4"]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    run = copy_run(vdsm_run.path, tmp_path / "run")   # trained with 4 components for both fitted priors
     summary = json.loads((run / "metrics.json").read_text())["identity_prior"]
     assert [row["components"] for row in summary["tried"]] == [1, 4] and summary["components"] in (1, 4)
     assert summary["train_sequences"] > summary["val_sequences"] > 0
@@ -87,22 +83,22 @@ def test_a_run_with_a_fitted_identity_prior_draws_identities_from_it(tmp_path, d
     torch.manual_seed(5)
     assert torch.allclose(vdsm.fix_identity(x), expected, atol=1e-6)
     assert vdsm.fitted_priors == ["identity", "dynamics"]
-    evaluate = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--run", str(run), "--judge-steps", "3",
-                               "--batch-size", "6", "--repeats", "1", "--data-root", str(tmp_path / "root"),
-                               "--sprites-layers", str(data_dirs.sprites)], cwd=REPO, capture_output=True, text=True,
-                              timeout=300)
-    assert evaluate.returncode == 0, evaluate.stderr
+    code, _, err = run_main("evaluate", ["--run", run, "--judge-steps", "3", "--batch-size", "6", "--repeats", "1",
+                                         "--data-root", judge_root, "--sprites-layers", data_dirs.sprites])
+    assert code == 0, err
     assert "Departure from the published protocol: prior samples draw identity and dynamics" in \
         (run / "disentanglement.md").read_text()
     # without the file, identities come from the Gaussian prior again
     (run / "checkpoints" / "identity_prior.pt").unlink()
     assert VDSM.load(run).model2.identity_mixture is None
-    refit = subprocess.run([sys.executable, "-m", "experiments.fit_prior", "--run", str(run), "--sprites-layers",
-                            str(data_dirs.sprites), "--max-components", "1"], cwd=REPO, capture_output=True,
-                           text=True, timeout=300)
-    assert refit.returncode == 0, refit.stderr
-    assert "identity: kept 1 components" in refit.stdout and "dynamics: kept 1 components" in refit.stdout
+    code, stdout, err = run_main("fit_prior", ["--run", run, "--sprites-layers", data_dirs.sprites,
+                                               "--max-components", "1"])
+    assert code == 0, err
+    assert "identity: kept 1 components" in stdout and "dynamics: kept 1 components" in stdout
     assert VDSM.load(run).model2.identity_mixture.loc.shape == (1, vdsm.config.n_experts)
-    bad = subprocess.run([sys.executable, "-m", "experiments.fit_prior", "--run", str(run), "--max-components", "0"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_fit_prior_from_the_shell_refuses_bad_input_in_one_line(vdsm_run):
+    bad = subprocess.run([sys.executable, "-m", "experiments.fit_prior", "--run", str(vdsm_run.path),
+                          "--max-components", "0"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--max-components" in bad.stderr

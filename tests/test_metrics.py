@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from experiments.configs import load_preset
+from tests_helpers import copy_run, run_main, tiny_run_flags
 from vdsm.metrics import accuracy, entropy_of_mean, inception_score, mean_entropy, prediction_summary
 from vdsm.metrics.judge import Judge, load_or_train_judge, train_judge
 
@@ -63,20 +64,19 @@ def test_judge_learns_sprites_labels_on_a_small_subset(data_dirs):
             assert value > 0.8, (split, head, acc)  # on unseen characters, far above chance
 
 
-def _evaluate(run, data_dirs, root, *extra):
-    return subprocess.run([sys.executable, "-m", "experiments.evaluate", "--run", str(run), "--judge-steps", "3",
-                           "--batch-size", "6", "--repeats", "2", "--data-root", str(root), *map(str, extra)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+def _evaluate(run, root, *extra):
+    """``python -m experiments.evaluate`` in this process, small: (exit code, stdout, stderr)."""
+    return run_main("evaluate", ["--run", run, "--judge-steps", "3", "--batch-size", "6", "--repeats", "2",
+                                 "--data-root", root, *extra])
 
 
-def test_evaluate_cli_on_a_tiny_run(tmp_path, data_dirs):
-    from tests_helpers import tiny_run_flags
-    run = tmp_path / "tiny"
-    env_root = tmp_path / "root"
-    cmd = [sys.executable, "-m", "experiments.run", "--dataset", "sprites", "--sprites-layers", str(data_dirs.sprites),
-           "--out", str(run), *tiny_run_flags(), "--guide-pose-input", "0.5"]
-    assert subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300).returncode == 0
-    result = _evaluate(run, data_dirs, env_root, "--sprites-layers", data_dirs.sprites)
+def test_evaluate_cli_on_a_tiny_run(vdsm_run, judge_root, tmp_path, data_dirs):
+    run = copy_run(vdsm_run.path, tmp_path / "tiny")   # its stage-2 guide sees the poses (guide_pose_input 0.5)
+    # the shell path once, as a user types it
+    result = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--run", str(run), "--judge-steps", "3",
+                             "--batch-size", "6", "--repeats", "2", "--data-root", str(judge_root),
+                             "--sprites-layers", str(data_dirs.sprites)], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr
     assert "judge protocols on test sequences of sprites: 2 repeats x 6 sequences, stage 2 model" in result.stdout
     assert "judge protocols" in result.stderr  # the progress bar
@@ -95,30 +95,27 @@ def test_evaluate_cli_on_a_tiny_run(tmp_path, data_dirs):
     assert protocol["fix_dynamics"]["frechet_judge"]["mean"] > 0 and "all_static" in protocol["fix_identity"]
     assert set(protocol["reconstruction"]) == {"what", "action", "body", "bottom", "top", "hair", "all"}
     assert "identities drawn from the prior" in table and "## Reconstructions" in table
-    assert list((env_root / "judges").glob("sprites-*.pt"))  # cached for the next evaluation
-    val = _evaluate(run, data_dirs, env_root, "--sprites-layers", data_dirs.sprites, "--split", "val")
-    assert val.returncode == 0, val.stderr
+    assert list((judge_root / "judges").glob("sprites-*.pt"))  # cached for the next evaluation
+    code, _, err = _evaluate(run, judge_root, "--sprites-layers", data_dirs.sprites, "--split", "val")
+    assert code == 0, err
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["judge_protocol_val"]["split"] == "val" and metrics["judge_protocol"] == protocol
     assert "99.53%" not in (run / "disentanglement_val.md").read_text()  # published numbers beside test rows only
-    bad = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--run", str(tmp_path / "none")],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    wrong = _evaluate(run, data_dirs, env_root, "--samples", "3")
-    assert wrong.returncode == 2 and "--samples applies to prediction runs" in wrong.stderr
+    code, _, err = run_main("evaluate", ["--run", tmp_path / "none"])
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code, _, err = _evaluate(run, judge_root, "--samples", "3")
+    assert code == 2 and "--samples applies to prediction runs" in err
 
 
 def test_evaluate_flags_a_stage1_only_run_and_runs_the_pendulum_judge(tmp_path, data_dirs):
     """A stage-1 run's "fixed dynamics" keeps every pose: labelled, not passed off as the protocol.
     Pendulum: a judge without an action head (two dynamic heads, one static) on one-channel frames."""
-    from tests_helpers import tiny_run_flags
     run = tmp_path / "pendulum"
-    cmd = [sys.executable, "-m", "experiments.run", "--dataset", "pendulum", "--out", str(run), "--stage", "1",
-           "--seq-len", "8", *tiny_run_flags()]
-    made = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert made.returncode == 0, made.stderr
-    result = _evaluate(run, data_dirs, tmp_path / "root")
-    assert result.returncode == 0, result.stderr
+    code, _, err = run_main("run", ["--dataset", "pendulum", "--out", run, "--stage", "1", "--seq-len", "8",
+                                    *tiny_run_flags()])
+    assert code == 0, err
+    code, _, err = _evaluate(run, tmp_path / "root")
+    assert code == 0, err
     protocol = json.loads((run / "metrics.json").read_text())["judge_protocol"]
     assert protocol["stage"] == 1 and protocol["fix_dynamics"]["protocol"] is False
     assert set(protocol["fix_dynamics"]["heads"]) == {"angle", "damping"}

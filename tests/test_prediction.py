@@ -1,21 +1,15 @@
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from tests_helpers import tiny_run_flags
+from tests_helpers import SVG_TINY, run_main
 from vdsm.metrics.frechet import frechet_distance, frechet_from_features
 from vdsm.metrics.prediction import best_of_n, mean_with_interval, psnr, running_best_of_n, ssim
 
-REPO = Path(__file__).resolve().parents[1]
-SVG_TINY = ["--nf", "4", "--g-dim", "8", "--z-dim", "2", "--rnn-size", "8", "--batch-size", "2", "--steps", "2",
-            "--n-future", "3", "--eval-samples", "2", "--eval-sequences", "3", "--num-workers", "0", "--no-progress"]
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -66,17 +60,6 @@ def test_frechet_of_gaussians_matches_the_closed_form():
     assert frechet_from_features(a, b) == pytest.approx(6.0, rel=0.05)
 
 
-@pytest.fixture(scope="module")
-def svg_run(tmp_path_factory, data_dirs):
-    out = tmp_path_factory.mktemp("svg") / "run"
-    root = out.parent / "root"
-    cmd = [sys.executable, "-m", "experiments.run", "--dataset", "smmnist", "--model", "svg-lp", "--mnist",
-           str(data_dirs.mnist), "--data-root", str(root), "--out", str(out), *SVG_TINY]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    return out, root
-
-
 def test_svg_cli_run_and_evaluation(svg_run, data_dirs, alexnet_features, tmp_path):
     from test_perceptual import StandInI3D
 
@@ -87,19 +70,18 @@ def test_svg_cli_run_and_evaluation(svg_run, data_dirs, alexnet_features, tmp_pa
         assert (out / name).exists(), name
     quick = json.loads((out / "metrics.json").read_text())["quick_prediction"]
     assert quick["split"] == "val" and quick["n_past"] == 5 and quick["sequences"] == 3
-    result = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--run", str(out), "--mnist",
-                             str(data_dirs.mnist), "--data-root", str(root), "--samples", "2", "--max-sequences",
-                             "16", "--batch-size", "8", "--lpips-backbone", str(alexnet_features), "--fvd-model",
-                             str(i3d)], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    plan = result.stdout.splitlines()[0]   # what it will do, before doing it
+    code, stdout, err = run_main("evaluate", ["--run", out, "--mnist", data_dirs.mnist, "--data-root", root,
+                                              "--samples", "2", "--max-sequences", "16", "--batch-size", "8",
+                                              "--lpips-backbone", alexnet_features, "--fvd-model", i3d])
+    assert code == 0, err
+    plan = stdout.splitlines()[0]   # what it will do, before doing it
     assert "16 test sequences x 2 samples x 20 predicted frames" in plan and "published protocol" in plan
-    assert "prediction (samples)" in result.stderr   # the progress bar
+    assert "prediction (samples)" in err   # the progress bar
     summary = json.loads((out / "metrics.json").read_text())["prediction"]
     assert summary["test_sequences"] == 16 and summary["n_future"] == 20 and summary["split"] == "test"
     assert 0 < summary["lpips"] < 2 and summary["lpips_ci95"] >= 0 and "AlexNet" in summary["lpips_protocol"]
     assert summary["fvd"] >= 0 and "first sample" in summary["fvd_protocol"]
-    assert "LPIPS" in result.stdout.splitlines()[-1] and "FVD" in result.stdout.splitlines()[-1]
+    assert "LPIPS" in stdout.splitlines()[-1] and "FVD" in stdout.splitlines()[-1]
     protocol = summary["protocol"]
     if not torch.cuda.is_available():
         assert protocol["name"] == "quick, overridden" and protocol["reason"].startswith("default without a GPU")
@@ -131,12 +113,9 @@ def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_noise(svg_ru
     assert distances[0] < distances[1] < distances[2]
 
 
-def test_frechet_distance_with_a_vdsm_run(tmp_path, data_dirs):
+def test_frechet_distance_with_a_vdsm_run(vdsm_run, data_dirs):
     import data
-    out = tmp_path / "vdsm"
-    from experiments.run import main
-    assert main(["--dataset", "sprites", "--sprites-layers", str(data_dirs.sprites), "--out", str(out),
-                 *tiny_run_flags()]) == 0
+    out = vdsm_run.path
     frames = torch.cat([data.get_dataset("sprites", "test", sprites_layers=data_dirs.sprites)[i][0] for i in range(20)])
     assert abs(frechet_distance(frames, frames, out)) < 1e-3
     assert frechet_distance(frames, frames.flip(-1).roll(7, -2), out) > 0

@@ -12,7 +12,7 @@ import torch
 import data
 from models import VDSMConfig
 from vdsm.annealing import Schedule
-from tests_helpers import MeanGuide, tiny_run_flags
+from tests_helpers import MeanGuide, run_main, tiny_run_flags
 from vdsm.api import VDSM
 from vdsm.batches import ResumableBatches
 from vdsm.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
@@ -169,8 +169,8 @@ def test_sigkill_never_leaves_a_broken_checkpoint(tmp_path, data_dirs):
             state = load_checkpoint(path)  # every file that exists is complete
             assert state["stage"] == "stage1"
         assert load_checkpoint(latest)["step"] >= before + 2  # at most the work since the last checkpoint is lost
-    result = subprocess.run(cmd + ["--resume", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    code, _, err = run_main("run", cmd[3:] + ["--resume", out])   # the kills needed processes; the end does not
+    assert code == 0, err
     assert json.loads((out / "metrics.json").read_text())["stage1"]["steps"] == 60
 
 
@@ -204,13 +204,12 @@ def test_checkpoints_reach_the_disk_before_they_are_named(tmp_path, monkeypatch)
     assert torch.equal(load_checkpoint(tmp_path / "stage1.pt")["w"], torch.ones(3))
 
 
-def test_resume_falls_back_to_the_newest_periodic_checkpoint_that_loads(tmp_path, data_dirs):
+def test_resume_falls_back_to_the_newest_periodic_checkpoint_that_loads(tmp_path, data_dirs, caplog):
     out = tmp_path / "run"
     flags = [*tiny_run_flags(steps=None), "--stage", "1", "--checkpoint-every", "2", "--keep-last", "3",
              "--sprites-layers", str(data_dirs.sprites), "--stage2-steps", "2"]
-    first = subprocess.run([sys.executable, "-m", "experiments.run", "--dataset", "sprites", "--out", str(out),
-                            "--stage1-steps", "6", *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr
+    code, _, err = run_main("run", ["--dataset", "sprites", "--out", out, "--stage1-steps", "6", *flags])
+    assert code == 0, err
     folder = out / "checkpoints"
     assert sorted(p.name for p in (folder / "stage1").iterdir()) == ["step-0000002.pt", "step-0000004.pt",
                                                                        "step-0000006.pt"]
@@ -219,10 +218,10 @@ def test_resume_falls_back_to_the_newest_periodic_checkpoint_that_loads(tmp_path
         data_ = damaged.read_bytes()
         damaged.unlink()
         damaged.write_bytes(data_[:len(data_) // 3])
-    resumed = subprocess.run([sys.executable, "-m", "experiments.run", "--dataset", "sprites", "--resume", str(out),
-                              "--stage1-steps", "8", *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    warning = [line for line in resumed.stderr.splitlines() if "did not load" in line]
+    caplog.clear()
+    code, _, err = run_main("run", ["--dataset", "sprites", "--resume", out, "--stage1-steps", "8", *flags])
+    assert code == 0, err
+    warning = [r.getMessage() for r in caplog.records if "did not load" in r.getMessage()]
     assert len(warning) == 1 and "step-0000004.pt" in warning[0] and "step 4" in warning[0]
     assert load_checkpoint(folder / "stage1.pt")["step"] == 8
     stats = json.loads((out / "metrics.json").read_text())["stage1"]

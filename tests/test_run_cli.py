@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests_helpers import tiny_run_flags
+from tests_helpers import SHARED_RUN_FLAGS, copy_run, run_main, tiny_run_flags
 from vdsm.api import VDSM
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,25 +16,26 @@ OUTPUTS = ["config.json", "checkpoints/stage1.pt", "checkpoints/stage2.pt", "rec
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "experiments.run", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    """``python -m experiments.run ARGS`` in this process: (exit code, stdout, stderr)."""
+    return run_main("run", args)
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, data_dirs):
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--out", out, *TINY_FLAGS)
-    assert result.returncode == 0, result.stderr
-    return out
+@pytest.fixture
+def tiny_run(vdsm_run):
+    return vdsm_run.path
 
 
-def test_tiny_end_to_end_run_writes_every_output(tiny_run):
+def test_tiny_end_to_end_run_writes_every_output(vdsm_run):
     for name in OUTPUTS:
-        assert (tiny_run / name).exists(), name
-    metrics = json.loads((tiny_run / "metrics.json").read_text())
+        assert (vdsm_run.path / name).exists(), name
+    metrics = json.loads((vdsm_run.path / "metrics.json").read_text())
     assert metrics["stage1"]["steps"] == 2 and metrics["stage2"]["steps"] == 2
     assert metrics["evaluation"]["recon_mse_per_pixel"] > 0
-    assert list((tiny_run / "tensorboard").iterdir())
+    assert list((vdsm_run.path / "tensorboard").iterdir())
+    # the machine every time of the run was measured on: printed first, recorded with the times
+    machine = [line for line in vdsm_run.stdout.splitlines() if line.startswith("machine: ")]
+    assert len(machine) == 1 and "fp32 matmul" in machine[0] and "GFLOP/s" in machine[0]
+    assert metrics["machine"]["fp32_matmul_gflops"] > 0 and metrics["machine"]["processor"] in machine[0]
 
 
 def test_trained_run_loads_through_the_api(tiny_run, data_dirs):
@@ -45,17 +46,22 @@ def test_trained_run_loads_through_the_api(tiny_run, data_dirs):
     assert vdsm.transfer_action(x, x.flip(0)).shape == x.shape
 
 
-def test_resume_of_a_finished_run_skips_training(tiny_run, data_dirs):
-    before = (tiny_run / "checkpoints" / "stage1.pt").stat().st_mtime_ns
-    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", tiny_run, *TINY_FLAGS)
-    assert result.returncode == 0, result.stderr
-    assert (tiny_run / "checkpoints" / "stage1.pt").stat().st_mtime_ns == before
+def test_resume_of_a_finished_run_skips_training(tiny_run, tmp_path, data_dirs):
+    run = copy_run(tiny_run, tmp_path / "finished")
+    kept = ["stage1.pt", "stage2.pt", "identity_prior.pt", "dynamics_prior.pt"]
+    before = {name: (run / "checkpoints" / name).stat().st_mtime_ns for name in kept}
+    summaries = {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k.endswith("_prior")}
+    code, _, err = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", run,
+                           *SHARED_RUN_FLAGS)
+    assert code == 0, err
+    # nothing trained, so the fitted priors are the run's own, not fitted again
+    assert {name: (run / "checkpoints" / name).stat().st_mtime_ns for name in kept} == before
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {k: metrics[k] for k in summaries} == summaries and set(summaries) == {"identity_prior", "dynamics_prior"}
 
 
 def test_resume_accepts_a_flag_restating_the_default_of_a_field_the_run_predates(tiny_run, tmp_path, data_dirs):
-    import shutil
-    old_run = tmp_path / "old"
-    shutil.copytree(tiny_run, old_run)
+    old_run = copy_run(tiny_run, tmp_path / "old")
     # a run written before `nc` existed: neither its config.json nor its checkpoints name it
     config = json.loads((old_run / "config.json").read_text())
     assert config["model"].pop("nc") == 3
@@ -66,19 +72,19 @@ def test_resume_accepts_a_flag_restating_the_default_of_a_field_the_run_predates
             continue
         del state["config"]["nc"]
         torch.save(state, path)
-    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", old_run,
-                     "--nc", 3, *TINY_FLAGS)
-    assert result.returncode == 0, result.stderr
-    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", old_run,
-                     "--nc", 1, *TINY_FLAGS)
-    assert result.returncode == 2 and "nc" in result.stderr
+    code, _, err = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", old_run,
+                           "--nc", 3, *SHARED_RUN_FLAGS)
+    assert code == 0, err
+    code, _, err = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", old_run,
+                           "--nc", 1, *SHARED_RUN_FLAGS)
+    assert code == 2 and "nc" in err
 
 
 def test_custom_guide_through_the_runner(tmp_path, data_dirs):
     out = tmp_path / "custom"
-    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--out", out,
-                     "--guide2", "guides.examples:mean_field", *TINY_FLAGS)
-    assert result.returncode == 0, result.stderr
+    code, _, err = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--out", out,
+                           "--guide2", "guides.examples:mean_field", *TINY_FLAGS)
+    assert code == 0, err
     config = json.loads((out / "config.json").read_text())
     assert config["guide2"] == "guides.examples:mean_field"
     assert config["model"]["overshooting"] > 0  # the preset's overshooting factor trained with this guide too
@@ -131,7 +137,10 @@ def test_bad_input_returns_2_with_one_line(args, message, tmp_path, capsys):
 
 
 def test_bad_input_from_the_shell_exits_2_without_traceback(tmp_path):
-    result = run_cli("--dataset", "sprites", "--sprites-layers", tmp_path / "missing", "--out", tmp_path / "bad")
+    """The one refusal that goes through a new interpreter, as a user's shell runs it."""
+    result = subprocess.run([sys.executable, "-m", "experiments.run", "--dataset", "sprites", "--sprites-layers",
+                             str(tmp_path / "missing"), "--out", str(tmp_path / "bad")], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
 
@@ -141,25 +150,23 @@ def test_the_preset_is_printed_and_recorded_with_its_reason(tiny_run, tmp_path, 
     if not torch.cuda.is_available():
         assert config["preset"] == "cpu" and config["preset_reason"].startswith("default without a GPU")
     out = tmp_path / "explicit"
-    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--out", out, "--preset", "cpu",
-                     "--stage", "1", *TINY_FLAGS)
-    assert result.returncode == 0, result.stderr
+    code, stdout, err = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--out", out,
+                                "--preset", "cpu", "--stage", "1", *TINY_FLAGS)
+    assert code == 0, err
     assert json.loads((out / "config.json").read_text())["preset_reason"] == "--preset cpu"
-    assert "preset cpu (--preset cpu)" in result.stdout.splitlines()[0]
-
-
-def _copy(run, folder):
-    import shutil
-    shutil.copytree(run, folder)
-    return folder
+    assert "preset cpu (--preset cpu)" in stdout.splitlines()[0]
 
 
 def test_resume_extends_a_stage_and_keeps_its_schedule_length(tiny_run, tmp_path, data_dirs):
-    run = _copy(tiny_run, tmp_path / "extended")
-    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", run,
-                     "--stage2-steps", 5, *TINY_FLAGS)
-    assert result.returncode == 0, result.stderr
-    assert "stage2.steps extended 2 -> 5 steps" in result.stdout
+    run = copy_run(tiny_run, tmp_path / "extended")
+    priors = {latent: (run / "checkpoints" / f"{latent}_prior.pt").stat().st_mtime_ns for latent in ("identity", "dynamics")}
+    code, stdout, err = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", run,
+                                "--stage2-steps", 5, *SHARED_RUN_FLAGS)
+    assert code == 0, err
+    assert "stage2.steps extended 2 -> 5 steps" in stdout
+    # stage 2 trained on: its dynamics prior is fitted again; the identity prior (stage 1's) is kept
+    assert (run / "checkpoints" / "identity_prior.pt").stat().st_mtime_ns == priors["identity"]
+    assert (run / "checkpoints" / "dynamics_prior.pt").stat().st_mtime_ns != priors["dynamics"]
     config = json.loads((run / "config.json").read_text())
     assert config["stage2"]["steps"] == 5 and config["stage2"]["schedule_steps"] == 2
     assert config["stage1"]["steps"] == 2 and "schedule_steps" not in config["stage1"]
@@ -182,32 +189,30 @@ def test_resume_extends_a_stage_and_keeps_its_schedule_length(tiny_run, tmp_path
     (["--model", "svg-lp"], "that run is --model vdsm"),
 ])
 def test_resume_refuses_flags_that_contradict_the_run(tiny_run, tmp_path, data_dirs, flags, message):
-    run = _copy(tiny_run, tmp_path / "run")
-    before = (run / "config.json").read_text()
-    flags = [*flags, *([] if "--model" in flags else TINY_FLAGS)]
-    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", run, *flags)
-    assert result.returncode == 2 and message in result.stderr, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert (run / "config.json").read_text() == before   # nothing written
+    run = copy_run(tiny_run, tmp_path / "run")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    flags = [*flags, *([] if "--model" in flags else SHARED_RUN_FLAGS)]
+    code, _, err = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", run, *flags)
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before   # nothing written
 
 
 def test_resume_of_another_dataset_is_refused(tiny_run):
-    result = run_cli("--dataset", "sprites-dsa", "--resume", tiny_run)
-    assert result.returncode == 2 and "trained on 'sprites'" in result.stderr
+    code, _, err = run_cli("--dataset", "sprites-dsa", "--resume", tiny_run)
+    assert code == 2 and "trained on 'sprites'" in err
 
 
 def test_help_lists_the_main_options():
-    result = run_cli("--help")
-    assert result.returncode == 0
+    code, stdout, _ = run_cli("--help")
+    assert code == 0
     for flag in ("--dataset", "--preset", "--device", "--resume", "--stage", "--z-dim", "--stage1-temp-id-start"):
-        assert flag in result.stdout
+        assert flag in stdout
 
 
 def test_a_checkpoint_from_another_config_is_refused_with_the_difference(tiny_run, tmp_path, data_dirs, capsys):
-    import shutil
     from experiments.run import main
-    copy = tmp_path / "edited"
-    shutil.copytree(tiny_run, copy)
+    copy = copy_run(tiny_run, tmp_path / "edited")
     config = json.loads((copy / "config.json").read_text())
     config["model"]["z_dim"] = 5
     config["stage1"]["steps"] = 9   # unfinished, so the checkpoint is loaded
@@ -237,10 +242,10 @@ def test_learned_priors_are_fitted_in_their_stage_and_loaded_with_the_run(tmp_pa
     """The identity prior's mean is fitted in stage 1 and frozen in stage 2; the dynamics prior in stage 2."""
     out = tmp_path / "loc"
     flags = tiny_run_flags(steps=None)
-    result = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--out", out, "--stage1-steps", 20,
-                     "--stage2-steps", 5, "--learned-identity-loc", "--identity-film", "--learned-dynamics-prior",
-                     "--guide-pose-input", 0.5, *flags)
-    assert result.returncode == 0, result.stderr
+    code, _, err = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--out", out,
+                           "--stage1-steps", 20, "--stage2-steps", 5, "--learned-identity-loc", "--identity-film",
+                           "--learned-dynamics-prior", "--guide-pose-input", 0.5, *flags)
+    assert code == 0, err
     stage1 = torch.load(out / "checkpoints" / "stage1.pt", weights_only=True)["model"]
     stage2 = torch.load(out / "checkpoints" / "stage2.pt", weights_only=True)["model"]
     assert stage1["identity_loc"].abs().max() > 1e-3  # moved from the reference's 0
