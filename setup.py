@@ -8,13 +8,12 @@ setup(
     packages=["vdsm", "vdsm.nets", "vdsm.metrics", "models", "guides", "data", "experiments", "experiments.configs"],
     package_data={"experiments.configs": ["*.json"]},
     install_requires=[
-        "torch>=2.1,<3",
-        "torchvision>=0.16,<1",
+        "torch>=2.4,<3",   # torch.get_autocast_dtype, is_autocast_enabled(device_type)
+        "torchvision>=0.19,<1",
         "pyro-ppl>=1.8.6,<2",
         "numpy>=1.24,<3",
         "natsort>=8,<9",
         "imageio>=2.28,<3",
-        "scikit-learn>=1.3,<2",
         "antialiased-cnns>=0.3,<1",
         "tqdm>=4.60,<5",
         "pillow>=10.1,<14",

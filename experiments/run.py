@@ -98,7 +98,8 @@ def build_parser():
                         help="non-finite steps in a row before rolling back to the last checkpoint (default 5)")
     safety.add_argument("--lr-drop", type=float, help="learning-rate factor at each rollback (default 0.5)")
     safety.add_argument("--amp", action="store_true", default=None,
-                        help="bf16 autocast of the networks (CUDA, or CPUs with AVX512-BF16/AMX); ELBO terms stay fp32")
+                        help="bf16 autocast of the networks on CUDA or a CPU (a layer with no bf16 kernel on this "
+                             "machine runs in fp32); ELBO terms stay fp32")
     vdsm = p.add_argument_group("VDSM only (--model vdsm)")
     vdsm.add_argument("--stage", choices=["1", "2", "both"], help="which training stage(s) to run (default both)")
     vdsm.add_argument("--stage1-steps", type=int)

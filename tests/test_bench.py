@@ -116,7 +116,8 @@ def test_bench_machine_records_the_processor_and_its_matmul_rates(tmp_path, caps
     assert line.startswith(f"machine: {machine['processor']} (cpu, {machine['threads']} threads, ")
     assert "ONEDNN_MAX_CPU_ISA=AVX2" in line and "fp32 matmul" in line and "bf16" in line
     slow_bf16 = dict(machine, fp32_matmul_gflops=100.0, bf16_matmul_gflops=40.0)
-    assert "--amp will not speed this run up" in runtime.machine_line(slow_bf16)
+    assert "(2.5x slower than fp32 on this machine: --amp slows this run down; drop it)" in \
+        runtime.machine_line(slow_bf16)
     assert "--amp" not in runtime.machine_line(dict(machine, bf16_matmul_gflops=400.0, fp32_matmul_gflops=100.0))
 
 

@@ -153,7 +153,7 @@ TINY_FLAGS = [*tiny_run_flags(), "--checkpoint-every", "1", "--keep-last", "2"]
 def test_sigkill_never_leaves_a_broken_checkpoint(tmp_path, data_dirs):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "experiments.run", "--dataset", "sprites", "--sprites-layers", str(data_dirs.sprites),
-           "--stage", "1", "--stage1-steps", "60", *TINY_FLAGS]
+           "--stage", "1", "--stage1-steps", "24", *TINY_FLAGS]
     latest = out / "checkpoints" / "stage1.pt"
     for attempt, delay in enumerate([0.0, 0.37]):
         args = cmd + (["--resume", str(out)] if attempt else ["--out", str(out)])
@@ -171,7 +171,7 @@ def test_sigkill_never_leaves_a_broken_checkpoint(tmp_path, data_dirs):
         assert load_checkpoint(latest)["step"] >= before + 2  # at most the work since the last checkpoint is lost
     code, _, err = run_main("run", cmd[3:] + ["--resume", out])   # the kills needed processes; the end does not
     assert code == 0, err
-    assert json.loads((out / "metrics.json").read_text())["stage1"]["steps"] == 60
+    assert json.loads((out / "metrics.json").read_text())["stage1"]["steps"] == 24
 
 
 def test_checkpoints_reach_the_disk_before_they_are_named(tmp_path, monkeypatch):

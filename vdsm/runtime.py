@@ -59,7 +59,7 @@ def processor_name(device="cpu"):
     return name
 
 
-def matmul_gflops(device="cpu", dtype=None, n=1024, seconds=0.25):
+def matmul_gflops(device="cpu", dtype=None, n=512, seconds=0.25):
     """Measured rate of ``n`` x ``n`` matrix products on ``device`` in GFLOP/s, with the process's
     threads: fp32 by default, or ``dtype`` (e.g. bf16 for ``--amp``). Random numbers from a private
     generator, so the caller's streams are untouched. About ``seconds`` of work after one warm-up."""
@@ -110,6 +110,7 @@ def machine_line(summary):
     line = f"machine: {summary['processor']} ({where}): fp32 matmul {summary['fp32_matmul_gflops']:.0f} GFLOP/s"
     if "bf16_matmul_gflops" in summary:
         line += f", bf16 {summary['bf16_matmul_gflops']:.0f} GFLOP/s"
-        if summary["bf16_matmul_gflops"] < summary["fp32_matmul_gflops"]:
-            line += " (slower than fp32 here: --amp will not speed this run up)"
+        if summary["bf16_matmul_gflops"] < summary["fp32_matmul_gflops"]:   # e.g. no bf16 instructions (AVX2)
+            slower = summary["fp32_matmul_gflops"] / max(summary["bf16_matmul_gflops"], 1e-3)
+            line += f" ({slower:.1f}x slower than fp32 on this machine: --amp slows this run down; drop it)"
     return line
