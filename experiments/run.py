@@ -495,7 +495,8 @@ def run_vdsm(args, config, run_dir, device, rank, world_size, monitor):
     for stage in stages:
         stats, trained_now = run_stage(vdsm, stage, args, config, run_dir, device, writer, rank, world_size, monitor)
         metrics[stage] = without_losses(stats)
-        trained |= {stage} if trained_now else set()
+        if trained_now:
+            trained.add(stage)
     vdsm.has_stage2 = "stage2" in stages
     fitted = {"identity": vdsm.config.identity_prior_components}
     if vdsm.has_stage2:
