@@ -24,19 +24,22 @@ import time
 
 import torch
 
-from experiments.registry import PREDICTION_MODELS
+from models.registry import NAMES
+from models.spec import PREDICTION
 
 STEP_CONFIGS = {
-    # name: (stage, model overrides or preset name, frames per sequence)
-    "stage1-reference": ("stage1", {}, 16),
-    "stage2-reference": ("stage2", {}, 8),
-    "stage2-small": ("stage2", {"rnn_dim": 64, "rnn_layers": 1, "n_experts": 8, "dynamics_dim": 16}, 8),
-    "stage1-cpu": ("stage1", "cpu", 16),
-    "stage2-cpu": ("stage2", "cpu", 8),
-    "svg-lp-reference": ("svg", "paper", 15),
-    "svg-lp-cpu": ("svg", "cpu", 15),
-    "srvp-reference": ("srvp", "paper", 15),   # the release's SM-MNIST config (DCGAN-64, ny = nz = 20, 15 frames)
-    "srvp-cpu": ("srvp", "cpu", 15),
+    # name: (model, stage, dataset of the preset, model overrides or preset name, frames per sequence)
+    "stage1-reference": ("vdsm", "stage1", "sprites", {}, 16),
+    "stage2-reference": ("vdsm", "stage2", "sprites", {}, 8),
+    "stage2-small": ("vdsm", "stage2", "sprites", {"rnn_dim": 64, "rnn_layers": 1, "n_experts": 8, "dynamics_dim": 16}, 8),
+    "stage1-cpu": ("vdsm", "stage1", "sprites", "cpu", 16),
+    "stage2-cpu": ("vdsm", "stage2", "sprites", "cpu", 8),
+    "svg-lp-reference": ("svg-lp", "svg", "smmnist", "paper", 15),
+    "svg-lp-cpu": ("svg-lp", "svg", "smmnist", "cpu", 15),
+    "srvp-reference": ("srvp", "srvp", "smmnist", "paper", 15),   # the release's SM-MNIST config (DCGAN-64, 15 frames)
+    "srvp-cpu": ("srvp", "srvp", "smmnist", "cpu", 15),
+    "dsa-reference": ("dsa", "dsa", "sprites", "paper", 8),
+    "dsa-cpu": ("dsa", "dsa", "sprites", "cpu", 8),
 }
 
 
@@ -60,78 +63,15 @@ def bench_data(dataset="sprites", batch_size=20, num_workers=2, batches=100, spr
             "sequences_per_second": n / seconds}
 
 
-def _model_config(stage, overrides):
-    from experiments.configs import load_preset, load_svg_preset
-    from models.svg import SVGConfig
-    from models.vdsm import VDSMConfig
+def _model_config(spec, model, dataset, overrides):
+    """The model config of a step configuration: a preset's, or the defaults with ``overrides``."""
+    from experiments.configs import load_model_preset
 
-    if stage == "svg":
-        return SVGConfig.from_dict(load_svg_preset("smmnist", overrides)["model"])
-    if stage == "srvp":
-        from models.srvp import SRVPConfig
-
-        return SRVPConfig.from_dict(load_svg_preset("smmnist", overrides, model="srvp")["model"])
-    if overrides == "cpu":
-        return VDSMConfig.from_dict(load_preset("sprites", "cpu")["model"])
-    return VDSMConfig(**overrides)
-
-
-def _svg_pair(config, device, batch_size, seq_len):
-    """SVG's model/guide and the same networks' forward + backward without Pyro (MSE + analytic KL)."""
-    from vdsm.svg_api import SVG
-
-    svg = SVG(config, device)
-    nets = svg.nets
-    x = torch.rand(batch_size, seq_len, config.nc, 64, 64, device=device)
-
-    def nets_loss():
-        h, skips = nets.encode(x)
-        nets.forget()
-        (loc, scale), _ = nets.posterior(h[:, 1:])
-        (p_loc, p_scale), _ = nets.prior(h[:, :-1])
-        z = loc + scale * torch.randn_like(loc)
-        g, _ = nets.predictor(torch.cat([h[:, :-1], z], -1))
-        mean = nets.decode(g, skips, nets.skip_sources(seq_len))
-        normal = torch.distributions.Normal
-        kl = torch.distributions.kl_divergence(normal(loc.float(), scale.float()),
-                                               normal(p_loc.float(), p_scale.float())).sum()
-        return ((mean.float() - x[:, 1:]) ** 2).sum() + config.beta * x[0, 0].numel() * kl
-
-    return svg.model, svg.guide, x, nets_loss
-
-
-def _srvp_pair(config, device, batch_size, seq_len):
-    """SRVP's model/guide and the same networks' forward + backward without Pyro (the release's loss:
-    Gaussian NLL up to its constant, analytic KLs, the l2_res penalty)."""
-    from vdsm.srvp_api import SRVP
-
-    srvp = SRVP(config, device)
-    nets = srvp.nets
-    x = torch.rand(batch_size, seq_len, config.nc, 64, 64, device=device)
-    normal, kl_div = torch.distributions.Normal, torch.distributions.kl_divergence
-
-    def nets_loss():
-        h, skips = nets.encode(x)
-        nets.forget()
-        content, skip = nets.training_frames(batch_size, seq_len, x.device)
-        w = nets.content(h, content)
-        y_loc, y_scale = nets.q_y1(h)
-        y = y_loc + y_scale * torch.randn_like(y_loc)
-        kl = kl_div(normal(y_loc.float(), y_scale.float()), normal(0.0, 1.0)).sum()
-        q_loc, q_scale = nets.q_z(h)
-        ys, penalty = [y], 0.0
-        for k in range(seq_len - 1):
-            p_loc, p_scale = nets.p_z(y)
-            z = q_loc[:, k] + q_scale[:, k] * torch.randn_like(p_loc)
-            kl = kl + config.beta_z * kl_div(normal(q_loc[:, k].float(), q_scale[:, k].float()),
-                                             normal(p_loc.float(), p_scale.float())).sum()
-            y, p = nets.step(y, z)
-            ys.append(y)
-            penalty = penalty + p
-        mean = nets.decode(w, torch.stack(ys, 1), skips, skip)
-        return ((mean.float() - x) ** 2).sum() / (2 * config.obs_scale ** 2) + kl + config.l2_res * penalty.sum()
-
-    return srvp.model, srvp.guide, x, nets_loss
+    if isinstance(overrides, str):
+        model_config = load_model_preset(spec, dataset, overrides, model)["model"]
+    else:
+        model_config = dict(overrides)
+    return spec.config_cls.from_dict({**model_config, **spec.fixed.get(model, {})})
 
 
 def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
@@ -143,25 +83,18 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
     from pyro import poutine
     from pyro.infer import Trace_ELBO
 
-    from vdsm.annealing import Schedule
-    from vdsm.api import VDSM
+    from models.registry import get
 
-    stage, overrides, seq_len = STEP_CONFIGS[name]
-    config = _model_config(stage, overrides)
-    if stage in ("svg", "srvp"):
-        from vdsm.svg_api import ConstantFactors
-
-        pair = _svg_pair if stage == "svg" else _srvp_pair
-        model, guide, x, svg_nets_loss = pair(config, device, batch_size, seq_len)
-        factors = ConstantFactors().factors(0.5)
-    else:
-        vdsm = VDSM(config, device=device)
-        model, guide = (vdsm.model1, vdsm.guide1) if stage == "stage1" else (vdsm.model2, vdsm.guide2)
-        if stage == "stage2":
-            vdsm.model1.decoder.requires_grad_(False)
-            vdsm.guide1.encoder.requires_grad_(False)
-        x = torch.rand(batch_size, seq_len, config.nc, 64, 64, device=device)
-        factors = Schedule().factors(0.5)
+    model_name, tag, dataset, overrides, seq_len = STEP_CONFIGS[name]
+    spec = get(model_name)
+    config = _model_config(spec, model_name, dataset, overrides)
+    run = spec.run_cls(config, device=device).use_stage(tag)
+    stage = spec.stage(tag)
+    for frozen in stage.frozen(run):   # as the runner: stage 1's networks in VDSM's stage 2
+        frozen.requires_grad_(False)
+    model, guide = stage.pair(run)
+    x = torch.rand(batch_size, seq_len, config.nc, 64, 64, device=device)
+    factors = stage.schedule({}).factors(0.5)
     params = list({id(p): p for m in (model, guide) for p in m.parameters() if p.requires_grad}.values())
     optimizer = torch.optim.Adam(params, lr=1e-4)
     elbo = getattr(model, "elbo", Trace_ELBO)()  # the estimator training uses (SVG: TraceMeanField_ELBO)
@@ -182,33 +115,10 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
 
     def nets_step():  # the same networks, no Pyro: reparameterised samples, a plain loss
         with autocast():
-            loss = svg_nets_loss() if stage in ("svg", "srvp") else vdsm_nets_loss()
+            loss = run.plain_loss(x, factors)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-
-    def vdsm_nets_loss():
-        extra = 0.0
-        z_loc, z_scale, id_loc, id_scale = guide.encoder.encode_sequences(x)
-        identity = id_loc + id_scale * torch.randn_like(id_loc)
-        if stage == "stage1":
-            z = z_loc + z_scale * torch.randn_like(z_loc)
-        else:
-            d_loc, d_scale = guide.dynamics_params(z_loc)
-            d = d_loc + d_scale * torch.randn_like(d_loc)
-            h_seq, context = guide.frame_states(d, seq_len), guide.combiner_context(d, z_loc)
-            zs, z_prev = [], guide.z_q_0.expand(batch_size, config.z_dim)
-            for t in range(seq_len):
-                loc, scale = guide.step(z_prev, h_seq[:, t], context[:, t])
-                z_prev = loc + scale * torch.randn_like(loc)
-                zs.append(z_prev)
-            z = torch.stack(zs, 1)
-            model.transition(z[:, :-1], d.unsqueeze(1).expand(-1, seq_len - 1, -1))[0].sum()
-            if model.overshooting > 0 and seq_len > 2:  # the model's overshooting factor, same weight
-                weight = model.overshooting / (seq_len - 1)
-                extra = -weight * model.frame_prior.overshooting_log_prob(model, z, d).sum()
-        logits = model.decoder(z, torch.softmax(factors["temp_id"] * identity, -1))
-        return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum") + extra
 
     def timed(fn):
         for _ in range(warmup):
@@ -260,7 +170,7 @@ def main(argv=None):
                    help='extra flags for experiments.run, written with "=": --run-flags="--stage1-steps 600"')
     pq = p.add_argument_group("prediction quality against time (--only prediction; also --quality-out, "
                               "--every-minutes, --val-sequences, --run-flags)")
-    pq.add_argument("--models", nargs="+", choices=list(PREDICTION_MODELS), help="default: svg-lp srvp")
+    pq.add_argument("--models", nargs="+", choices=[n for n, spec in NAMES.items() if PREDICTION in spec.evaluations], help="default: svg-lp srvp")
     pq.add_argument("--dataset", help="a dataset the models train on (default smmnist)")
     pq.add_argument("--samples", type=int, default=None, help="futures per sequence (default: the preset's)")
     pq.add_argument("--budget-minutes", type=float, help="the budgets reported: every-minutes up to this")

@@ -46,11 +46,12 @@ from torch import nn
 from tqdm import tqdm
 
 import data
+from models.registry import load_run, spec_of_config
+from models.spec import JUDGE
 from vdsm.metrics.prediction import psnr, ssim
 from vdsm.viz import save_gif
 
 from .cli import UsageError, choose_device, cli_main, refuse_other_data_folders
-from .registry import PREDICTION_MODELS, api_class
 
 __all__ = ["Damage", "main"]
 
@@ -200,7 +201,7 @@ class PredictionSubject:
 
     def __init__(self, api, x, n_past, n_future, seed):
         self.api, self.x, self.n_past, self.n_future, self.seed = api, x, n_past, n_future, seed
-        self.nets = api.nets
+        self.nets = api.networks()
 
     def measure(self):
         with torch.random.fork_rng(devices=_cuda(self.api.device)):
@@ -223,7 +224,7 @@ class VDSMSubject:
 
     def __init__(self, vdsm, judge, items, seed):
         self.vdsm, self.judge, self.items, self.seed = vdsm, judge, items, seed
-        self.nets = judged_networks(vdsm)
+        self.nets = vdsm.networks()
         self.x = torch.stack([it[0] for it in items[:4]]).to(vdsm.device)
 
     def measure(self):
@@ -251,14 +252,6 @@ class VDSMSubject:
         return self.last
 
 
-def judged_networks(api):
-    """The networks of a judged run: VDSM's four in one container (stage 2 shares stage 1's encoder
-    and decoder), or the model's ``nets`` (DSA)."""
-    if hasattr(api, "nets"):
-        return api.nets
-    return nn.ModuleDict({"model1": api.model1, "guide1": api.guide1, "model2": api.model2, "guide2": api.guide2})
-
-
 def check_groups(args, nets, model_name):
     groups = submodules(nets)
     unknown = [g for g in args.which if g != "all" and g not in groups]
@@ -276,18 +269,23 @@ def damage(args):
     if not (run_dir / "config.json").is_file():
         raise UsageError(f"--run {run_dir}: no config.json there; pass a run folder of experiments.run")
     config = json.loads((run_dir / "config.json").read_text())
-    model_name = config.get("model_name", "vdsm")
+    try:
+        spec = spec_of_config(config)
+    except ValueError as err:
+        raise UsageError(f"--run {run_dir}: {err}") from None
+    config, model_name = spec.complete(config), spec.name
+    judged = JUDGE in spec.evaluations
     folder = refuse_other_data_folders(args, config["dataset"])
     for name in ("iterations", "hits", "repeats", "sequences", "pictures_every"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")
     device = choose_device(args.device)
-    if model_name in PREDICTION_MODELS and args.judge_steps is not None:
+    if not judged and args.judge_steps is not None:
         raise UsageError(f"--judge-steps applies to runs the judge scores (VDSM, DSA), not to this {model_name} run: "
                          f"drop it")
-    if model_name in PREDICTION_MODELS:
-        api = api_class(model_name).load(run_dir, device)
-        check_groups(args, api.nets, model_name)  # before any data is read
+    if not judged:
+        api = load_run(run_dir, device)
+        check_groups(args, api.networks(), model_name)  # before any data is read
         n_past, n_future = config["model"]["n_past"], config["eval"]["n_future"]
         sequences = data.get_dataset(config["dataset"], args.split, args.data_root, seq_len=n_past + n_future,
                                      **folder)
@@ -298,13 +296,11 @@ def damage(args):
     else:
         from vdsm.metrics.judge import JUDGES, load_or_train_judge
 
-        from .registry import judged_seq_len, load_judged
-
         if config["dataset"] not in JUDGES:
             raise UsageError(f"no judge for dataset {config['dataset']!r}: judges exist for {', '.join(JUDGES)}")
-        vdsm = load_judged(run_dir, config, device)
-        check_groups(args, judged_networks(vdsm), model_name)
-        options = {"seq_len": judged_seq_len(config), **folder}
+        vdsm = load_run(run_dir, device)
+        check_groups(args, vdsm.networks(), model_name)
+        options = {"seq_len": spec.stages[-1].frames(config), **folder}
         sequences = data.get_dataset(config["dataset"], args.split, args.data_root, **options)
         n = min(args.sequences, len(sequences))
         order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(args.seed))[:n]

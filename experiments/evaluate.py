@@ -26,10 +26,17 @@ import torch
 from tqdm.auto import tqdm
 
 import data
+from models.registry import load_run, spec_of_config
+from models.spec import JUDGE
 from vdsm.checkpoint import write_text_atomic
 
-from .cli import UsageError, choose_device, choose_preset, cli_main, refuse_other_data_folders
-from .registry import PREDICTION_MODELS
+from .cli import (
+    UsageError,
+    choose_device,
+    choose_preset,
+    cli_main,
+    refuse_other_data_folders,
+)
 
 PUBLISHED = {  # REFERENCE.md section 6
     "sprites": {"consistency": [("VDSM (paper, own protocol)", "99.53%")]},
@@ -80,14 +87,19 @@ def evaluate(args):
     config = json.loads((run_dir / "config.json").read_text())
     refuse_other_data_folders(args, config["dataset"])
     device = choose_device(args.device)
-    if config.get("model_name", "vdsm") in PREDICTION_MODELS:
-        return evaluate_prediction(args, run_dir, config, device)
+    try:
+        spec = spec_of_config(config)
+    except ValueError as err:
+        raise UsageError(f"--run {run_dir}: {err}") from None
+    config = spec.complete(config)
+    if JUDGE not in spec.evaluations:
+        return evaluate_prediction(args, run_dir, config, device, spec)
     for name in ("samples", "max_sequences", "n_future", "protocol", "lpips_backbone", "fvd_model"):
         if getattr(args, name) is not None:
             raise UsageError(f"--{name.replace('_', '-')} applies to prediction runs (SVG, SRVP), not to this "
-                             f"{config.get('model_name', 'vdsm').upper()} run")
+                             f"{spec.name.upper()} run")
     args.repeats, args.judge_steps, args.batch_size = args.repeats or 5, args.judge_steps or 1500, args.batch_size or 128
-    return evaluate_judge(args, run_dir, config, device)
+    return evaluate_judge(args, run_dir, config, device, spec)
 
 
 def _data_options(args, config, seq_len):
@@ -108,27 +120,24 @@ def _update_metrics(run_dir, key, value):
 # ---------------------------------------------------------------- judge protocols (VDSM)
 
 
-def evaluate_judge(args, run_dir, config, device):
+def evaluate_judge(args, run_dir, config, device, spec):
     from vdsm.metrics.judge import JUDGES, load_or_train_judge
     from vdsm.metrics.protocol import judge_protocol
-
-    from .registry import judged_seq_len, load_judged
 
     dataset = config["dataset"]
     if dataset not in JUDGES:
         raise UsageError(f"no judge for dataset {dataset!r}: judges exist for {', '.join(JUDGES)}")
-    options = _data_options(args, config, judged_seq_len(config))
-    vdsm = load_judged(run_dir, config, device)
+    options = _data_options(args, config, spec.stages[-1].frames(config))
+    vdsm = load_run(run_dir, device)
     sequences = data.get_dataset(dataset, args.split, args.data_root, **options)
-    name = config.get("model_name", "vdsm")
-    what = f"stage {2 if vdsm.has_stage2 else 1} model" if name == "vdsm" else f"{name} model"
+    name, what = config["model_name"], vdsm.describe()
     print(f"judge protocols on {args.split} sequences of {dataset}: {args.repeats} repeats x "
           f"{min(args.batch_size, len(sequences))} sequences, {what}", flush=True)
     judge, judge_acc = load_or_train_judge(dataset, root=args.data_root, device=device, steps=args.judge_steps,
                                            progress=not args.no_progress, accuracy_on=(args.split,), **options)
     result = judge_protocol(vdsm, judge, sequences, batch_size=args.batch_size, repeats=args.repeats,
                             device=device, progress=not args.no_progress)
-    result.update(model=name, split=args.split, judge_accuracy=judge_acc[args.split], date=time.strftime("%Y-%m-%d"),
+    result.update(model=name, model_kind=what, split=args.split, judge_accuracy=judge_acc[args.split], date=time.strftime("%Y-%m-%d"),
                   command="python -m experiments.evaluate " + " ".join(sys.argv[1:]))
     if config.get("train_split") == "trainval" and args.split == "val":
         result["note"] = "this run trained on its val sequences (--train-split trainval)"
@@ -174,8 +183,7 @@ def _judge_table(title, section, published):
 
 
 def markdown(dataset, result):
-    model = result.get("model", "vdsm")
-    kind = f"stage-{result['stage']} model" if model == "vdsm" else f"{model} model"
+    kind = result.get("model_kind") or f"stage-{result['stage']} model"   # results written before 0.2: VDSM's
     lines = [f"# Disentanglement evaluation ({dataset}, {result['split']} split, {kind})", "",
              "Judge accuracy per head on real " + result["split"] + " sequences: "
              + ", ".join(f"{k} {100 * v:.2f}%" for k, v in result["judge_accuracy"].items()), "",
@@ -191,8 +199,7 @@ def markdown(dataset, result):
     lines += _judge_table("Fixed identity, dynamics from the prior (static heads)", result["fix_identity"], [])
     cons = result["consistency"]
     heads = list(cons["heads"])
-    lines += ["## VDSM's own accuracy consistency (not comparable with the tables above)" if model == "vdsm" else
-              "## Accuracy consistency (VDSM's own metric, here for this model; not comparable with the tables above)",
+    lines += ["## Accuracy consistency (VDSM's own metric; not comparable with the tables above)",
               "",
               f"What: {cons['what']}; guide inputs: {cons['guide_inputs']}.", "",
               "| | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|",
@@ -259,7 +266,7 @@ def prediction_plan(args, config, n_available, device):
 
 
 @torch.no_grad()
-def evaluate_prediction(args, run_dir, config, device):
+def evaluate_prediction(args, run_dir, config, device, spec):
     """REFERENCE section 5: condition on n_past frames, N sampled futures per sequence, best per
     metric, predicted frames only, [0, 1] range; mean and 95% interval over sequences."""
     import csv
@@ -270,8 +277,6 @@ def evaluate_prediction(args, run_dir, config, device):
 
     from vdsm.metrics.prediction import mean_with_interval, running_best_of_n
     from vdsm.viz import save_gif
-
-    from .registry import api_class
 
     if args.repeats is not None or args.judge_steps is not None:
         raise UsageError("--repeats and --judge-steps apply to judge protocols (VDSM runs), not to this prediction run")
@@ -288,7 +293,7 @@ def evaluate_prediction(args, run_dir, config, device):
           f"x {n_future} predicted frames after {n_past}"
           + (f"; departs from the published protocol: {'; '.join(plan['departures'])}" if plan["departures"] else ""),
           flush=True)
-    predictor = api_class(config["model_name"]).load(run_dir, device)
+    predictor = load_run(run_dir, device)
     curves = {"psnr": [], "ssim": [], **({"lpips": []} if lpips is not None else {})}
     fvd_features = {"real": [], "fake": []}
     batches = range(0, n, args.batch_size)
@@ -347,7 +352,7 @@ def evaluate_prediction(args, run_dir, config, device):
     frames = range(n_past + 1, n_past + n_future + 1)
     for ax, k in zip(axes, curves):
         mean, half = per_frame[k]
-        ax.plot(frames, mean.numpy(), label=config.get("model_name", "svg"))
+        ax.plot(frames, mean.numpy(), label=config["model_name"])
         ax.fill_between(frames, (mean - half).numpy(), (mean + half).numpy(), alpha=0.3)
         ax.set_xlabel("frame")
         ax.set_ylabel(k.upper())

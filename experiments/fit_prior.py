@@ -13,7 +13,6 @@ model's own prior again. Only train and val sequences are read (``vdsm.fitted_pr
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import data
@@ -43,38 +42,30 @@ def fit_and_save(vdsm, run_dir, dataset, train_split, options, components, data_
     chosen on val, and save it in the run; returns {latent: summary}."""
     train = data.get_dataset(dataset, train_split, data_root, **options)
     val = data.get_dataset(dataset, "val", data_root, **options)
-    started = time.time()
-    fitted = vdsm.fit_priors(components, train, val, seed=seed)
-    seconds = round(time.time() - started, 1)   # one pass over the data serves every latent
-    summaries = {}
-    for latent, (mixture, summary) in fitted.items():
-        if train_split == "trainval":
-            summary["note"] = "the run trained on its val sequences (--train-split trainval): the size was chosen on them"
-        summary.update(date=time.strftime("%Y-%m-%d"), seconds_all_fits=seconds)
-        vdsm.save_prior(run_dir, latent, mixture, summary)
-        summaries[latent] = summary
-    return summaries
+    return vdsm.fit_and_save(run_dir, train, val, components, seed=seed, trained_on_val=train_split == "trainval")
 
 
 def fit_prior(args):
-    from vdsm.api import VDSM
+    from models.registry import load_run, spec_of_config
     from vdsm.checkpoint import write_text_atomic
 
     run_dir = Path(args.run)
     if not (run_dir / "config.json").is_file():
         raise UsageError(f"--run {run_dir}: no config.json there; pass a run folder of experiments.run")
     config = json.loads((run_dir / "config.json").read_text())
-    if config.get("model_name", "vdsm") != "vdsm":
-        raise UsageError(f"--run {run_dir} holds a {config['model_name']} run: fitted priors are VDSM's")
+    spec = spec_of_config(config)
+    if not hasattr(spec.run_cls, "fit_priors"):
+        raise UsageError(f"--run {run_dir} holds a {spec.name} run: it has no priors fitted after training "
+                         f"(VDSM's identity and dynamics)")
     if args.max_components < 1:
         raise UsageError(f"--max-components={args.max_components} must be at least 1")
     folder = refuse_other_data_folders(args, config["dataset"])
     device = choose_device(args.device)
-    vdsm = VDSM.load(run_dir, device)
+    vdsm = load_run(run_dir, device)
     latents = args.latents or (["identity", "dynamics"] if vdsm.has_stage2 else ["identity"])
     if "dynamics" in latents and not vdsm.has_stage2:
         raise UsageError(f"--latents dynamics: {run_dir} has no stage-2 model (no dynamics latent); drop it")
-    options = {"seq_len": config["stage2"]["seq_len"], **folder}
+    options = {"seq_len": spec.stages[-1].frames(spec.complete(config)), **folder}
     summaries = fit_and_save(vdsm, run_dir, config["dataset"], config.get("train_split", "train"), options,
                              {latent: args.max_components for latent in latents}, args.data_root, args.seed)
     metrics_path = run_dir / "metrics.json"

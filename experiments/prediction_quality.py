@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import data
+from models.spec import PREDICTION
 from vdsm.metrics.prediction import mean_with_interval, running_best_of_n
 from vdsm.train import forked_rng
 
@@ -37,6 +38,7 @@ class PredictionMonitor(TimedMonitor):
     ``prepare(args, config)`` (called by the runner before training) loads the val sequences."""
 
     columns = COLUMNS
+    evaluation = PREDICTION   # the runs it scores
 
     def __init__(self, csv_path, every_seconds, val_sequences=64, samples=None, batch_size=32):
         super().__init__(csv_path, every_seconds)
@@ -44,21 +46,21 @@ class PredictionMonitor(TimedMonitor):
         self.x = None
 
     def prepare(self, args, config):
-        from .run_svg import data_options
+        from .training import data_options
 
         if config["train_split"] == "trainval":
             raise UsageError("the quality monitor scores val sequences, which --train-split trainval trains on")
         self.n_past, self.n_future = config["model"]["n_past"], config["eval"]["n_future"]
         self.samples = self.samples or config["eval"]["samples"]
-        val = data.get_dataset(args.dataset, "val", args.data_root,
-                               **data_options(args, self.n_past + self.n_future))
+        options = {**data_options(args, config, args.spec.stages[-1]), "seq_len": self.n_past + self.n_future}
+        val = data.get_dataset(args.dataset, "val", args.data_root, **options)
         n = min(self.val_sequences, len(val))
         self.x = torch.stack([val[i][0] for i in range(n)])  # the first n: a fixed, seeded val draw
         self.start()
 
     @torch.no_grad()
     def evaluate(self, api, stage):
-        was_training = api.nets.training
+        modes = [m.training for m in api.modules()]
         api.eval()
         psnr, ssim = [], []
         try:
@@ -70,7 +72,8 @@ class PredictionMonitor(TimedMonitor):
                     psnr.append(best["psnr"].mean(-1))
                     ssim.append(best["ssim"].mean(-1))
         finally:
-            api.nets.train(was_training)
+            for m, mode in zip(api.modules(), modes):
+                m.train(mode)
         (p, p_ci), (s, s_ci) = (mean_with_interval(torch.cat(v)) for v in (psnr, ssim))
         return {"psnr": round(float(p), 4), "psnr_ci95": round(float(p_ci), 4),
                 "ssim": round(float(s), 5), "ssim_ci95": round(float(s_ci), 5)}

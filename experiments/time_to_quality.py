@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 import data
+from models.spec import JUDGE
 from vdsm.metrics.judge import JUDGES, load_or_train_judge
 from vdsm.metrics.protocol import judge_protocol
 from vdsm.train import forked_rng
@@ -80,6 +81,7 @@ class QualityMonitor(TimedMonitor):
     scored, from the val split."""
 
     columns = COLUMNS
+    evaluation = JUDGE   # the runs it scores: those the judge protocols evaluate
 
     def __init__(self, judge, items, csv_path, every_seconds):
         super().__init__(csv_path, every_seconds)
@@ -88,16 +90,16 @@ class QualityMonitor(TimedMonitor):
 
     @torch.no_grad()
     def evaluate(self, vdsm, stage):
-        nets = (vdsm.model1, vdsm.guide1, vdsm.model2, vdsm.guide2)
-        modes, had_stage2 = [m.training for m in nets], vdsm.has_stage2
+        nets = vdsm.modules()
+        modes, in_use = [m.training for m in nets], vdsm.stage_in_use
         vdsm.eval()
-        vdsm.has_stage2 = stage == "stage2"
+        vdsm.use_stage(stage)
         try:
             with forked_rng(vdsm.device):  # training continues with its own random numbers (CPU and CUDA)
                 result = judge_protocol(vdsm, self.judge, self.items, batch_size=len(self.items), repeats=1,
                                         device=vdsm.device)
         finally:
-            vdsm.has_stage2 = had_stage2
+            vdsm.use_stage(in_use)
             for m, mode in zip(nets, modes):
                 m.train(mode)
         dynamic, static = self.judge.dynamic_heads, self.judge.static_heads

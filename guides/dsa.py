@@ -3,6 +3,7 @@ import pyro
 import torch.nn as nn
 from pyro import poutine
 
+from vdsm.handlers import register_module
 from vdsm.precision import Normal
 
 __all__ = ["DSAGuide"]
@@ -18,6 +19,7 @@ class DSAGuide(nn.Module):
         self.nets = nets
 
     def forward(self, x, *, factors, **unused):
+        register_module(type(self).__name__, self)  # for a plain pyro.infer.SVI too
         h = self.nets.features(x)
         f_loc, f_scale = self.nets.static_posterior(h)
         with pyro.plate("sequences", x.shape[0], dim=-1):

@@ -1,6 +1,6 @@
 """Example custom guides for VDSM stage 2, usable with the runner via ``--guide2 MODULE:FACTORY``.
 
-A guide factory takes the :class:`vdsm.api.VDSM` being trained and returns a guide
+A guide factory takes the :class:`models.vdsm.VDSMRun` being trained and returns a guide
 module whose ``forward(x, *, factors)`` samples the model's latent sites ("identity",
 "dynamics", "z_1".."z_T"). These two show the two ways to bring your own inference:
 

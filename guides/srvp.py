@@ -4,6 +4,7 @@ import pyro
 import torch.nn as nn
 from pyro import poutine
 
+from vdsm.handlers import register_module
 from vdsm.precision import Normal
 
 __all__ = ["SRVPGuide"]
@@ -18,8 +19,8 @@ class SRVPGuide(nn.Module):
         self.nets = nets
 
     def forward(self, x, *, factors, **unused):
+        register_module(type(self).__name__, self)  # for a plain pyro.infer.SVI too
         nets = self.nets
-        pyro.module("srvp", nets)
         h, _ = nets.encode(x)
         y_loc, y_scale = nets.q_y1(h)
         z_loc, z_scale = nets.q_z(h)

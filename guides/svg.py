@@ -3,6 +3,7 @@ import pyro
 import torch.nn as nn
 from pyro import poutine
 
+from vdsm.handlers import register_module
 from vdsm.precision import Normal
 
 __all__ = ["SVGGuide"]
@@ -16,6 +17,7 @@ class SVGGuide(nn.Module):
         self.nets = nets
 
     def forward(self, x, *, factors, **unused):
+        register_module(type(self).__name__, self)  # for a plain pyro.infer.SVI too
         h, _ = self.nets.encode(x)
         (loc, scale), _ = self.nets.posterior(h[:, 1:])
         kl_scale = self.nets.config.beta * x[0, 0].numel()

@@ -5,6 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pyro import poutine
 
+from vdsm.handlers import register_module
 from vdsm.nets import LSTM, BlurPoolEncoder, Combiner
 from vdsm.precision import Normal
 
@@ -21,6 +22,7 @@ class VDSMStage1Guide(nn.Module):
                                        config.encoder_features, config.identity_scale_max)
 
     def forward(self, x, *, factors, **unused):
+        register_module(type(self).__name__, self)  # for a plain pyro.infer.SVI too
         z_loc, z_scale, id_loc, id_scale = self.encoder.encode_sequences(x)
         with pyro.plate("sequences", x.shape[0], dim=-1):
             with poutine.scale(scale=factors["identity"]):
@@ -41,7 +43,7 @@ class VDSMStage2Guide(nn.Module):
     mean and a flag saying whether it is shown. In training it is shown for a random share p
     of the sequences (the rest still go through d alone, so d keeps describing the motion);
     in evaluation it is always shown (unless ``show_poses_in_eval`` is False, as in
-    ``vdsm.api.VDSM.reference_guide_inputs``). In the reference guide (p = 0) every pose comes
+    ``models.vdsm.VDSMRun.reference_guide_inputs``). In the reference guide (p = 0) every pose comes
     from d, and poses that d does not separate are drawn as their neighbours' (BENCHMARKS.md).
     With ``config.guide_pose_residual`` a shown pose is also added to the combiner's mean, so the
     combiner only learns a correction to the encoder's pose. Without it, the combiner did not
@@ -102,6 +104,7 @@ class VDSMStage2Guide(nn.Module):
         return loc, scale
 
     def forward(self, x, *, factors, **unused):
+        register_module(type(self).__name__, self)  # for a plain pyro.infer.SVI too
         c = self.config
         b, t = x.shape[:2]
         z_means, _, id_loc, id_scale = self.encoder.encode_sequences(x)

@@ -1,9 +1,15 @@
-"""Pyro models of the hierarchical state-space family."""
+"""Pyro models of the hierarchical state-space family, each declared by its ``SPEC``
+(``models.spec``); ``models.registry`` lists them and loads any run folder."""
+from .dsa import DSAConfig, DSAModel, DSANets, DSARun
 from .family import StateSpaceVideoModel
-from .srvp import SRVPConfig, SRVPModel, SRVPNets
-from .svg import SVGConfig, SVGModel, SVGNets
-from .vdsm import VDSMConfig, VDSMStage1Model, VDSMStage2Model
+from .registry import MODELS, get, load_run
+from .spec import ModelSpec, StaticLatentRun, Stage, VideoRun
+from .srvp import SRVPConfig, SRVPModel, SRVPNets, SRVPRun
+from .svg import SVGConfig, SVGModel, SVGNets, SVGRun
+from .vdsm import VDSMConfig, VDSMRun, VDSMStage1Model, VDSMStage2Model
 
-__all__ = ["StateSpaceVideoModel", "VDSMConfig", "VDSMStage1Model", "VDSMStage2Model", "SVGConfig", "SVGNets",
-           "SVGModel",
-           "SRVPConfig", "SRVPNets", "SRVPModel"]
+__all__ = ["StateSpaceVideoModel", "ModelSpec", "Stage", "VideoRun", "StaticLatentRun", "MODELS", "get", "load_run",
+           "VDSMConfig", "VDSMStage1Model", "VDSMStage2Model", "VDSMRun",
+           "SVGConfig", "SVGNets", "SVGModel", "SVGRun",
+           "SRVPConfig", "SRVPNets", "SRVPModel", "SRVPRun",
+           "DSAConfig", "DSANets", "DSAModel", "DSARun"]

@@ -25,8 +25,16 @@ from vdsm.nets import LSTM, RNN, DCGANDecoder, DCGANEncoder
 
 from .config import DictConfig, check_values
 from .family import RecurrentPrior, StateSpaceVideoModel, emission_distribution
+from .spec import (
+    JUDGE,
+    ONE_STAGE_DEFAULTS,
+    ModelSpec,
+    Stage,
+    StaticLatentRun,
+    constant_schedule,
+)
 
-__all__ = ["DSAConfig", "DSANets", "DSAModel"]
+__all__ = ["DSAConfig", "DSANets", "DSAModel", "DSARun", "SPEC"]
 
 
 @dataclass
@@ -128,3 +136,54 @@ class DSAModel(StateSpaceVideoModel):
     def emit(self, z, s, factors, x=None):
         c = self.nets.config
         return emission_distribution(c.emission, self.nets.decode_logits(z, s), c.emission_scale)
+
+
+class DSARun(StaticLatentRun):
+    """A trained (or freshly built) DSA: model and guide sharing one ``nets`` on one device. The static
+    latent f is the "identity"; the dynamics are the per-frame latents z_1..z_T (DSA has no
+    sequence-level dynamics latent), so keeping the dynamics of a sequence keeps its z_1..z_T, and
+    ``transfer_action`` equals ``swap_identity``.
+
+    Example::
+
+        dsa = DSARun.load("runs/sprites-dsa-...")          # or models.registry.load_run(...)
+        moved = dsa.transfer_action(action_x, identity_x)
+    """
+
+    nets_cls, model_cls, guide_path = DSANets, DSAModel, "guides.dsa:DSAGuide"
+
+    def dynamics_sites(self, t):
+        return {f"z_{k}" for k in range(1, t + 1)}
+
+    def plain_loss(self, x, factors):
+        """The same networks' loss without Pyro (Bernoulli NLL, analytic KLs against the LSTM prior;
+        ``experiments.bench``'s "nets" column)."""
+        nets = self.nets
+        normal, kl_div = torch.distributions.Normal, torch.distributions.kl_divergence
+        h = nets.features(x)
+        f_loc, f_scale = nets.static_posterior(h)
+        f = f_loc + f_scale * torch.randn_like(f_loc)
+        loc, scale = nets.frame_posterior(h, f)
+        z = loc + scale * torch.randn_like(loc)
+        kl = kl_div(normal(f_loc.float(), f_scale.float()), normal(0.0, 1.0)).sum()
+        z_prev, state = torch.zeros_like(z[:, 0]), None
+        for t in range(x.shape[1]):
+            p_loc, p_scale, state = nets.prior_step(z_prev, state)
+            kl = kl + kl_div(normal(loc[:, t].float(), scale[:, t].float()), normal(p_loc.float(), p_scale.float())).sum()
+            z_prev = z[:, t]
+        logits = nets.decode_logits(z, f)
+        return F.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum") + kl
+
+
+def _upgrade(config):
+    config["train"].setdefault("clip_norm", 0.0)
+    return config
+
+
+SPEC = ModelSpec(
+    names=("dsa",), config_cls=DSAConfig, presets="dsa.json", run_cls=DSARun,
+    stages=(Stage("dsa", "train", pair=lambda run: (run.model, run.guide), schedule=constant_schedule(("identity", "z")),
+                  frames=lambda config: config["train"]["seq_len"], section_defaults=ONE_STAGE_DEFAULTS),),
+    evaluations=frozenset({JUDGE}), train_flags=("steps", "batch_size", "lr", "seq_len", "clip_norm"),
+    upgrade=_upgrade)
+DSARun.spec = SPEC

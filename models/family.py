@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 from pyro import poutine
 
+from vdsm.handlers import register_module
 from vdsm.precision import Normal, full_precision
 
 __all__ = ["StateSpaceVideoModel", "emission_distribution", "FramePrior", "IndependentNormal",
@@ -159,7 +160,9 @@ class StateSpaceVideoModel(nn.Module):
     returns the distribution of ``observed(x)``.
 
     ``forward(x, *, factors, batch_size=None, seq_len=None)``: with ``x=None`` the model
-    samples (give ``batch_size`` and ``seq_len``).
+    samples (give ``batch_size`` and ``seq_len``). The model's parameters are registered with
+    Pyro under its class name (``vdsm.handlers.register_module``), so ``pyro.infer.SVI`` with a
+    ``pyro.optim`` optimiser trains it as ``vdsm.train.train_stage`` does.
     """
 
     z_dim = None
@@ -189,6 +192,7 @@ class StateSpaceVideoModel(nn.Module):
         raise NotImplementedError
 
     def forward(self, x=None, *, factors, batch_size=None, seq_len=None):
+        register_module(type(self).__name__, self)  # its networks are Pyro params: a plain pyro.infer.SVI trains them
         ref = x if x is not None else next(self.parameters())
         b, t = (x.shape[0], x.shape[1]) if x is not None else (batch_size, seq_len)
         with pyro.plate("sequences", b, dim=-1):

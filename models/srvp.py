@@ -25,7 +25,6 @@ PyTorch's initialisation (as the release).
 """
 from dataclasses import dataclass
 
-import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn as nn
@@ -37,8 +36,18 @@ from vdsm.precision import full_precision
 
 from .config import DictConfig, check_values
 from .family import ResidualState, StateSpaceVideoModel
+from .spec import (
+    ONE_STAGE_DEFAULTS,
+    PREDICTION,
+    ModelSpec,
+    PredictionFlags,
+    Stage,
+    VideoRun,
+    constant_schedule,
+)
+from .svg import prediction_frames, upgrade_prediction_config
 
-__all__ = ["SRVPConfig", "SRVPNets", "SRVPModel", "srvp_init"]
+__all__ = ["SRVPConfig", "SRVPNets", "SRVPModel", "SRVPRun", "SPEC", "srvp_init"]
 
 
 @dataclass
@@ -212,7 +221,6 @@ class SRVPModel(StateSpaceVideoModel):
     def forward(self, x=None, *, factors, **kwargs):
         if x is None:
             raise ValueError("SRVP generates conditioned on past frames: use predict(x_past, n_future)")
-        pyro.module("srvp", self.nets)  # w and the networks are parameters, for a plain pyro.infer.SVI too
         return super().forward(x, factors=factors, **kwargs)
 
     def emit(self, ys, s, factors, x=None):
@@ -249,3 +257,51 @@ class SRVPModel(StateSpaceVideoModel):
                 ys.append(y)
         future = nets.decode(w, torch.stack(ys, 1), skips, torch.full((b,), n_past - 1, device=x_past.device))
         return torch.cat([x_past, future], 1)
+
+
+class SRVPRun(VideoRun):
+    """SRVP model and guide sharing one ``nets`` on one device. ``predict(x_past, n_future)`` samples
+    futures.
+
+    Example::
+
+        srvp = SRVPRun.load("runs/smmnist-srvp-...")      # or models.registry.load_run(...)
+        futures = srvp.predict(x[:, :5], n_future=20)    # [B, 25, 1, 64, 64]
+    """
+
+    nets_cls, model_cls, guide_path = SRVPNets, SRVPModel, "guides.srvp:SRVPGuide"
+
+    def plain_loss(self, x, factors):
+        """The same networks' loss without Pyro (the release's: Gaussian NLL up to its constant, analytic
+        KLs, the l2_res penalty; ``experiments.bench``'s "nets" column)."""
+        nets, config = self.nets, self.config
+        batch_size, seq_len = x.shape[:2]
+        normal, kl_div = torch.distributions.Normal, torch.distributions.kl_divergence
+        h, skips = nets.encode(x)
+        nets.forget()
+        content, skip = nets.training_frames(batch_size, seq_len, x.device)
+        w = nets.content(h, content)
+        y_loc, y_scale = nets.q_y1(h)
+        y = y_loc + y_scale * torch.randn_like(y_loc)
+        kl = kl_div(normal(y_loc.float(), y_scale.float()), normal(0.0, 1.0)).sum()
+        q_loc, q_scale = nets.q_z(h)
+        ys, penalty = [y], 0.0
+        for k in range(seq_len - 1):
+            p_loc, p_scale = nets.p_z(y)
+            z = q_loc[:, k] + q_scale[:, k] * torch.randn_like(p_loc)
+            kl = kl + config.beta_z * kl_div(normal(q_loc[:, k].float(), q_scale[:, k].float()),
+                                             normal(p_loc.float(), p_scale.float())).sum()
+            y, p = nets.step(y, z)
+            ys.append(y)
+            penalty = penalty + p
+        mean = nets.decode(w, torch.stack(ys, 1), skips, skip)
+        return ((mean.float() - x) ** 2).sum() / (2 * config.obs_scale ** 2) + kl + config.l2_res * penalty.sum()
+
+
+SPEC = ModelSpec(
+    names=("srvp",), config_cls=SRVPConfig, presets="srvp.json", run_cls=SRVPRun,
+    stages=(Stage("srvp", "train", pair=lambda run: (run.model, run.guide), schedule=constant_schedule(("z",)),
+                  frames=prediction_frames, section_defaults=ONE_STAGE_DEFAULTS),),
+    evaluations=frozenset({PREDICTION}), train_flags=("steps", "batch_size", "lr", "n_future", "clip_norm"),
+    cli=PredictionFlags(), upgrade=upgrade_prediction_config, default_train_split="trainval")
+SRVPRun.spec = SPEC

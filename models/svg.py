@@ -37,8 +37,19 @@ from vdsm.precision import full_precision
 
 from .config import DictConfig, check_values
 from .family import IndependentNormal, LearnedFromFrames, StateSpaceVideoModel
+from .spec import (
+    ONE_STAGE_DEFAULTS,
+    PREDICTION,
+    ModelSpec,
+    PredictionFlags,
+    Stage,
+    VideoRun,
+    constant_schedule,
+    legacy_clip_norm,
+)
 
-__all__ = ["SVGConfig", "SVGNets", "SVGModel", "reference_init"]
+__all__ = ["SVGConfig", "SVGNets", "SVGModel", "SVGRun", "SPEC", "reference_init", "prediction_frames",
+           "upgrade_prediction_config"]
 
 
 @dataclass
@@ -223,3 +234,57 @@ class SVGModel(StateSpaceVideoModel):
                 x_in = nets.decoder(g[:, 0], terms=terms)[:, None]
             frames.append(x_in[:, 0])
         return torch.stack(frames, 1)
+
+
+class SVGRun(VideoRun):
+    """SVG-LP/FP model and guide sharing one ``nets`` on one device. ``predict(x_past, n_future)``
+    samples futures.
+
+    Example::
+
+        svg = SVGRun.load("runs/smmnist-svg-lp-...")      # or models.registry.load_run(...)
+        futures = svg.predict(x[:, :5], n_future=20)    # [B, 25, 1, 64, 64]
+    """
+
+    nets_cls, model_cls, guide_path = SVGNets, SVGModel, "guides.svg:SVGGuide"
+
+    def plain_loss(self, x, factors):
+        """The same networks' loss without Pyro (the reference's MSE + analytic KL; ``experiments.bench``'s
+        "nets" column: what Pyro and the ELBO add is the ratio of the two step times)."""
+        nets, config = self.nets, self.config
+        h, skips = nets.encode(x)
+        nets.forget()
+        (loc, scale), _ = nets.posterior(h[:, 1:])
+        z = loc + scale * torch.randn_like(loc)
+        if nets.prior is not None:
+            (p_loc, p_scale), _ = nets.prior(h[:, :-1])
+        else:
+            p_loc, p_scale = torch.zeros_like(loc), torch.ones_like(scale)
+        g, _ = nets.predictor(torch.cat([h[:, :-1], z], -1))
+        mean = nets.decode(g, skips, nets.skip_sources(x.shape[1]))
+        normal = torch.distributions.Normal
+        kl = torch.distributions.kl_divergence(normal(loc.float(), scale.float()),
+                                               normal(p_loc.float(), p_scale.float())).sum()
+        return ((mean.float() - x[:, 1:]) ** 2).sum() + config.beta * x[0, 0].numel() * kl
+
+
+def prediction_frames(config):
+    """Frames per training sequence of a prediction model: n_past conditioning frames + n_future."""
+    return config["model"]["n_past"] + config["train"]["n_future"]
+
+
+def upgrade_prediction_config(config):
+    """A prediction model's config.json of any age: runs before the val split trained on all the
+    training data ("trainval"), runs before per-frame clipping clipped the summed loss at norm 10."""
+    config["train"].setdefault("clip_norm", legacy_clip_norm(config["train"]["batch_size"], prediction_frames(config)))
+    return config
+
+
+SPEC = ModelSpec(
+    names=("svg-lp", "svg-fp"), config_cls=SVGConfig, presets="svg.json", run_cls=SVGRun,
+    stages=(Stage("svg", "train", pair=lambda run: (run.model, run.guide), schedule=constant_schedule(("z",)),
+                  frames=prediction_frames, section_defaults=ONE_STAGE_DEFAULTS),),
+    evaluations=frozenset({PREDICTION}), fixed={"svg-lp": {"learned_prior": True}, "svg-fp": {"learned_prior": False}},
+    train_flags=("steps", "batch_size", "lr", "n_future", "clip_norm"), cli=PredictionFlags(),
+    upgrade=upgrade_prediction_config, default_train_split="trainval")
+SVGRun.spec = SPEC

@@ -4,18 +4,64 @@ Sites (stable names for custom guides): "identity" [B, n_experts], "dynamics"
 [B, dynamics_dim] (stage 2), "z" [B, T, z_dim] (stage 1) or "z_1".."z_T" [B, z_dim]
 (stage 2), "obs" [B, T, C, 64, 64].
 """
+import contextlib
+import dataclasses
+import json
 import math
+import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pyro.distributions as dist
 import torch
 import torch.nn as nn
+from pyro import poutine
 
+from vdsm.annealing import Schedule
+from vdsm.checkpoint import load_checkpoint, save_checkpoint
+from vdsm.fitted_prior import (
+    DiagonalMixture,
+    fit_mixture_chosen_on_val,
+    posterior_values,
+)
 from vdsm.nets import GatedTransition, MixtureOfExpertsDecoder
 
-from .family import IndependentNormal, MarkovTransition, StateSpaceVideoModel, emission_distribution
+from .family import (
+    IndependentNormal,
+    MarkovTransition,
+    StateSpaceVideoModel,
+    emission_distribution,
+)
+from .spec import (
+    JUDGE,
+    ModelSpec,
+    Stage,
+    StaticLatentRun,
+    import_object,
+    legacy_clip_norm,
+)
 
-__all__ = ["VDSMConfig", "VDSMStage1Model", "VDSMStage2Model"]
+__all__ = ["VDSMConfig", "VDSMStage1Model", "VDSMStage2Model", "VDSMRun", "SPEC", "FITTED_PRIORS", "FITTED_FROM",
+           "prior_path", "guide_factory"]
+
+# latents with a prior fitted after training (vdsm.fitted_prior), and the guide's sites each covers
+FITTED_PRIORS = {"identity": ("identity",), "dynamics": ("dynamics", "z_1")}
+# the stage whose posterior each fitted prior describes (stage 2 keeps stage 1's encoder frozen)
+FITTED_FROM = {"identity": "stage1", "dynamics": "stage2"}
+STAGES = ("stage1", "stage2")
+
+
+def prior_path(run_dir, latent):
+    """Where a run keeps the fitted prior of ``latent``: checkpoints/<latent>_prior.pt."""
+    return Path(run_dir) / "checkpoints" / f"{latent}_prior.pt"
+
+
+def guide_factory(path):
+    """``"package.module:factory"`` -> the factory callable (it takes a VDSMRun, returns a guide)."""
+    try:
+        return import_object(path, "guide factory")
+    except ValueError as err:
+        raise ValueError(f"{err}; use --guide2 package.module:factory") from None
 
 
 @dataclass
@@ -166,3 +212,336 @@ class VDSMStage2Model(VDSMStage1Model):
 
     def transition(self, z_prev, d):
         return self.trans(z_prev, d)
+
+
+class VDSMRun(StaticLatentRun):
+    """A trained (or freshly built) VDSM: stage-1 and stage-2 model/guide pairs on one device.
+
+    The methods of ``StaticLatentRun`` (generation, identity swap, action transfer, the judge
+    protocols' two generations) plus prediction and the fitted priors. ``load`` returns the run in
+    evaluation mode (no dropout; the stage-2 guide shows the frame poses to every sequence), using
+    stage 2 when the run has it. Keeping a sequence's dynamics keeps "dynamics" and "z_1" (stage
+    2; later poses follow the transition) or every pose (stage 1 only).
+
+    Example::
+
+        vdsm = VDSMRun.load("runs/sprites")             # or models.registry.load_run(...)
+        swapped = vdsm.swap_identity(pose_x, identity_x)
+    """
+
+    dynamics_mixture = None   # a DiagonalMixture over [d, z_1] fitted after training, or None
+
+    def __init__(self, config: VDSMConfig, schedule2: Schedule = None, device="cpu"):
+        guide1, guide2 = (import_object(f"guides.vdsm:{name}", "guide") for name in ("VDSMStage1Guide", "VDSMStage2Guide"))
+        self.config, self.device = config, torch.device(device)
+        self.model1, self.guide1 = VDSMStage1Model(config), guide1(config)
+        self.model2, self.guide2 = VDSMStage2Model(config), guide2(config)
+        # stage 2 reuses stage 1's networks (frozen during stage-2 training)
+        self.model2.decoder = self.model1.decoder
+        self.model2.identity_loc = self.model1.identity_loc
+        self.guide2.encoder = self.guide1.encoder
+        for m in (self.model1, self.guide1, self.model2, self.guide2):
+            m.to(self.device)
+        self.schedule2 = schedule2 or Schedule()
+        self.stage_in_use = "stage1"
+
+    @classmethod
+    def from_config(cls, config, device="cpu", loading=False):
+        run = cls(VDSMConfig.from_dict(config["model"]), Schedule(**config["stage2"]["schedule"]), device)
+        run.sections = config
+        if config.get("guide2"):  # before loading: run once, so that lazily built parameters exist
+            shape = {"batch_size": config["stage2"]["batch_size"], "seq_len": config["stage2"]["seq_len"]} if loading else {}
+            run.use_guide2(config["guide2"], **shape)
+        return run
+
+    def after_load(self, run_dir, config):
+        for latent in FITTED_PRIORS:
+            path = prior_path(run_dir, latent)
+            if path.is_file():
+                self.set_fitted_prior(latent, DiagonalMixture.from_state_dict(load_checkpoint(path, "cpu")["mixture"]))
+
+    @property
+    def has_stage2(self):
+        """True when the stage-2 pair is in use (a run trained through stage 2)."""
+        return self.stage_in_use == "stage2"
+
+    @has_stage2.setter
+    def has_stage2(self, value):
+        self.use_stage("stage2" if value else "stage1")
+
+    def describe(self):
+        return f"stage {2 if self.has_stage2 else 1} model"
+
+    def networks(self):
+        """The damage groups: the four networks (stage 2 shares stage 1's encoder and decoder)."""
+        return nn.ModuleDict({"model1": self.model1, "guide1": self.guide1, "model2": self.model2, "guide2": self.guide2})
+
+    def frame_features(self, frames):
+        return self.guide1.encoder.features(frames).flatten(1)
+
+    def factors(self):
+        return self.schedule2.factors(1.0)
+
+    def plain_loss(self, x, factors):
+        """The networks of the stage in use without Pyro: reparameterised samples, Bernoulli NLL, the
+        transition run as the model runs it (``experiments.bench``'s "nets" column)."""
+        model, guide = self.pair()
+        batch_size, seq_len = x.shape[:2]
+        extra = 0.0
+        z_loc, z_scale, id_loc, id_scale = guide.encoder.encode_sequences(x)
+        identity = id_loc + id_scale * torch.randn_like(id_loc)
+        if not self.has_stage2:
+            z = z_loc + z_scale * torch.randn_like(z_loc)
+        else:
+            d_loc, d_scale = guide.dynamics_params(z_loc)
+            d = d_loc + d_scale * torch.randn_like(d_loc)
+            h_seq, context = guide.frame_states(d, seq_len), guide.combiner_context(d, z_loc)
+            zs, z_prev = [], guide.z_q_0.expand(batch_size, self.config.z_dim)
+            for t in range(seq_len):
+                loc, scale = guide.step(z_prev, h_seq[:, t], context[:, t])
+                z_prev = loc + scale * torch.randn_like(loc)
+                zs.append(z_prev)
+            z = torch.stack(zs, 1)
+            model.transition(z[:, :-1], d.unsqueeze(1).expand(-1, seq_len - 1, -1))  # forward only, as before 0.2
+            if model.overshooting > 0 and seq_len > 2:  # the model's overshooting factor, same weight
+                weight = model.overshooting / (seq_len - 1)
+                extra = -weight * model.frame_prior.overshooting_log_prob(model, z, d).sum()
+        logits = model.decoder(z, torch.softmax(factors["temp_id"] * identity, -1))
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum") + extra
+
+    def dynamics_sites(self, t):
+        return {"dynamics", "z_1"} if self.has_stage2 else {"z"}
+
+    # ------------------------------------------------------------ fitted priors
+
+    @property
+    def fitted_priors(self):
+        """The latents drawn from priors fitted after training (in use), e.g. ["identity", "dynamics"]."""
+        in_use = {"identity": self.model2.identity_mixture, "dynamics": self.dynamics_mixture if self.has_stage2 else None}
+        return [latent for latent, mixture in in_use.items() if mixture is not None]
+
+    def set_fitted_prior(self, latent, mixture):
+        """Draw ``latent`` ("identity", or "dynamics": d and z_1 jointly) from ``mixture`` (a
+        ``DiagonalMixture``; None: from the model's own priors again)."""
+        mixture = None if mixture is None else mixture.to(self.device)
+        if latent == "identity":
+            self.model1.identity_mixture = self.model2.identity_mixture = mixture
+        else:
+            self.dynamics_mixture = mixture
+        return self
+
+    @torch.no_grad()
+    def fit_priors(self, components, train, val, seed=0):
+        """Fit a mixture to each posterior latent in ``components`` (latent -> largest size;
+        "identity", and "dynamics": [d, z_1], which needs stage 2) over the sequences of ``train``
+        (datasets of (frames, labels)), its size chosen by the mean log-likelihood of ``val``'s, and
+        use it. Both latents come from one pass over each dataset. Returns {latent: (mixture,
+        summary)}, the summary with the sizes tried, the one kept and the scale floor."""
+        if "dynamics" in components and not self.has_stage2:
+            raise ValueError("no fitted prior for 'dynamics' on a stage-1 model: identity, or dynamics with stage 2")
+        self.eval()
+        groups = {latent: FITTED_PRIORS[latent] for latent in components}
+        train_points = posterior_values(self.posterior, train, self.device, groups)
+        val_points = posterior_values(self.posterior, val, self.device, groups)
+        fitted = {}
+        for latent, max_components in components.items():
+            points, scales = train_points[latent]
+            # identity: one floor for every dimension (the mean posterior scale); dynamics: one per dimension
+            min_scale = float(scales.mean()) if latent == "identity" else scales
+            mixture, tried = fit_mixture_chosen_on_val(points, val_points[latent][0], min_scale=min_scale,
+                                                       max_components=max_components, seed=seed)
+            self.set_fitted_prior(latent, mixture)
+            what = "identities drawn from" if latent == "identity" else "dynamics d and first pose z_1 drawn jointly from"
+            fitted[latent] = (mixture, {
+                "what": f"{what} a diagonal Gaussian mixture fitted after training to the posterior means of the "
+                        f"training sequences; size chosen on val",
+                "components": int(mixture.loc.shape[0]), "max_components": max_components,
+                "min_scale_mean": float(scales.mean()), "train_sequences": len(train), "val_sequences": len(val),
+                "tried": tried})
+        return fitted
+
+    def fit_and_save(self, run_dir, train, val, components, seed=0, trained_on_val=False):
+        """``fit_priors``, then each mixture saved in the run (``prior_path``); returns {latent: summary}."""
+        started = time.time()
+        fitted = self.fit_priors(components, train, val, seed=seed)
+        seconds = round(time.time() - started, 1)   # one pass over the data serves every latent
+        summaries = {}
+        for latent, (mixture, summary) in fitted.items():
+            if trained_on_val:
+                summary["note"] = ("the run trained on its val sequences (--train-split trainval): the size was "
+                                   "chosen on them")
+            summary.update(date=time.strftime("%Y-%m-%d"), seconds_all_fits=seconds)
+            self.save_prior(run_dir, latent, mixture, summary)
+            summaries[latent] = summary
+        return summaries
+
+    @staticmethod
+    def save_prior(run_dir, latent, mixture, summary):
+        save_checkpoint(prior_path(run_dir, latent), {"mixture": mixture.state_dict(), "summary": json.dumps(summary)})
+
+    def fitted_draws(self, batch_size):
+        """{"dynamics": d, "z_1": z_1} drawn jointly from the fitted dynamics prior (stage 2), else {}."""
+        if self.dynamics_mixture is None or not self.has_stage2:
+            return {}
+        points = self.dynamics_mixture.sample(batch_size)
+        n = self.config.dynamics_dim
+        return {"dynamics": points[:, :n], "z_1": points[:, n:]}
+
+    _fitted_draws = fitted_draws   # the name before 0.2
+
+    # ------------------------------------------------------------ guides
+
+    def use_guide2(self, path, batch_size=None, seq_len=None):
+        """Replace the stage-2 guide by ``guide_factory(path)(self)``; with a batch shape, run it once
+        so that lazily created parameters (Pyro autoguides) exist before a state dict is loaded."""
+        self.guide2 = guide_factory(path)(self).to(self.device)
+        if batch_size:
+            x = torch.zeros(batch_size, seq_len, self.config.nc, 64, 64, device=self.device)
+            with torch.no_grad(), poutine.block():
+                self.guide2(x, factors=self.factors())
+        return self
+
+    @property
+    def shows_poses(self):
+        """True when the stage-2 guide also sees the frame poses in evaluation (``--guide-pose-input``)."""
+        return (self.has_stage2 and self.config.guide_pose_input > 0
+                and getattr(self.guide2, "show_poses_in_eval", False))
+
+    @contextlib.contextmanager
+    def reference_guide_inputs(self):
+        """Within it, the stage-2 guide sees what the reference guide sees: no frame poses (with
+        ``guide_pose_input`` > 0 it otherwise shows them to every sequence in evaluation). Used for
+        VDSM's own consistency metric beside the paper's number."""
+        guide, before = self.guide2, getattr(self.guide2, "show_poses_in_eval", None)
+        if before is not None:
+            guide.show_poses_in_eval = False
+        try:
+            yield self
+        finally:
+            if before is not None:
+                guide.show_poses_in_eval = before
+
+    # ------------------------------------------------------------ prediction
+
+    @torch.no_grad()
+    def transfer_action(self, action_x, identity_x):
+        """Dynamics and first pose of ``action_x``, identity of ``identity_x``; later poses follow the
+        learned transition (stage 2). With stage 1 only this equals ``swap_identity``."""
+        return super().transfer_action(action_x, identity_x)
+
+    def predict_once(self, x_past, n_future):
+        """The identity, the dynamics and the poses z_1..z_{n_past} are the posterior means given
+        ``x_past``; the later poses are drawn from the learned transition (the model run under
+        ``condition``), frames at their mean. Needs stage 2."""
+        if not self.has_stage2:
+            raise ValueError("prediction needs the stage-2 dynamics model: train stage 2 (--stage both)")
+        b, n_past = x_past.shape[:2]
+        latents = self.latents(self.posterior(x_past))
+        future = {f"z_{t}" for t in range(n_past + 1, n_past + n_future + 1)}
+        frames = self.decode(latents, b, n_past + n_future, sampled=future)
+        return torch.cat([x_past, frames[:, n_past:]], 1)
+
+    _decode = StaticLatentRun.decode   # the names before 0.2
+    _latents = staticmethod(StaticLatentRun.latents)
+
+
+# ---------------------------------------------------------------- the spec: stages, flags, old configs
+
+
+def _stage2_frozen(run):
+    """Stage 1's networks, fixed in stage 2: no gradients, not in the optimiser."""
+    frozen = [run.model1.decoder, run.guide1.encoder]
+    return frozen + ([run.model1.identity_loc] if run.model1.identity_loc is not None else [])
+
+
+def _schedule(section):
+    return Schedule(**section.get("schedule", {}))
+
+
+class VDSMFlags:
+    """VDSM's own command-line flags: which stage to train, per-stage steps and schedules, a custom
+    stage-2 guide."""
+
+    def add_flags(self, group):
+        group.add_argument("--stage", choices=["1", "2", "both"], help="which training stage(s) to run (default both)")
+        group.add_argument("--stage1-steps", type=int)
+        group.add_argument("--stage2-steps", type=int)
+        group.add_argument("--guide2", metavar="MODULE:FACTORY",
+                           help="custom stage-2 guide: a factory taking the VDSM run (see guides/examples.py)")
+        dests = {"stage", "stage1_steps", "stage2_steps", "guide2"}
+        for stage in STAGES:
+            for f in dataclasses.fields(Schedule):
+                group.add_argument(f"--{stage}-{f.name.replace('_', '-')}", type=float, dest=f"{stage}_{f.name}")
+                dests.add(f"{stage}_{f.name}")
+        return dests
+
+    def resolve(self, args, config):
+        if getattr(args, "guide2", None):
+            guide_factory(args.guide2)
+            config["guide2"] = args.guide2
+        config.setdefault("guide2", None)
+        for stage in STAGES:
+            s = config[stage]
+            if getattr(args, f"{stage}_steps", None) is not None:
+                s["steps"] = getattr(args, f"{stage}_steps")
+            for f in dataclasses.fields(Schedule):
+                value = getattr(args, f"{stage}_{f.name}", None)
+                if value is not None:
+                    s["schedule"][f.name] = value
+            try:
+                s["schedule"] = dataclasses.asdict(Schedule(**s["schedule"]).check())
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"bad {stage} schedule: {err} (--{stage}-... flags)") from None
+        return config
+
+    def stages(self, args, spec):
+        return {"1": ["stage1"], "2": ["stage2"], "both": list(STAGES)}[getattr(args, "stage", None) or "both"]
+
+
+def _upgrade(config):
+    """A VDSM config.json of any age: before the val split, "train" was all training data; before
+    per-frame clipping, the summed loss was clipped at norm 10."""
+    config.setdefault("guide2", None)
+    for stage in (stage for stage in STAGES if stage in config):   # a hand-made config may hold stage 2 only
+        s = config[stage]
+        frames = s["seq_len"] * (2 if s.get("pair_actions") else 1)
+        s.setdefault("clip_norm", legacy_clip_norm(s["batch_size"], frames))
+        s["schedule"] = dataclasses.asdict(Schedule(**s["schedule"]))
+    return config
+
+
+def _fitted_priors(run, context):
+    """After training: fit the mixtures of ``identity_prior_components`` / ``dynamics_prior_components``
+    (a prior only when the stage its posterior comes from trained in this call, or when it was
+    never fitted: a resume that trained nothing keeps the run's mixtures instead of repeating the
+    pass over every training sequence); returns their summaries for metrics.json."""
+    wanted = {"identity": run.config.identity_prior_components}
+    if run.has_stage2:
+        wanted["dynamics"] = run.config.dynamics_prior_components
+    wanted = {latent: n for latent, n in wanted.items() if n > 0}
+    metrics = {}
+    kept = {latent for latent in wanted
+            if FITTED_FROM[latent] not in context.trained and prior_path(context.run_dir, latent).is_file()}
+    for latent in kept:
+        saved = load_checkpoint(prior_path(context.run_dir, latent), "cpu")
+        run.set_fitted_prior(latent, DiagonalMixture.from_state_dict(saved["mixture"]))
+        metrics[f"{latent}_prior"] = json.loads(saved["summary"])
+    refit = {latent: n for latent, n in wanted.items() if latent not in kept}
+    if context.rank == 0 and refit:
+        summaries = run.fit_and_save(context.run_dir, context.dataset(context.train_split), context.dataset("val"),
+                                     refit, seed=context.seed, trained_on_val=context.train_split == "trainval")
+        metrics.update({f"{latent}_prior": summary for latent, summary in summaries.items()})
+    return metrics
+
+
+SPEC = ModelSpec(
+    names=("vdsm",), config_cls=VDSMConfig, presets="{dataset}.json", run_cls=VDSMRun,
+    stages=(Stage("stage1", "stage1", pair=lambda run: (run.model1, run.guide1), schedule=_schedule,
+                  frames=lambda config: config["stage1"]["seq_len"], data_flags=("pair_actions", "random_window"),
+                  label="stage 1"),
+            Stage("stage2", "stage2", pair=lambda run: (run.model2, run.guide2), schedule=_schedule,
+                  frames=lambda config: config["stage2"]["seq_len"], frozen=_stage2_frozen,
+                  data_flags=("pair_actions", "random_window"), label="stage 2")),
+    evaluations=frozenset({JUDGE}), train_flags=("steps", "batch_size", "lr", "seq_len", "clip_norm"), cli=VDSMFlags(),
+    upgrade=_upgrade, after_training=_fitted_priors, default_train_split="trainval")
+VDSMRun.spec = SPEC

@@ -130,9 +130,13 @@ def test_every_step_config_runs_both_timed_paths_with_its_sample_sites():
 
     # stage 2: identity, dynamics, z_1..z_8, obs (and the overshooting factor where the config has it);
     # SRVP (15 frames): y_1, z_2..z_15, l2_res, obs
-    sites = {"stage1": 3, "stage2": 3 + 8, "svg": 2, "srvp": 1 + 14 + 2}
-    for name, (stage, overrides, _) in STEP_CONFIGS.items():
-        expected = sites[stage] + (stage == "stage2" and _model_config(stage, overrides).overshooting > 0)
+    # DSA (8 frames): identity, z_1..z_8, obs
+    from models.registry import get
+
+    sites = {"stage1": 3, "stage2": 3 + 8, "svg": 2, "srvp": 1 + 14 + 2, "dsa": 1 + 8 + 1}
+    for name, (model, stage, dataset, overrides, _) in STEP_CONFIGS.items():
+        config = _model_config(get(model), model, dataset, overrides)
+        expected = sites[stage] + (stage == "stage2" and config.overshooting > 0)
         for batch_size in (2, 3) if name == "stage2-cpu" else (2,):
             r = bench_step(name, batch_size, warmup=0, repeats=1)
             assert r["sample_sites"] == expected, name

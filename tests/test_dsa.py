@@ -14,7 +14,7 @@ from pyro.infer import TraceMeanField_ELBO
 
 from models.dsa import DSAConfig
 from tests_helpers import run_main
-from vdsm.dsa_api import DSA
+from models.dsa import DSARun as DSA
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_FLAGS = ["--f-dim", "4", "--z-dim", "3", "--g-dim", "8", "--nf", "4", "--rnn-dim", "8", "--batch-size", "2",

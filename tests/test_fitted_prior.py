@@ -59,7 +59,7 @@ def test_a_run_with_a_fitted_identity_prior_draws_identities_from_it(vdsm_run, j
     """--identity-prior-components: the runner fits the mixture after training, VDSM.load uses it
     for every identity drawn from the prior; fit_prior does the same for a run trained without it."""
     from tests_helpers import copy_run, run_main
-    from vdsm.api import VDSM
+    from models.vdsm import VDSMRun as VDSM
 
     run = copy_run(vdsm_run.path, tmp_path / "run")   # trained with 4 components for both fitted priors
     summary = json.loads((run / "metrics.json").read_text())["identity_prior"]
@@ -78,7 +78,7 @@ def test_a_run_with_a_fitted_identity_prior_draws_identities_from_it(vdsm_run, j
     x = torch.rand(3, 4, 3, 64, 64)
     torch.manual_seed(5)
     drawn = vdsm.dynamics_mixture.sample(3)
-    expected = vdsm._decode({"identity": vdsm.identities(x), "dynamics": drawn[:, :vdsm.config.dynamics_dim],
+    expected = vdsm.decode({"identity": vdsm.identities(x), "dynamics": drawn[:, :vdsm.config.dynamics_dim],
                              "z_1": drawn[:, vdsm.config.dynamics_dim:]}, 3, 4)
     torch.manual_seed(5)
     assert torch.allclose(vdsm.fix_identity(x), expected, atol=1e-6)

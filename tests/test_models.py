@@ -15,7 +15,7 @@ from guides.examples import autonormal_identity, mean_field
 from models import VDSMConfig, VDSMStage1Model, VDSMStage2Model
 from tests_helpers import MeanGuide
 from vdsm.annealing import Schedule
-from vdsm.api import VDSM
+from models.vdsm import VDSMRun as VDSM
 from vdsm.nets import MixtureOfExpertsDecoder
 from vdsm.train import TrainOptions, train_stage
 

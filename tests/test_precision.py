@@ -20,7 +20,7 @@ from models import SVGConfig, SVGModel, SVGNets, VDSMConfig, VDSMStage1Model, VD
 from models.dsa import DSAConfig
 from models.srvp import SRVPConfig, SRVPModel, SRVPNets
 from vdsm.annealing import Schedule
-from vdsm.dsa_api import DSA
+from models.dsa import DSARun as DSA
 from vdsm.nets import LSTM, RNN
 from vdsm.nets import recurrent
 

@@ -13,7 +13,7 @@ import data
 from models import VDSMConfig
 from vdsm.annealing import Schedule
 from tests_helpers import MeanGuide, run_main, tiny_run_flags
-from vdsm.api import VDSM
+from models.vdsm import VDSMRun as VDSM
 from vdsm.batches import ResumableBatches
 from vdsm.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from vdsm.train import TrainOptions, train_stage

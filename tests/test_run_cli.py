@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests_helpers import SHARED_RUN_FLAGS, copy_run, run_main, tiny_run_flags
-from vdsm.api import VDSM
+from models.vdsm import VDSMRun as VDSM
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_FLAGS = tiny_run_flags()
@@ -158,12 +158,12 @@ def test_the_preset_is_printed_and_recorded_with_its_reason(tiny_run, tmp_path, 
 
 
 def test_resume_extends_a_stage_and_keeps_its_schedule_length(tiny_run, tmp_path, data_dirs, monkeypatch):
-    from experiments import fit_prior
+    from models.vdsm import VDSMRun
 
     run = copy_run(tiny_run, tmp_path / "extended")
     identity_prior = (run / "checkpoints" / "identity_prior.pt").stat().st_mtime_ns
     refits = []   # the fit itself (a pass over every training sequence) runs in the shared run and fit_prior's test
-    monkeypatch.setattr(fit_prior, "fit_and_save", lambda vdsm, run_dir, dataset, split, options, components, *a:
+    monkeypatch.setattr(VDSMRun, "fit_and_save", lambda vdsm, run_dir, train, val, components, **kw:
                         refits.append(dict(components)) or {latent: {"refitted": True} for latent in components})
     code, stdout, err = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", run,
                                 "--stage2-steps", 5, *SHARED_RUN_FLAGS)
@@ -270,7 +270,9 @@ NETWORK_SIZES = {"z_dim", "encoder_widths", "encoder_features", "decoder_widths"
 @pytest.mark.parametrize("dataset", ["sprites", "smmnist", "mug", "pendulum"])
 def test_every_model_departure_of_a_cpu_preset_is_named_in_its_departures(dataset):
     from experiments.configs import load_preset
-    from experiments.run import complete_model_config
+    from models.registry import get
+
+    complete_model_config = get("vdsm").complete_model
 
     cpu, paper = load_preset(dataset, "cpu"), load_preset(dataset, "paper")
     departs = " ".join(cpu.get("departs_from_paper", []))

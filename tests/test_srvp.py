@@ -8,7 +8,7 @@ from pyro import poutine
 
 from guides.srvp import SRVPGuide
 from models.srvp import SRVPConfig, SRVPModel, SRVPNets
-from vdsm.svg_api import ConstantFactors
+from vdsm.annealing import ConstantFactors
 from vdsm.train import TrainOptions, train_stage
 
 D = torch.distributions
@@ -255,8 +255,8 @@ def test_the_learning_rate_is_constant_then_decays_linearly_to_zero():
 @pytest.mark.parametrize("name", ["svg", "srvp"])
 def test_prediction_apis_share_predict_with_samples_and_reconstruct(name):
     from test_svg import tiny as tiny_svg
-    from vdsm.srvp_api import SRVP
-    from vdsm.svg_api import SVG
+    from models.srvp import SRVPRun as SRVP
+    from models.svg import SVGRun as SVG
 
     torch.manual_seed(0)
     api = (SVG(tiny_svg(n_past=2)) if name == "svg" else SRVP(tiny())).eval()

@@ -1,7 +1,7 @@
 """Shared test helpers: the flags of a tiny VDSM run (seconds on a CPU), a noise-free guide."""
 import torch.nn as nn
 
-from vdsm.api import use_means
+from vdsm.handlers import use_means
 
 
 class MeanGuide(nn.Module):

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["cosine_ramp", "spline4", "Schedule"]
+__all__ = ["cosine_ramp", "spline4", "Schedule", "ConstantFactors"]
 
 Z_KL_CLIP = (0.005, 80.0)
 
@@ -87,3 +87,21 @@ class Schedule:
                                     self.anneal_frac_dynamics, progress),
             "z": spline4(z_points, progress),
         }
+
+
+class ConstantFactors:
+    """The schedule of a model trained without annealing (SVG, SRVP, DSA): each KL factor of
+    ``groups`` is always 1 (a model's own constant weights, such as SVG's beta, are in the model).
+    The learning rate is constant, then (SRVP) decays linearly to 0 over the last
+    ``lr_decay_frac`` of training."""
+
+    def __init__(self, lr_decay_frac=0.0, groups=("z",)):
+        self.lr_decay_frac, self.groups = lr_decay_frac, tuple(groups)
+
+    def factors(self, progress):
+        return {group: 1.0 for group in self.groups}
+
+    def lr_factor(self, progress):
+        if self.lr_decay_frac <= 0:
+            return 1.0
+        return min(1.0, max(0.0, (1.0 - progress) / self.lr_decay_frac))

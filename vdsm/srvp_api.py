@@ -1,20 +1,5 @@
-"""Library API for a trained SRVP run: load it and sample conditioned futures (as ``vdsm.svg_api.SVG``)."""
-from guides.srvp import SRVPGuide
-from models.srvp import SRVPConfig, SRVPModel, SRVPNets
+"""Deprecated: SRVP's run class is ``models.srvp.SRVPRun``; this name keeps working for one release
+with a warning."""
+from .deprecated import moved_names
 
-from .prediction_api import PredictionModelAPI
-
-__all__ = ["SRVP"]
-
-
-class SRVP(PredictionModelAPI):
-    """SRVP model and guide on one device. ``predict(x_past, n_future)`` samples futures.
-
-    Example::
-
-        srvp = SRVP.load("runs/smmnist-srvp")
-        futures = srvp.predict(x[:, :5], n_future=20)    # [B, 25, 1, 64, 64]
-    """
-
-    config_cls, nets_cls, model_cls, guide_cls = SRVPConfig, SRVPNets, SRVPModel, SRVPGuide
-    checkpoint_name = "srvp"
+__getattr__ = moved_names(__name__, {"SRVP": "models.srvp:SRVPRun"})

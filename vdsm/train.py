@@ -43,6 +43,7 @@ from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError
+from .handlers import MODULE_SEPARATOR
 
 __all__ = ["TrainOptions", "train_stage", "ELBOLoss", "rng_state", "set_rng_state", "param_store_state",
            "load_param_store_state", "forked_rng"]
@@ -114,8 +115,10 @@ def _distributed():
 
 
 def param_store_state():
-    """Pyro's param store as plain data: name -> unconstrained tensor (on the CPU)."""
-    return {k: v.detach().cpu() for k, v in pyro.get_param_store().named_parameters()}
+    """Pyro's param store as plain data: name -> unconstrained tensor (on the CPU). Parameters of
+    registered modules (``pyro.module``, ``vdsm.handlers.register_module``) are left out: they are
+    in the model's and guide's state dicts already."""
+    return {k: v.detach().cpu() for k, v in pyro.get_param_store().named_parameters() if MODULE_SEPARATOR not in k}
 
 
 def load_param_store_state(saved):
@@ -123,6 +126,8 @@ def load_param_store_state(saved):
     (so that an optimiser holding them keeps working). The entries must exist: run the model and
     guide once first. A saved name the store lacks is a CheckpointError."""
     store = dict(pyro.get_param_store().named_parameters())
+    # module parameters (in checkpoints written before they were left out) load with the state dicts
+    saved = {k: v for k, v in saved.items() if MODULE_SEPARATOR not in k}
     missing = sorted(set(saved) - set(store))
     if missing:
         raise CheckpointError(f"the checkpoint holds Pyro params {', '.join(missing[:5])} that this model and "

@@ -1,6 +1,7 @@
-"""Frechet distance between two image sets in the feature space of a trained run's frame encoder."""
+"""Frechet distance between two image sets in the feature space of a given network (e.g. a trained
+run's frame encoder, ``VideoRun.frame_features``)."""
 import functools
-import json
+import importlib
 import warnings
 from pathlib import Path
 
@@ -8,23 +9,14 @@ import numpy as np
 import torch
 from scipy import linalg
 
-__all__ = ["frechet_distance", "frechet_from_features", "feature_network"]
+__all__ = ["frechet_distance", "frechet_from_features"]
 
 
 @functools.lru_cache(maxsize=4)
-def feature_network(run_dir, device="cpu"):
-    """frames [N, C, H, W] -> features [N, D] from the run's trained frame encoder (cached per run)."""
-    run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
-    if config.get("model_name", "vdsm") != "vdsm":  # a prediction model (experiments.registry)
-        from experiments.registry import api_class
-
-        encoder = api_class(config["model_name"]).load(run_dir, device).nets.encoder.eval()
-        return lambda frames: encoder(frames)[0]
-    from vdsm.api import VDSM
-
-    encoder = VDSM.load(run_dir, device).guide1.encoder.eval()
-    return lambda frames: encoder.features(frames).flatten(1)
+def _run_features(run_dir, device):
+    # deprecated path argument: the run is loaded through the registry, imported only here
+    run = importlib.import_module("models.registry").load_run(run_dir, device)
+    return run.frame_features
 
 
 def frechet_from_features(a, b):
@@ -42,12 +34,18 @@ def frechet_from_features(a, b):
 
 
 @torch.no_grad()
-def frechet_distance(images_a, images_b, run_dir, device="cpu", batch_size=256):
-    """Frechet distance of two image sets [N, C, H, W] (or [N, T, C, H, W], frames pooled)."""
-    net = feature_network(str(Path(run_dir).resolve()), str(device))
+def frechet_distance(images_a, images_b, features, device="cpu", batch_size=256):
+    """Frechet distance of two image sets [N, C, H, W] (or [N, T, C, H, W], frames pooled) in the space
+    of ``features``: a callable frames [n, C, H, W] -> [n, D], e.g. a loaded run's
+    ``frame_features`` (``models.spec.VideoRun``). A run folder in its place still works for one
+    release, with a DeprecationWarning."""
+    if isinstance(features, (str, Path)):
+        warnings.warn("frechet_distance(a, b, run_dir) is deprecated: pass the run's features, "
+                      "models.registry.load_run(run_dir).frame_features", DeprecationWarning, stacklevel=2)
+        features = _run_features(str(Path(features).resolve()), str(device))
 
-    def features(images):
+    def embed(images):
         images = images.reshape(-1, *images.shape[-3:])
-        return torch.cat([net(chunk.to(device)).cpu() for chunk in images.split(batch_size)]).numpy()
+        return torch.cat([features(chunk.to(device)).cpu() for chunk in images.split(batch_size)]).numpy()
 
-    return frechet_from_features(features(images_a), features(images_b))
+    return frechet_from_features(embed(images_a), embed(images_b))

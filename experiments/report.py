@@ -1,0 +1,113 @@
+"""The end-of-run pictures and numbers of experiments.run, on val sequences, chosen by the spec's
+evaluations: models the judge protocols score get reconstructions, samples, identity swaps and
+action transfers (``evaluate_and_draw``); prediction models get futures and a quick best-of-N
+score (``quick_prediction``). The test split is for ``experiments.evaluate``."""
+import logging
+import time
+
+import torch
+
+import data
+from guides.common import GuideError
+from models.spec import JUDGE, PREDICTION
+from vdsm.metrics.prediction import mean_with_interval, running_best_of_n
+from vdsm.viz import save_gif, save_labelled_gif, save_labelled_grid, sequence_strip
+
+from .cli import first_line
+from .training import data_options
+
+__all__ = ["report", "evaluate_and_draw", "draw_pictures", "quick_prediction"]
+
+log = logging.getLogger("experiments.run")
+
+
+def report(run, args, config, run_dir, device):
+    """metrics.json entries for the evaluations the spec names."""
+    metrics = {}
+    if JUDGE in run.spec.evaluations:
+        metrics["evaluation"] = evaluate_and_draw(run, args, config, run_dir, device)
+    if PREDICTION in run.spec.evaluations:
+        metrics["quick_prediction"] = quick_prediction(run, args, config, run_dir)
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_and_draw(vdsm, args, config, run_dir, device):
+    """Val-set reconstruction error and the run folder's pictures (val sequences, as long as the last
+    stage's); ``vdsm`` is any ``StaticLatentRun`` (VDSM, DSA)."""
+    vdsm.eval()
+    stage = vdsm.spec.stages[-1]
+    seq_len = stage.frames(config)
+    val = data.get_dataset(args.dataset, "val", args.data_root, **data_options(args, config, stage))
+    order = torch.randperm(len(val), generator=torch.Generator().manual_seed(1234))
+    n_eval = min(args.eval_sequences, len(val))
+    metrics = {"split": "val", "sequences": n_eval}
+    if config["train_split"] == "trainval":
+        metrics["note"] = "--train-split trainval: these val sequences were trained on"
+    save_gif(vdsm.generate(16, seq_len), run_dir / "samples.gif")
+    try:
+        bce = mse = frames = 0.0
+        for chunk in order[:n_eval].split(32):
+            x = torch.stack([val[int(i)][0] for i in chunk]).to(device)
+            recon = vdsm.reconstruct(x).clamp(1e-6, 1 - 1e-6)
+            bce += -(x * recon.log() + (1 - x) * (1 - recon).log()).sum().item()
+            mse += ((x - recon) ** 2).sum().item()
+            frames += x.shape[0] * x.shape[1]
+        metrics.update(recon_bce_per_frame=bce / frames, recon_mse_per_pixel=mse / (frames * x[0, 0].numel()))
+        draw_pictures(vdsm, val, order, run_dir, seq_len, device)
+    except GuideError as err:  # e.g. a non-amortised custom guide: it cannot infer new sequences' latents
+        metrics["skipped"] = f"reconstructions, swaps and transfers: {first_line(err)}"
+        log.warning("warning: %s", metrics["skipped"])
+    return metrics
+
+
+def draw_pictures(vdsm, dataset, order, run_dir, seq_len, device):
+    n, k, mid = 8, 6, seq_len // 2
+    x = torch.stack([dataset[int(i)][0] for i in order[:n]]).to(device)
+    save_labelled_grid(sequence_strip(x, vdsm.reconstruct(x)), run_dir / "reconstructions.png", nrow=seq_len,
+                       row_labels=["real", "reconstruction"],
+                       title=f"val sequences and their reconstructions, frames 1-{seq_len} left to right")
+    # identity swap grid: top row identity sources, left column pose sources, cell = mid frame
+    pose = x[:k]
+    ident = torch.stack([dataset[int(i)][0] for i in order[n:n + k]]).to(device)
+    cells = [torch.zeros_like(x[0, 0])] + [ident[j, mid] for j in range(k)]
+    for i in range(k):
+        swapped = vdsm.swap_identity(pose[i:i + 1].expand(k, *pose.shape[1:]), ident)
+        cells += [pose[i, mid]] + [swapped[j, mid] for j in range(k)]
+    save_labelled_grid(torch.stack(cells), run_dir / "identity_swap.png", nrow=k + 1,
+                       row_labels=["identities"] + [f"poses of {i + 1}" for i in range(k)],
+                       column_labels=["poses"] + [f"identity {j + 1}" for j in range(k)],
+                       title=f"identity swap: poses of the row, identity of the column (frame {mid + 1})")
+    # action transfer: rows of (action source, identity source, transfer) sequences
+    transfer = vdsm.transfer_action(pose, ident)
+    save_labelled_grid(sequence_strip(pose, ident, transfer), run_dir / "action_transfer.png", nrow=seq_len,
+                       row_labels=["action from", "identity from", "transfer"],
+                       title="action transfer: dynamics and first pose of the first row, identity of the second")
+    save_labelled_gif([pose, ident, transfer], run_dir / "action_transfer.gif",
+                      ["action", "identity", "transfer"])
+
+
+
+@torch.no_grad()
+def quick_prediction(svg, args, config, run_dir, n_sequences=None, n_samples=None):
+    """Best-of-N PSNR/SSIM over the training horizon on a few val sequences, and futures.gif
+    (the full protocol on the test split, with the evaluation horizon: ``experiments.evaluate``)."""
+    svg.eval()
+    n_past, n_future = config["model"]["n_past"], config["train"]["n_future"]
+    val = data.get_dataset(args.dataset, "val", args.data_root,
+                           **data_options(args, config, svg.spec.stages[-1]))
+    n_sequences = min(n_sequences or args.eval_sequences, len(val), 64)
+    n_samples = n_samples or min(config["eval"]["samples"], 5)
+    x = torch.stack([val[i][0] for i in range(n_sequences)]).to(svg.device)
+    best = running_best_of_n((svg.predict(x[:, :n_past], n_future)[:, n_past:] for _ in range(n_samples)),
+                             x[:, n_past:], keep_rows=8)
+    (psnr, psnr_ci), (ssim, ssim_ci) = (mean_with_interval(best[k].mean(-1)) for k in ("psnr", "ssim"))
+    rows = min(8, n_sequences)
+    save_gif(torch.cat([x[:rows], torch.cat([x[:rows, :n_past], best["best_ssim_frames"]], 1),
+                        torch.cat([x[:rows, :n_past], best["first_frames"]], 1)], -1), run_dir / "futures.gif")
+    out = {"split": "val", "sequences": n_sequences, "samples": n_samples, "n_past": n_past, "n_future": n_future,
+           "psnr": float(psnr), "psnr_ci95": float(psnr_ci), "ssim": float(ssim), "ssim_ci95": float(ssim_ci),
+           "date": time.strftime("%Y-%m-%d")}
+    if config["train_split"] == "trainval":
+        out["note"] = "--train-split trainval: these val sequences were trained on"
+    return out

@@ -1,0 +1,54 @@
+"""The models the library's commands know: one spec per model (``models.spec.ModelSpec``).
+
+Adding a model to the library is one line here; a model defined outside it is named by its import
+path, ``--model my_package.my_module:SPEC``, and works with every command the same way.
+
+    get("dsa")                         # a spec, by one of its names
+    get("my_package.my_module:SPEC")   # a spec defined outside the library
+    load_run("runs/sprites-...")       # any run folder, in evaluation mode
+"""
+import json
+from pathlib import Path
+
+from vdsm.checkpoint import CheckpointError
+
+from .dsa import SPEC as DSA
+from .spec import UNNAMED_RUNS, ModelSpec, import_object
+from .srvp import SPEC as SRVP
+from .svg import SPEC as SVG
+from .vdsm import SPEC as VDSM
+
+__all__ = ["MODELS", "NAMES", "get", "spec_of_config", "load_run"]
+
+MODELS = (VDSM, SVG, SRVP, DSA)
+NAMES = {name: spec for spec in MODELS for name in spec.names}
+
+
+def get(name):
+    """The spec of ``--model name``: a registered name, or ``"package.module:SPEC"``; ValueError otherwise."""
+    if name in NAMES:
+        return NAMES[name]
+    if ":" not in str(name):
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(NAMES)}, or give package.module:SPEC")
+    spec = import_object(name, "model spec")
+    if not isinstance(spec, ModelSpec):
+        raise ValueError(f"{name} is a {type(spec).__name__}, not a models.spec.ModelSpec")
+    return spec
+
+
+def spec_of_config(config):
+    """The spec a run's config.json was trained with (its ``model_spec`` import path for a model
+    defined outside the library; runs written before ``model_name`` existed are VDSM's)."""
+    return get(config.get("model_spec") or config.get("model_name", UNNAMED_RUNS))
+
+
+def load_run(run_dir, device="cpu"):
+    """The run in ``run_dir`` (any model), in evaluation mode."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} has no config.json: pass a run folder written by experiments.run")
+    try:
+        spec = spec_of_config(json.loads(path.read_text()))
+    except ValueError as err:
+        raise CheckpointError(f"{run_dir}: {err}") from None
+    return spec.run_cls.load(run_dir, device)

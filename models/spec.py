@@ -1,0 +1,401 @@
+"""The model contract: what a model module declares once (``ModelSpec`` with its ``Stage``s) and
+the interface of a loaded run (``VideoRun``).
+
+A model module (``models/vdsm.py``, ``svg.py``, ``srvp.py``, ``dsa.py``, or a user's own) holds its
+config dataclass, its networks, its Pyro model(s), its run class and ``SPEC``; ``models.registry``
+lists the specs. The runner (``experiments.run``), ``evaluate``, ``damage``, ``fit_prior``,
+``bench`` and the Frechet distance read only the spec and the run class, never a model's name.
+
+Guides are named by import path ("guides.dsa:DSAGuide") and imported when a run is built, so that
+``models/`` never imports ``guides/``.
+"""
+import dataclasses
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from pyro import poutine
+
+from vdsm.annealing import ConstantFactors
+from vdsm.checkpoint import CheckpointError, CheckpointManager
+from vdsm.handlers import use_means
+from vdsm.train import load_param_store_state
+
+__all__ = ["Stage", "ModelSpec", "VideoRun", "StaticLatentRun", "PredictionFlags", "import_object", "constant_schedule",
+           "legacy_clip_norm", "ONE_STAGE_DEFAULTS", "JUDGE", "PREDICTION", "UNNAMED_RUNS"]
+
+JUDGE, PREDICTION = "judge", "prediction"   # the evaluations a spec may name (experiments.evaluate)
+UNNAMED_RUNS = "vdsm"   # the model of a config.json written before model_name existed (the first model)
+
+
+def import_object(path, what="object"):
+    """``"package.module:name"`` -> that object; a ValueError naming the path when it cannot be imported."""
+    module_name, _, name = str(path).partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"cannot import {what} {path!r} ({err}): give package.module:NAME") from None
+
+
+ONE_STAGE_DEFAULTS = {"clip_norm": 0.0, "lr_decay_frac": 0.0}   # a stage of constant_schedule: no decay
+
+
+def constant_schedule(groups):
+    """A stage's schedule factory for models trained without annealing: every KL factor of ``groups``
+    is 1; the learning rate decays linearly to 0 over the section's last ``lr_decay_frac``."""
+    return lambda section: ConstantFactors(section.get("lr_decay_frac", 0.0), groups=groups)
+
+
+def legacy_clip_norm(batch_size, frames):
+    """Runs written before per-frame clipping clipped the summed loss's gradient at norm 10: the same
+    bound per frame (one process)."""
+    return 10.0 / (batch_size * frames)
+
+
+class PredictionFlags:
+    """The ``cli`` of the prediction models: ``--eval-samples``, futures sampled per val sequence for
+    metrics.json (the config's "eval" section)."""
+
+    def add_flags(self, group):
+        group.add_argument("--eval-samples", type=int, help="futures sampled per sequence for metrics.json")
+        return {"eval_samples"}
+
+    def resolve(self, args, config):
+        if getattr(args, "eval_samples", None) is not None:
+            config["eval"]["samples"] = args.eval_samples
+        if config["eval"]["samples"] < 1:
+            raise ValueError(f"--eval-samples={config['eval']['samples']} must be at least 1")
+        return config
+
+    def stages(self, args, spec):
+        return [stage.tag for stage in spec.stages]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage.
+
+    ``tag``: checkpoints/<tag>.pt (and the TensorBoard tag); ``section``: the config.json section
+    with its steps, batch_size, lr, clip_norm (and schedule); ``pair(run) -> (model, guide)``;
+    ``frozen(run)``: modules and parameters held fixed (no gradient, not in the optimiser);
+    ``schedule(section)``: an object with ``factors(progress)`` and ``lr_factor(progress)``;
+    ``frames(config)``: frames per training sequence; ``data_flags``: boolean keys of the section
+    passed on to the dataset (VDSM stage 1: pair_actions, random_window); ``section_defaults``:
+    the section's keys a preset or an old config.json may leave out, with their values.
+    """
+
+    tag: str
+    section: str
+    pair: Callable
+    schedule: Callable
+    frames: Callable
+    frozen: Callable = lambda run: ()
+    data_flags: tuple = ()
+    label: str = None     # how messages name it ("stage 1"); default: the tag
+    section_defaults: dict = field(default_factory=lambda: {"clip_norm": 0.0})  # keys a config may leave out
+
+    @property
+    def title(self):
+        return self.label or self.tag
+
+    def data_options(self, config):
+        section = config[self.section]
+        return {"seq_len": self.frames(config), **{k: True for k in self.data_flags if section.get(k)}}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the library's commands need to know about a model, declared in its module.
+
+    ``names``: the ``--model`` values (config.json's ``model_name``), the first the model's own name;
+    ``config_cls``: the model's sizes
+    (a dataclass with ``from_dict``, ``check``); ``presets``: file name under experiments/configs/
+    or a path to the model's own presets JSON ({dataset: {"cpu": ..., "paper": ...}}); ``run_cls``:
+    the ``VideoRun`` subclass; ``stages``: trained in order; ``evaluations``: {JUDGE} (the judge
+    protocols), {PREDICTION} (the prediction protocol) or both; ``fixed``: {name: config fields that name
+    sets} (SVG-LP / SVG-FP); ``train_flags``: the training flags that set every stage section's key
+    of the same name; ``cli``: optional object with ``add_flags(group)`` -> set of dests,
+    ``resolve(args, config)`` -> config (raising ValueError), ``stages(args)`` -> tags to train;
+    ``upgrade(config)``: a saved config.json of any age with every key this version reads;
+    ``after_training(run, context)``: work after the stages (VDSM: its fitted priors), returning
+    entries for metrics.json.
+    """
+
+    names: tuple
+    config_cls: type
+    presets: str
+    run_cls: type
+    stages: tuple
+    evaluations: frozenset
+    fixed: dict = field(default_factory=dict)
+    train_flags: tuple = ("steps", "batch_size", "lr", "clip_norm")
+    cli: object = None
+    upgrade: Callable = None
+    after_training: Callable = None
+    default_train_split: str = "train"   # what a config.json without train_split meant
+
+    @property
+    def name(self):
+        return self.names[0]
+
+    def stage(self, tag):
+        return next(s for s in self.stages if s.tag == tag)
+
+    def model_flags(self, name=None):
+        """The config fields a command line may set for ``--model name`` (the name fixes the others)."""
+        return {f.name for f in dataclasses.fields(self.config_cls)} - set(self.fixed.get(name or self.name, {}))
+
+    def complete_model(self, model):
+        """Every config field, as JSON data (a saved config written before a field existed: its default)."""
+        return json.loads(json.dumps(dataclasses.asdict(self.config_cls.from_dict(model))))
+
+    def complete(self, config):
+        """A saved config.json with every key this version reads (older runs: their behaviour)."""
+        config = json.loads(json.dumps(config))
+        config.setdefault("model_name", self.name)
+        config.setdefault("seed", 0)
+        config.setdefault("train_split", self.default_train_split)
+        config.setdefault("safety", {"max_bad_steps": 5, "lr_drop": 0.5})
+        config["model"] = self.complete_model(config["model"])
+        config = self.upgrade(config) if self.upgrade else config
+        for stage in (stage for stage in self.stages if stage.section in config):
+            for key, value in stage.section_defaults.items():
+                config[stage.section].setdefault(key, value)
+        return config
+
+
+class VideoRun:
+    """A model's networks, model(s) and guide(s) on one device: build, ``load(run_dir)`` in eval
+    mode, and what the library's tools ask of any run.
+
+    A subclass sets ``spec`` and builds its networks in ``__init__(config, device)``; one-stage
+    models with shared ``nets`` (``model_cls(nets)``, ``guide_cls(nets)``) need only the class
+    attributes ``nets_cls``, ``model_cls`` and ``guide_path`` (an import path). All methods take frames
+    [B, T, C, 64, 64] in [0, 1] and work on the whole batch under ``torch.no_grad()``.
+    """
+
+    spec = None
+    nets_cls = model_cls = None
+    guide_path = None     # "package.module:Guide", imported when the run is built
+    stage_in_use = None   # the tag of the stage whose pair ``pair()`` returns
+    sections = {}         # the run's config.json (its stage sections), when built from one
+
+    def __init__(self, config, device="cpu"):
+        self.config, self.device = config, torch.device(device)
+        self.nets = self.nets_cls(config).to(self.device)
+        self.model = self.model_cls(self.nets)
+        self.guide = import_object(self.guide_path, "guide")(self.nets)
+        self.stage_in_use = self.spec.stages[-1].tag
+
+    # ------------------------------------------------------------ building and loading
+
+    @classmethod
+    def read_config(cls, run_dir):
+        config_path = Path(run_dir) / "config.json"
+        if not config_path.is_file():
+            raise CheckpointError(f"{run_dir} has no config.json: pass a run folder written by experiments.run")
+        config = json.loads(config_path.read_text())
+        if config.get("model_name", UNNAMED_RUNS) not in cls.spec.names:
+            raise CheckpointError(f"{run_dir} holds a {config.get('model_name', UNNAMED_RUNS)} run, not {cls.spec.name}: "
+                                  f"load it with models.registry.load_run")
+        return cls.spec.complete(config)
+
+    @classmethod
+    def from_config(cls, config, device="cpu", loading=False):
+        """A freshly built run for a complete config.json (``ModelSpec.complete``); ``loading``: its
+        checkpoints are loaded next (``load``)."""
+        run = cls(cls.spec.config_cls.from_dict(config["model"]), device)
+        run.sections = config
+        return run
+
+    @classmethod
+    def load(cls, run_dir, device="cpu"):
+        """The trained run in ``run_dir``, in evaluation mode: each stage's newest loadable checkpoint
+        (a stage never trained is left out); Pyro params of a custom guide go to the param store."""
+        run_dir, config = Path(run_dir), cls.read_config(run_dir)
+        run = cls.from_config(config, device, loading=True)
+        loaded = [stage for stage in cls.spec.stages
+                  if run.load_stage(stage, CheckpointManager(run_dir / "checkpoints", stage.tag))]
+        if not loaded:
+            raise CheckpointError(f"{run_dir} has no checkpoint of {cls.spec.stages[0].tag}: train it first")
+        run.use_stage(loaded[-1].tag)
+        run.after_load(run_dir, config)
+        return run.eval()
+
+    def load_stage(self, stage, checkpoints):
+        """Load ``stage``'s newest checkpoint; False when it has none."""
+        if not checkpoints.exists():
+            return False
+        state = checkpoints.load_newest(self.device)
+        model, guide = stage.pair(self)
+        model.load_state_dict(state["model"])
+        if "guide" in state:
+            guide.load_state_dict(state["guide"])
+        load_param_store_state(state.get("param_store", {}))
+        return True
+
+    def use_stage(self, tag):
+        """Use the model/guide pair of stage ``tag`` from now on (VDSM: 'stage1' for a stage-1 run)."""
+        self.stage_in_use = tag
+        return self
+
+    def after_load(self, run_dir, config):
+        """What a loaded run reads besides its checkpoints (VDSM: fitted priors)."""
+
+    def eval(self):
+        """Evaluation mode (BatchNorm's running statistics, no dropout); ``load`` returns the run in it."""
+        for module in self.modules():
+            module.eval()
+        return self
+
+    def modules(self):
+        """The model and guide modules of every stage (shared networks once)."""
+        found = {}
+        for stage in self.spec.stages:
+            for module in stage.pair(self):
+                found.setdefault(id(module), module)
+        return list(found.values())
+
+    def describe(self):
+        """What this run is, in reports: "dsa model", "stage 2 model"."""
+        return f"{self.spec.name} model"
+
+    def networks(self):
+        """One module whose named children are the groups the damage experiment hits."""
+        return self.nets
+
+    # ------------------------------------------------------------ what the tools ask of a run
+
+    def pair(self):
+        return self.spec.stage(self.stage_in_use).pair(self)
+
+    def factors(self):
+        """The annealing factors of the stage in use at the end of training."""
+        stage = self.spec.stage(self.stage_in_use)
+        return stage.schedule(self.sections.get(stage.section, {})).factors(1.0)
+
+    def posterior(self, x):
+        """Guide trace with every latent at its posterior mean (autoregressive guides: in order)."""
+        _, guide = self.pair()
+        with use_means():
+            return poutine.trace(guide).get_trace(x.to(self.device), factors=self.factors())
+
+    @torch.no_grad()
+    def reconstruct(self, x):
+        """Frames [B, T, C, H, W]: every latent at its posterior mean given all of ``x``, frames at the
+        likelihood's mean. Frames the model conditions on rather than reconstructs (SVG: the first)
+        are those of ``x``."""
+        model, _ = self.pair()
+        x = x.to(self.device)
+        guide_trace = self.posterior(x)
+        trace = poutine.trace(poutine.replay(model, guide_trace)).get_trace(x, factors=self.factors())
+        mean = trace.nodes["obs"]["fn"].mean
+        return torch.cat([x[:, :x.shape[1] - mean.shape[1]], mean], 1)
+
+    @torch.no_grad()
+    def predict(self, x_past, n_future, n_samples=None):
+        """Frames [B, n_past + n_future, C, H, W]: ``x_past`` then sampled futures; with ``n_samples``,
+        that many independent draws stacked first: [n_samples, B, n_past + n_future, C, H, W]."""
+        x_past = x_past.to(self.device)
+        if n_samples is not None:
+            return torch.stack([self.predict(x_past, n_future) for _ in range(n_samples)])
+        return self.predict_once(x_past, n_future)
+
+    def predict_once(self, x_past, n_future):
+        """One draw of ``predict``; a model that predicts has a ``predict(x_past, n_future)``."""
+        model, _ = self.pair()
+        if not hasattr(model, "predict"):
+            raise ValueError(f"{self.spec.name} does not predict frames: its evaluations are {sorted(self.spec.evaluations)}")
+        return model.predict(x_past, n_future)
+
+    def frame_features(self, frames):
+        """frames [N, C, 64, 64] -> [N, D]: the trained frame encoder's features (Frechet distance)."""
+        return self.nets.encoder(frames)[0]
+
+
+class StaticLatentRun(VideoRun):
+    """A run whose model has a static latent (site ``static_site``, "identity") beside its dynamics:
+    generation, identity swaps, action transfer and the judge protocols' two generations.
+
+    Which sites carry a sequence's dynamics is the run's ``dynamics_sites(t)`` (VDSM: "dynamics" and
+    "z_1" in stage 2; DSA: every z_t); the methods below keep or redraw those sites, so a new model
+    gets them all from that one set. Random draws come from torch's global generator.
+    """
+
+    static_site = "identity"
+
+    def dynamics_sites(self, t):
+        raise NotImplementedError
+
+    def fitted_draws(self, batch_size):
+        """Values of latents drawn from priors fitted after training (VDSM: d and z_1), else {}."""
+        return {}
+
+    def decode(self, condition, batch_size, seq_len, sampled=()):
+        """Frame means of the model conditioned on ``condition``; sites named in ``sampled`` are drawn
+        from the prior, every other free site takes its mean."""
+        model, _ = self.pair()
+        with use_means(skip=sampled):
+            trace = poutine.trace(poutine.condition(model, data=condition)).get_trace(
+                None, factors=self.factors(), batch_size=batch_size, seq_len=seq_len)
+        return trace.nodes["obs"]["fn"].mean
+
+    @staticmethod
+    def latents(trace, keep=lambda name: True):
+        return {n: site["value"] for n, site in trace.nodes.items()
+                if site["type"] == "sample" and not site["is_observed"] and keep(n)}
+
+    @torch.no_grad()
+    def generate(self, batch_size, seq_len):
+        """Sequences drawn from the prior (every latent sampled; frames at their mean)."""
+        model, _ = self.pair()
+        model = poutine.condition(model, data=self.fitted_draws(batch_size))
+        trace = poutine.trace(model).get_trace(None, factors=self.factors(), batch_size=batch_size, seq_len=seq_len)
+        return trace.nodes["obs"]["fn"].mean
+
+    @torch.no_grad()
+    def identities(self, x):
+        """The posterior mean static latent of each sequence [B, size] (e.g. to interpolate between two)."""
+        return self.posterior(x).nodes[self.static_site]["value"]
+
+    @torch.no_grad()
+    def with_identity(self, pose_x, identity):
+        """Every pose (and the dynamics) of ``pose_x`` drawn with the given identities [B, size]."""
+        latents = self.latents(self.posterior(pose_x), lambda n: n != self.static_site)
+        latents[self.static_site] = identity.to(self.device)
+        return self.decode(latents, pose_x.shape[0], pose_x.shape[1])
+
+    @torch.no_grad()
+    def swap_identity(self, pose_x, identity_x):
+        """Poses (all per-frame latents, and dynamics) of ``pose_x`` drawn with the identity of ``identity_x``."""
+        return self.with_identity(pose_x, self.identities(identity_x))
+
+    @torch.no_grad()
+    def transfer_action(self, action_x, identity_x):
+        """The dynamics sites of ``action_x``, the identity of ``identity_x``; every other latent at its
+        mean (VDSM stage 2: later poses follow the learned transition)."""
+        keep = self.dynamics_sites(action_x.shape[1])
+        latents = self.latents(self.posterior(action_x), lambda n: n in keep)
+        latents.update(self.latents(self.posterior(identity_x), lambda n: n == self.static_site))
+        return self.decode(latents, action_x.shape[0], action_x.shape[1])
+
+    @torch.no_grad()
+    def fix_dynamics(self, x):
+        """Keep the dynamics sites of ``x`` (posterior means), draw a new identity from the prior."""
+        keep = self.dynamics_sites(x.shape[1])
+        latents = self.latents(self.posterior(x), lambda n: n in keep)
+        return self.decode(latents, x.shape[0], x.shape[1], sampled={self.static_site})
+
+    @torch.no_grad()
+    def fix_identity(self, x):
+        """Keep the identity of ``x`` (posterior mean), draw new dynamics sites from the prior (or from
+        a fitted prior, ``fitted_draws``)."""
+        latents = self.latents(self.posterior(x), lambda n: n == self.static_site)
+        drawn = self.fitted_draws(x.shape[0])
+        latents.update(drawn)
+        return self.decode(latents, x.shape[0], x.shape[1], sampled=self.dynamics_sites(x.shape[1]) - set(drawn))
+
+
