@@ -48,18 +48,13 @@ def test_no_layer_imports_a_layer_above_it():
     assert not broken, broken
 
 
-def test_no_import_circle_between_modules():
-    graph = {}
-    for rel, tree in _modules():
-        name = rel[:-3].replace("/", ".").removesuffix(".__init__")
-        graph[name] = {i for i in _imports(rel, tree) if i and i.split(".")[0] in PACKAGES}
-    names = set(graph)
-    edges = {m: {i if i in names else i.rsplit(".", 1)[0] for i in deps} & names - {m} for m, deps in graph.items()}
+def _cycles(edges):
+    """The import circles of a graph {module: {modules it imports}}, each as a path back to its start."""
     state, cycles = {}, []
 
     def visit(m, path):
         state[m] = "open"
-        for n in edges[m]:
+        for n in sorted(edges.get(m, ())):
             if state.get(n) == "open":
                 cycles.append(path[path.index(n):] + [n])
             elif n not in state:
@@ -69,23 +64,41 @@ def test_no_import_circle_between_modules():
     for m in sorted(edges):
         if m not in state:
             visit(m, [m])
-    # a package's __init__ importing its own modules is not a circle between layers
-    cycles = [c for c in cycles if len({x.split(".")[0] for x in c}) > 1 or not any(x in PACKAGES for x in c)]
+    return cycles
+
+
+def _branches(rel, tree, names):
+    """Comparisons in ``tree`` with a model's name as a constant: ``config["model_name"] == "dsa"``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            constants = [n.value for o in [node.left, *node.comparators] for n in ast.walk(o) if isinstance(n, ast.Constant)]
+            if names.intersection(c for c in constants if isinstance(c, str)):
+                found.append(f"{rel}:{node.lineno}")
+    return found
+
+
+def test_the_scans_find_what_they_look_for():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    snippet = ast.parse('if config.get("model_name") == "dsa":\n    pass\nelif model in ("vdsm", "x"):\n    pass\n')
+    assert _branches("x.py", snippet, {"dsa", "vdsm"}) == ["x.py:1", "x.py:3"]
+
+
+def test_no_import_circle_between_modules():
+    graph = {}
+    for rel, tree in _modules():
+        name = rel[:-3].replace("/", ".").removesuffix(".__init__")
+        graph[name] = {i for i in _imports(rel, tree) if i and i.split(".")[0] in PACKAGES}
+    names = set(graph)
+    edges = {m: {i if i in names else i.rsplit(".", 1)[0] for i in deps} & names - {m} for m, deps in graph.items()}
+    # inside one package, its __init__ importing its own modules (which import each other) is not a circle
+    cycles = [c for c in _cycles(edges) if len({x.split(".")[0] for x in c}) > 1 or not any(x in PACKAGES for x in c)]
     assert not cycles, cycles
 
 
 def test_no_branch_on_a_model_name_outside_its_module():
     names = set(registry.NAMES)
-    branches = []
-    for rel, tree in _modules():
-        if rel in MODEL_MODULES:
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Compare):
-                operands = [node.left, *node.comparators]
-                constants = [n.value for o in operands for n in ast.walk(o) if isinstance(n, ast.Constant)]
-                if names.intersection(c for c in constants if isinstance(c, str)):
-                    branches.append(f"{rel}:{node.lineno}")
+    branches = [b for rel, tree in _modules() if rel not in MODEL_MODULES for b in _branches(rel, tree, names)]
     assert not branches, branches
 
 
