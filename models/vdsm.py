@@ -387,8 +387,6 @@ class VDSMRun(StaticLatentRun):
         n = self.config.dynamics_dim
         return {"dynamics": points[:, :n], "z_1": points[:, n:]}
 
-    _fitted_draws = fitted_draws   # the name before 0.2
-
     # ------------------------------------------------------------ guides
 
     def use_guide2(self, path, batch_size=None, seq_len=None):
@@ -423,12 +421,6 @@ class VDSMRun(StaticLatentRun):
 
     # ------------------------------------------------------------ prediction
 
-    @torch.no_grad()
-    def transfer_action(self, action_x, identity_x):
-        """Dynamics and first pose of ``action_x``, identity of ``identity_x``; later poses follow the
-        learned transition (stage 2). With stage 1 only this equals ``swap_identity``."""
-        return super().transfer_action(action_x, identity_x)
-
     def predict_once(self, x_past, n_future):
         """The identity, the dynamics and the poses z_1..z_{n_past} are the posterior means given
         ``x_past``; the later poses are drawn from the learned transition (the model run under
@@ -440,9 +432,6 @@ class VDSMRun(StaticLatentRun):
         future = {f"z_{t}" for t in range(n_past + 1, n_past + n_future + 1)}
         frames = self.decode(latents, b, n_past + n_future, sampled=future)
         return torch.cat([x_past, frames[:, n_past:]], 1)
-
-    _decode = StaticLatentRun.decode   # the names before 0.2
-    _latents = staticmethod(StaticLatentRun.latents)
 
 
 # ---------------------------------------------------------------- the spec: stages, flags, old configs

@@ -122,6 +122,9 @@ def test_frechet_distance_with_a_vdsm_run(vdsm_run, data_dirs):
     assert abs(frechet_distance(frames, frames, load_run(out).frame_features)) < 1e-3
     with pytest.warns(DeprecationWarning, match="frame_features"):  # a run folder still works, for one release
         assert frechet_distance(frames, frames.flip(-1).roll(7, -2), out) > 0
+    with pytest.warns(DeprecationWarning, match="frame_features"):
+        from vdsm.metrics.frechet import feature_network
+        assert torch.equal(feature_network(out)(frames[:3]), load_run(out).frame_features(frames[:3]))
 
 
 def test_svg_fp_with_vgg_on_kth_frame_folders(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from scipy import linalg
 
-__all__ = ["frechet_distance", "frechet_from_features"]
+__all__ = ["frechet_distance", "frechet_from_features", "feature_network"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -17,6 +17,14 @@ def _run_features(run_dir, device):
     # deprecated path argument: the run is loaded through the registry, imported only here
     run = importlib.import_module("models.registry").load_run(run_dir, device)
     return run.frame_features
+
+
+def feature_network(run_dir, device="cpu"):
+    """Deprecated: frames -> features of a run's frame encoder; use
+    ``models.registry.load_run(run_dir).frame_features``."""
+    warnings.warn("feature_network(run_dir) is deprecated: use models.registry.load_run(run_dir).frame_features",
+                  DeprecationWarning, stacklevel=2)
+    return _run_features(str(Path(run_dir).resolve()), str(device))
 
 
 def frechet_from_features(a, b):
