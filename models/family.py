@@ -159,8 +159,10 @@ class StateSpaceVideoModel(nn.Module):
     z)`` as it needs); ``num_latent_frames(t)`` is T' (default T); ``emit(z, s, factors, x)``
     returns the distribution of ``observed(x)``.
 
-    ``forward(x, *, factors, batch_size=None, seq_len=None)``: with ``x=None`` the model
-    samples (give ``batch_size`` and ``seq_len``). The model's parameters are registered with
+    ``forward(x, *, factors, batch_size=None, seq_len=None, n_future=0)``: with ``x=None`` the model
+    samples (give ``batch_size`` and ``seq_len``); with ``n_future`` > 0 the latents run ``n_future``
+    frames past ``x`` and "obs" is the unobserved distribution of frames whose last ``n_future`` are
+    the future (``predict``). The model's parameters are registered with
     Pyro under its class name (``vdsm.handlers.register_module``), so ``pyro.infer.SVI`` with a
     ``pyro.optim`` optimiser trains it as ``vdsm.train.train_stage`` does.
     """
@@ -191,10 +193,10 @@ class StateSpaceVideoModel(nn.Module):
     def emit(self, z, s, factors, x=None):
         raise NotImplementedError
 
-    def forward(self, x=None, *, factors, batch_size=None, seq_len=None):
+    def forward(self, x=None, *, factors, batch_size=None, seq_len=None, n_future=0):
         register_module(type(self).__name__, self)  # its networks are Pyro params: a plain pyro.infer.SVI trains them
         ref = x if x is not None else next(self.parameters())
-        b, t = (x.shape[0], x.shape[1]) if x is not None else (batch_size, seq_len)
+        b, t = (x.shape[0], x.shape[1] + n_future) if x is not None else (batch_size, seq_len)
         with pyro.plate("sequences", b, dim=-1):
             s = d = None
             prior = self.static_prior(b, ref)
@@ -207,5 +209,16 @@ class StateSpaceVideoModel(nn.Module):
                     d = pyro.sample("dynamics", prior)
             with poutine.scale(scale=factors["z"] * self.kl_scale):
                 z = self.frame_prior.sample(self, b, self.num_latent_frames(t), d, ref, x)
-            obs = None if x is None else self.observed(x)
+            obs = None if x is None or n_future else self.observed(x)
             return pyro.sample("obs", self.emit(z, s, factors, x), obs=obs)
+
+    @torch.no_grad()
+    def predict(self, x_past, n_future, guide):
+        """Frames [B, n_past + n_future, C, H, W]: ``x_past``, then one draw of the future, through Pyro's
+        handlers: the guide's draw of the latents given ``x_past`` is replayed into the model run with
+        ``n_future`` more frames, whose latents the model draws from its own prior; the future frames
+        are the "obs" site's mean. Models that support ``n_future`` in ``emit`` predict this way (SRVP)."""
+        factors = {"identity": 1.0, "dynamics": 1.0, "z": 1.0}
+        past = poutine.trace(guide).get_trace(x_past, factors=factors)
+        trace = poutine.trace(poutine.replay(self, trace=past)).get_trace(x_past, factors=factors, n_future=n_future)
+        return torch.cat([x_past, trace.nodes["obs"]["fn"].mean[:, -n_future:]], 1)

@@ -305,11 +305,12 @@ class VideoRun:
         return self.predict_once(x_past, n_future)
 
     def predict_once(self, x_past, n_future):
-        """One draw of ``predict``; a model that predicts has a ``predict(x_past, n_future)``."""
-        model, _ = self.pair()
-        if not hasattr(model, "predict"):
+        """One draw of ``predict``: the model's ``predict(x_past, n_future, guide)`` (the family's runs the
+        model under Pyro handlers, ``StateSpaceVideoModel.predict``)."""
+        model, guide = self.pair()
+        if PREDICTION not in self.spec.evaluations:
             raise ValueError(f"{self.spec.name} does not predict frames: its evaluations are {sorted(self.spec.evaluations)}")
-        return model.predict(x_past, n_future)
+        return model.predict(x_past, n_future, guide)
 
     def frame_features(self, frames):
         """frames [N, C, 64, 64] -> [N, D]: the trained frame encoder's features (Frechet distance)."""

@@ -227,36 +227,14 @@ class SRVPModel(StateSpaceVideoModel):
         nets, c = self.nets, self.nets.config
         h, skips = nets.encode(x)
         nets.forget()  # the next evaluation (even on the same tensor) encodes afresh
-        # training: content frames and skip frame drawn per sequence from the whole sequence
-        content_frames, skip_frame = nets.training_frames(x.shape[0], x.shape[1], x.device)
+        (b, n_past), n_future = x.shape[:2], ys.shape[1] - x.shape[1]
+        if n_future:  # prediction (``predict``): the future frames, w and the skips from the last conditioning frames
+            content_frames = torch.arange(n_past - c.nt_inf, n_past, device=x.device).expand(b, -1)
+            skip_frame, ys = torch.full((b,), n_past - 1, device=x.device), ys[:, n_past:]
+        else:  # training: content frames and skip frame drawn per sequence from the whole sequence
+            content_frames, skip_frame = nets.training_frames(b, n_past, x.device)
         mean = nets.decode(nets.content(h, content_frames), ys, skips, skip_frame)
         return dist.Normal(full_precision(mean), c.obs_scale).to_event(4)
-
-    @torch.no_grad()
-    def predict(self, x_past, n_future):
-        """Frames [B, n_past + n_future, C, H, W]: ``x_past`` then sampled futures. y_1 and the z's of
-        the conditioning frames are drawn from the posterior (a new draw per call), the future z's
-        from the prior; w and the skips come from the last conditioning frames."""
-        nets, c = self.nets, self.nets.config
-        b, n_past = x_past.shape[:2]
-        h, skips = nets.encode(x_past)
-        nets.forget()
-        last = torch.arange(n_past - c.nt_inf, n_past, device=x_past.device).expand(b, -1)
-        w = nets.content(h, last)
-        loc, scale = nets.q_y1(h)
-        y = loc + scale * torch.randn_like(loc)
-        post_loc, post_scale = nets.q_z(h)
-        ys = []
-        for k in range(n_past - 1 + n_future):
-            if k < n_past - 1:
-                loc, scale = post_loc[:, k], post_scale[:, k]
-            else:
-                loc, scale = nets.p_z(y)
-            y, _ = nets.step(y, loc + scale * torch.randn_like(loc))
-            if k >= n_past - 1:
-                ys.append(y)
-        future = nets.decode(w, torch.stack(ys, 1), skips, torch.full((b,), n_past - 1, device=x_past.device))
-        return torch.cat([x_past, future], 1)
 
 
 class SRVPRun(VideoRun):

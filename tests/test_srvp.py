@@ -118,23 +118,50 @@ def test_training_draws_content_frames_from_the_whole_sequence():
 
 @pytest.mark.parametrize("config", [tiny(), tiny(arch="vgg", skipco=True)], ids=["dcgan", "vgg-skips"])
 def test_predict_keeps_the_past_and_draws_different_futures(config):
-    nets, model, _ = pair(config)
+    nets, model, guide = pair(config)
     nets.eval()
     x = frames(2, 2)
     torch.manual_seed(0)
-    a = model.predict(x, n_future=3)
-    b = model.predict(x, n_future=3)
+    a = model.predict(x, n_future=3, guide=guide)
+    b = model.predict(x, n_future=3, guide=guide)
     torch.manual_seed(0)
-    again = model.predict(x, n_future=3)
+    again = model.predict(x, n_future=3, guide=guide)
     assert a.shape == (2, 5, 1, 64, 64) and torch.equal(a[:, :2], x)
     assert torch.equal(a, again) and not torch.equal(a[:, 2:], b[:, 2:])  # init decodes ~0.5: tiny gaps
     assert 0 <= a.min() and a.max() <= 1
 
 
+def test_predicted_futures_follow_the_models_prior_and_the_past_the_posterior():
+    # predict runs the model under Pyro handlers: every z the residual dynamics receive is, standardised
+    # by the distribution it should come from, N(0, 1): q(z_t | x_<=t) for the conditioning frames, the
+    # model's prior p(z_t | y_{t-1}) at the y it reached for the future ones
+    nets, model, guide = pair(tiny(nt_inf=1, n_past=2))
+    nets.eval()
+    x = frames(1, 2).expand(4000, -1, -1, -1, -1)
+    steps, real = [], nets.step
+    nets.step = lambda y, z: steps.append((y, z)) or real(y, z)
+    try:
+        torch.manual_seed(0)
+        model.predict(x, n_future=2, guide=guide)
+    finally:
+        nets.step = real
+    assert len(steps) == 3                       # z_2 (past), z_3 and z_4 (future)
+    post_loc, post_scale = nets.q_z(nets.encode(x)[0])
+    nets.forget()
+    standardised = [(steps[0][1] - post_loc[:, 0]) / post_scale[:, 0]]
+    for y, z in steps[1:]:
+        loc, scale = nets.p_z(y)
+        standardised.append((z - loc) / scale)
+    for e in standardised:
+        assert e.mean().abs() < 0.02 and (e.std() - 1).abs() < 0.02
+        assert (e.abs() > 1.96).float().mean().sub(0.05).abs() < 0.01   # the tails of a normal, not only its moments
+    assert steps[2][1].std(0).min() > 0          # the future is drawn, not the prior's mean
+
+
 def test_predict_uses_the_last_conditioning_frames_for_content_and_y_from_the_first():
     # w depends only on the last nt_inf conditioning frames: changing an earlier frame changes y_1's
     # inference (first nt_inf frames), not w
-    nets, model, _ = pair(tiny(nt_inf=2, n_past=4))
+    nets, model, guide = pair(tiny(nt_inf=2, n_past=4))
     nets.eval()
     x = frames(2, 4)
     h, _ = nets.encode(x)
@@ -144,7 +171,7 @@ def test_predict_uses_the_last_conditioning_frames_for_content_and_y_from_the_fi
     real = nets.content
     nets.content = lambda h_, f: seen.setdefault("frames", f) is None or real(h_, f)
     try:
-        model.predict(x, n_future=1)
+        model.predict(x, n_future=1, guide=guide)
     finally:
         nets.content = real
     assert seen["frames"].tolist() == [[2, 3], [2, 3]]
