@@ -18,6 +18,8 @@ class SVGGuide(nn.Module):
 
     def forward(self, x, *, factors, **unused):
         register_module(type(self).__name__, self)  # for a plain pyro.infer.SVI too
+        if x.shape[1] < 2:  # one frame (prediction from a single frame): no latent to infer
+            return
         h, _ = self.nets.encode(x)
         (loc, scale), _ = self.nets.posterior(h[:, 1:])
         kl_scale = self.nets.config.beta * x[0, 0].numel()

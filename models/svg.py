@@ -8,8 +8,9 @@ or N(0, I) (``IndependentNormal``; SVG-FP); a deterministic state g_t = predicto
 
 With teacher forcing every LSTM input is known, so the prior, the posterior (in
 ``guides.svg``) and the predictor each run as one ``nn.LSTM`` call over the sequence; frames
-are encoded once per step (the model and guide share one cached encoding). Generation
-(``predict``) steps frame by frame.
+are encoded once per step (the model and guide share one cached encoding). Prediction
+(``predict``, the family's: the guide's posterior for the conditioning frames replayed into the
+model run ``n_future`` frames further) steps the future frame by frame (sites "z_k", k = n_past + 1..).
 
 Objective: the reference minimises sum_t MSE_mean + beta * sum_t KL / batch, the KL in closed
 form. Training here uses ``TraceMeanField_ELBO`` (``SVGModel.elbo``), which also takes the KL
@@ -27,13 +28,16 @@ t < n_past (or always, with ``last_frame_skip``) and afterwards keeps those of f
 import math
 from dataclasses import dataclass
 
+import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn as nn
+from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 
+from vdsm.handlers import register_module
 from vdsm.nets import DCGANDecoder, DCGANEncoder, SequenceLSTM, VGGDecoder, VGGEncoder
-from vdsm.precision import full_precision
+from vdsm.precision import Normal, full_precision
 
 from .config import DictConfig, check_values
 from .family import IndependentNormal, LearnedFromFrames, StateSpaceVideoModel
@@ -186,11 +190,17 @@ class SVGModel(StateSpaceVideoModel):
         (loc, scale), _ = self.nets.prior(h[:, :-1])
         return loc, scale
 
-    def forward(self, x=None, *, factors, **kwargs):
+    def forward(self, x=None, *, factors, n_future=0, **kwargs):
         if x is None:
             raise ValueError("SVG generates conditioned on past frames: use predict(x_past, n_future)")
         self.kl_scale = self.nets.config.beta * x[0, 0].numel()
-        return super().forward(x, factors=factors, **kwargs)
+        if not n_future:
+            return super().forward(x, factors=factors, **kwargs)
+        register_module(type(self).__name__, self)
+        with pyro.plate("sequences", x.shape[0], dim=-1):
+            with poutine.scale(scale=factors["z"] * self.kl_scale):
+                mean = self.future_frames(x, n_future)
+            return pyro.sample("obs", dist.Normal(full_precision(mean), self.nets.config.pixel_scale).to_event(4))
 
     def emit(self, z, s, factors, x=None):
         h, skips = self.nets.encode(x)
@@ -199,41 +209,41 @@ class SVGModel(StateSpaceVideoModel):
         mean = self.nets.decode(g, skips, self.nets.skip_sources(x.shape[1]))
         return dist.Normal(full_precision(mean), self.nets.config.pixel_scale).to_event(4)
 
-    @torch.no_grad()
-    def predict(self, x_past, n_future, guide=None):
-        """Sample futures: frames [B, n_past + n_future, C, H, W] whose first n_past are ``x_past``.
-
-        Conditioning frames advance every LSTM with posterior samples (as the reference does);
-        future frames use the prior and feed each prediction back in.
-        """
+    def future_frames(self, x_past, n_future):
+        """The model with ``n_future`` frames after ``x_past`` (``predict``): site "z" over the
+        conditioning frames as in training (the guide's draw is replayed there), then for each future
+        frame k (1-based) a site "z_k" [B, 1, z_dim] from the prior, stepped because the prior and the
+        predictor read the previous prediction. Returns the future frames' means [B, n_future, C, H, W].
+        Skips: those of frame k-1 with ``last_frame_skip`` (predictions included), else of the frame
+        before the last conditioning one, as the reference."""
         nets, c = self.nets, self.nets.config
-        b, n_past = x_past.shape[:2]
-        frames, x_in = [x_past[:, 0]], x_past[:, :1]
-        post_state = prior_state = pred_state = None
-        skips = None
-        for t in range(1, n_past + n_future):
-            h, sk = nets.encode(x_in)
-            if c.last_frame_skip or t < n_past or skips is None:
-                skips, terms = sk, None
-            if t < n_past:
-                target, _ = nets.encode(x_past[:, t:t + 1])
-                (loc, scale), post_state = nets.posterior(target, post_state)
-            if nets.prior is not None:
-                (p_loc, p_scale), prior_state = nets.prior(h, prior_state)
-            else:  # SVG-FP: N(0, I) of z_dim (which may exceed the encoding's g_dim)
-                p_loc, p_scale = h.new_zeros(*h.shape[:-1], c.z_dim), h.new_ones(*h.shape[:-1], c.z_dim)
-            if t >= n_past:
-                loc, scale = p_loc, p_scale
-            z = loc + scale * torch.randn_like(loc)
-            g, pred_state = nets.predictor(torch.cat([h, z], -1), pred_state)
-            if t < n_past:
-                x_in = x_past[:, t:t + 1]
-            else:
-                if terms is None:  # the skip halves of the decoder, once per skip frame
-                    terms = nets.decoder.skip_terms(skips[0])
-                x_in = nets.decoder(g[:, 0], terms=terms)[:, None]
-            frames.append(x_in[:, 0])
-        return torch.stack(frames, 1)
+        n_past = x_past.shape[1]
+        h, skips = nets.encode(x_past)
+        nets.forget()
+        prior_state = pred_state = None
+        if n_past > 1:  # SVG conditions on the first frame: no latent before the second
+            params, prior_state = self.prior_params(h[:, :-1])
+            z = pyro.sample("z", Normal(*params).to_event(2))
+            _, pred_state = nets.predictor(torch.cat([h[:, :-1], z], -1))
+        h_prev, skip_prev, frames = h[:, -1:], skips[-1], []
+        fixed_terms = None if c.last_frame_skip else nets.decoder.skip_terms(skips[max(n_past - 2, 0)])
+        for k in pyro.markov(range(n_past + 1, n_past + n_future + 1)):
+            (loc, scale), prior_state = self.prior_params(h_prev, prior_state)
+            z = pyro.sample(f"z_{k}", Normal(loc, scale).to_event(2))
+            g, pred_state = nets.predictor(torch.cat([h_prev, z], -1), pred_state)
+            terms = fixed_terms or nets.decoder.skip_terms(skip_prev)
+            frames.append(nets.decoder(g[:, 0], terms=terms)[:, None])
+            if k < n_past + n_future:
+                h_prev, (skip_prev,) = nets.encode(frames[-1])
+                nets.forget()
+        return torch.cat(frames, 1)
+
+    def prior_params(self, h, state=None):
+        """((loc, scale), next state) of the prior of the latents after the frames coded ``h`` [B, T,
+        g_dim]: the learned prior LSTM from ``state`` (SVG-LP) or N(0, I) of z_dim (SVG-FP)."""
+        if self.nets.prior is not None:
+            return self.nets.prior(h, state)
+        return (h.new_zeros(*h.shape[:-1], self.z_dim), h.new_ones(*h.shape[:-1], self.z_dim)), None
 
 
 class SVGRun(VideoRun):

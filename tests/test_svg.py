@@ -142,21 +142,47 @@ def test_kth_and_bair_paper_presets_are_the_reference_commands():
 
 @pytest.mark.parametrize("learned_prior", [True, False])
 def test_predict_with_a_latent_wider_than_the_encoding(learned_prior):
-    nets, model, _ = pair(tiny(n_past=2, z_dim=12, g_dim=8, learned_prior=learned_prior))
+    nets, model, guide = pair(tiny(n_past=2, z_dim=12, g_dim=8, learned_prior=learned_prior))
     nets.eval()
-    assert model.predict(torch.rand(2, 2, 1, 64, 64), n_future=3).shape == (2, 5, 1, 64, 64)
+    assert model.predict(torch.rand(2, 2, 1, 64, 64), n_future=3, guide=guide).shape == (2, 5, 1, 64, 64)
 
 
 def test_predict_keeps_the_past_and_generates_the_future():
-    nets, model, _ = pair(tiny(n_past=3))
+    nets, model, guide = pair(tiny(n_past=3))
     nets.eval()
     past = torch.rand(2, 3, 1, 64, 64)
-    out = model.predict(past, n_future=4)
+    out = model.predict(past, n_future=4, guide=guide)
     assert out.shape == (2, 7, 1, 64, 64)
     assert torch.equal(out[:, :3], past)
     assert 0 <= out.min() and out.max() <= 1
-    again = model.predict(past, n_future=4)
+    again = model.predict(past, n_future=4, guide=guide)
     assert not torch.equal(out[:, 3:], again[:, 3:])  # futures are sampled
+
+
+def test_predicted_futures_follow_the_models_prior_and_the_past_the_posterior():
+    # predict runs the model under Pyro handlers: each z the frame predictor receives, standardised by
+    # the distribution it should come from, is N(0, 1): the posterior LSTM's for the conditioning
+    # frames, the learned prior's (at the encoding of the previous prediction) for the future ones
+    nets, model, guide = pair(tiny(n_past=2))
+    nets.eval()
+    with torch.no_grad():  # prior and posterior far apart and far from N(0, I): a draw from the wrong one fails
+        nets.prior.loc.bias.fill_(3.0), nets.prior.log_var.bias.fill_(-2.0), nets.posterior.loc.bias.fill_(-3.0)
+    calls = {"prior": [], "posterior": [], "predictor": []}
+    for name, seen in calls.items():
+        getattr(nets, name).register_forward_hook(lambda module, args, out, seen=seen: seen.append((args, out)))
+    torch.manual_seed(0)
+    model.predict(torch.rand(1, 2, 1, 64, 64).expand(4000, -1, -1, -1, -1), n_future=2, guide=guide)
+    z_dim = nets.config.z_dim
+    zs = [args[0][..., -z_dim:] for args, _ in calls["predictor"]]
+    assert [z.shape[1] for z in zs] == [1, 1, 1]         # z_2 (past), z_3 and z_4 (future)
+    priors = [out[0] for _, out in calls["prior"]]        # the past's, then one per future frame
+    (post_loc, post_scale), _ = calls["posterior"][0][1]
+    standardised = [(zs[0] - post_loc) / post_scale]
+    standardised += [(z - loc) / scale for z, (loc, scale) in zip(zs[1:], priors[1:])]
+    for e in standardised:
+        assert e.mean().abs() < 0.02 and (e.std() - 1).abs() < 0.02
+        assert (e.abs() > 1.96).float().mean().sub(0.05).abs() < 0.01
+    assert zs[2].std(0).min() > 0
 
 
 def test_sequence_lstm_one_call_equals_stepping():
