@@ -217,7 +217,8 @@ class StateSpaceVideoModel(nn.Module):
         """Frames [B, n_past + n_future, C, H, W]: ``x_past``, then one draw of the future, through Pyro's
         handlers: the guide's draw of the latents given ``x_past`` is replayed into the model run with
         ``n_future`` more frames, whose latents the model draws from its own prior; the future frames
-        are the "obs" site's mean. Models that support ``n_future`` in ``emit`` predict this way (SRVP)."""
+        are the "obs" site's mean. SRVP's ``emit`` handles ``n_future``; SVG's ``forward`` steps the future
+        itself, as its prior reads the previous prediction."""
         factors = {"identity": 1.0, "dynamics": 1.0, "z": 1.0}
         past = poutine.trace(guide).get_trace(x_past, factors=factors)
         trace = poutine.trace(poutine.replay(self, trace=past)).get_trace(x_past, factors=factors, n_future=n_future)

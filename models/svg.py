@@ -200,13 +200,16 @@ class SVGModel(StateSpaceVideoModel):
         with pyro.plate("sequences", x.shape[0], dim=-1):
             with poutine.scale(scale=factors["z"] * self.kl_scale):
                 mean = self.future_frames(x, n_future)
-            return pyro.sample("obs", dist.Normal(full_precision(mean), self.nets.config.pixel_scale).to_event(4))
+            return pyro.sample("obs", self.frames_distribution(mean))
 
     def emit(self, z, s, factors, x=None):
         h, skips = self.nets.encode(x)
         self.nets.forget()  # the next evaluation (even on the same tensor) encodes afresh
         g, _ = self.nets.predictor(torch.cat([h[:, :-1], z], -1))
-        mean = self.nets.decode(g, skips, self.nets.skip_sources(x.shape[1]))
+        return self.frames_distribution(self.nets.decode(g, skips, self.nets.skip_sources(x.shape[1])))
+
+    def frames_distribution(self, mean):
+        """The likelihood of frames [B, T, C, H, W] around the decoded ``mean`` (in fp32)."""
         return dist.Normal(full_precision(mean), self.nets.config.pixel_scale).to_event(4)
 
     def future_frames(self, x_past, n_future):
