@@ -3,7 +3,7 @@ the state-space family.
 
 How it maps onto the family (``models.family``): a static latent f ~ N(0, I) (site "identity",
 so that the judge protocols and the library API treat it as VDSM's identity), no dynamics
-latent, per-frame latents z_1..z_T with a learned LSTM prior p(z_t | z_<t) (``RecurrentPrior``;
+latent, per-frame latents z_1..z_T with a learned LSTM prior p(z_t | z_<t) (the model's ``transition``, ``Stepped``;
 sites "z_1".."z_T"), and frames x_t ~ p(x_t | z_t, f) from one decoder of [z_t, f]. The guide
 (``guides.dsa``) is DSA's factorised q(f | x_1:T) prod_t q(z_t | x_t) or its full q(f | x_1:T)
 q(z_1:T | x_1:T, f).
@@ -24,7 +24,7 @@ from pyro.infer import TraceMeanField_ELBO
 from vdsm.nets import LSTM, RNN, DCGANDecoder, DCGANEncoder
 
 from .config import DictConfig, check_values
-from .family import RecurrentPrior, StateSpaceVideoModel, emission_distribution
+from .family import StateSpaceVideoModel, Stepped, emission_distribution
 from .spec import (
     JUDGE,
     ONE_STAGE_DEFAULTS,
@@ -120,7 +120,7 @@ class DSAModel(StateSpaceVideoModel):
     """p(f) prod_t p(z_t | z_<t) p(x_t | z_t, f); sites "identity" [B, f_dim], "z_1".."z_T" [B, z_dim],
     "obs" [B, T, C, 64, 64]."""
 
-    frame_prior = RecurrentPrior()
+    frame_prior = Stepped()
     elbo = TraceMeanField_ELBO   # every KL in closed form (f, and each z_t given the sampled z_<t)
 
     def __init__(self, nets: DSANets):
@@ -130,8 +130,16 @@ class DSAModel(StateSpaceVideoModel):
     def static_prior(self, batch, ref):
         return dist.Normal(ref.new_zeros(batch, self.nets.config.f_dim), 1.0).to_event(1)
 
-    def prior_step(self, z_prev, state):
-        return self.nets.prior_step(z_prev, state)
+    def transition(self, state, t):
+        """z_t ~ N(an LSTM cell over z_{t-1}), from z_0 = 0 and a zero cell state; the state is
+        (z_{t-1}, the cell's state)."""
+        if t == 1:
+            z_prev, cell = state["ref"].new_zeros(state["batch"], self.z_dim), None
+        else:
+            z_prev, cell = state
+        loc, scale, cell = self.nets.prior_step(z_prev, cell)
+        z = self.frame_site(t, loc, scale)
+        return (z, cell), z
 
     def emit(self, z, s, factors, x=None):
         c = self.nets.config

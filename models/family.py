@@ -6,23 +6,21 @@ Generative process for a batch of sequences x[b, t]:
     d ~ p(d)                        dynamics latent, site "dynamics" (hook ``dynamics_prior``)
     z ~ p(z_1:T | d, x)             per-frame latents: the hook ``frame_prior``, an object that
                                     registers the sites and returns what ``emit`` reads:
-      IndependentNormal()             one site "z" [B, T', z_dim], N(0, I)           (VDSM stage 1, SVG-FP)
-      LearnedFromFrames()             one site "z", N(model.learned_prior(x)): every input is
-                                      known, so it is scored over the sequence at once   (SVG-LP)
-      MarkovTransition()              sites "z_1".."z_T", z_t ~ N(model.transition(z_{t-1}, d)) (VDSM stage 2)
-      RecurrentPrior()                sites "z_1".."z_T", z_t ~ N(model.prior_step(z_{t-1}, h_{t-1})):
-                                      an LSTM over the earlier latents (DSA)
-      ResidualState()                 a deterministic state y carried through time: site "y_1",
-                                      sites "z_2".."z_T" ~ N(model.state_prior(y_{t-1})),
-                                      y_t = model.step(y_{t-1}, z_t) (SRVP); returns y_1..y_T
+      IndependentNormal()             one site "z" [B, T', z_dim], N(0, I)                (VDSM stage 1)
+      Stepped()                       sites "z_1".."z_T": the model's one transition hook,
+                                      ``state, out_t = transition(state, t)``, stepped through
+                                      time from ``initial_state`` (VDSM stage 2, DSA, SRVP)
+      TeacherForced()                 one site "z": ``transition(state, slice(1, T' + 1))`` once,
+                                      when every input of the prior is known (SVG-LP/FP, whose
+                                      prediction steps the same hook frame by frame)
     x ~ p(x | z, s, x_<t)           site "obs" (hook ``emit``; ``observed(x)`` picks the frames
                                     that are scored, e.g. all but the first for SVG)
 
 One batch plate ("sequences", dim -1) holds every site; time and pixels are event
 dimensions, so the number of sites never depends on the batch size. Each latent group's
 KL is annealed with ``poutine.scale`` by ``factors[group]`` (the guide applies the same
-factor). A configuration (VDSM stage 1 or 2, SVG, SRVP) fills in the hooks; a new kind of
-per-frame prior is a new ``FramePrior`` class, not a branch here.
+factor). A configuration (VDSM stage 1 or 2, SVG, SRVP, DSA) fills in the hooks; a new per-frame
+prior is a new ``transition``, not a branch here.
 """
 import pyro
 import pyro.distributions as dist
@@ -30,11 +28,16 @@ import torch
 import torch.nn as nn
 from pyro import poutine
 
+from vdsm.deprecated import moved_names
 from vdsm.handlers import register_module
 from vdsm.precision import Normal, full_precision
 
-__all__ = ["StateSpaceVideoModel", "emission_distribution", "FramePrior", "IndependentNormal",
-           "LearnedFromFrames", "MarkovTransition", "RecurrentPrior", "ResidualState"]
+__all__ = ["StateSpaceVideoModel", "emission_distribution", "FramePrior", "IndependentNormal", "Stepped",
+           "TeacherForced"]
+
+# the frame priors of before the one transition hook, for one release (they call the old hooks)
+__getattr__ = moved_names(__name__, {name: f"models.legacy_priors:{name}" for name in (
+    "LearnedFromFrames", "MarkovTransition", "RecurrentPrior", "ResidualState")})
 
 
 def emission_distribution(kind, logits, scale=0.1):
@@ -63,101 +66,51 @@ class FramePrior:
 
 
 class IndependentNormal(FramePrior):
+    """One site "z" [B, T', z_dim] ~ N(0, I): no transition (VDSM stage 1)."""
+
     def sample(self, model, b, t, d, ref, x=None):
         return pyro.sample("z", dist.Normal(ref.new_zeros(b, t, model.z_dim), 1.0).to_event(2))
 
 
-class LearnedFromFrames(FramePrior):
-    """z_t ~ N(learned_prior(x)[t]): the prior reads earlier frames only, all known in training."""
+class Stepped(FramePrior):
+    """The transition stepped through time, sites "z_1".."z_T" (``pyro.markov``): ``state =
+    model.initial_state(b, d, ref, x)``, then ``state, out_t = model.transition(state, t)`` for
+    t = 1..T', each call sampling its frame's site through ``model.frame_site``. Returns the outs
+    stacked on dim 1 (a tuple of outs element-wise): what ``emit`` reads."""
 
     def sample(self, model, b, t, d, ref, x=None):
-        loc, scale = model.learned_prior(x)
-        return pyro.sample("z", Normal(loc, scale).to_event(2))
-
-
-class MarkovTransition(FramePrior):
-    """z_1 ~ N(0, I), z_t ~ N(transition(z_{t-1}, d)): sites "z_1".."z_T" (``pyro.markov``).
-
-    With ``model.overshooting`` = w > 0, latent overshooting (Hafner et al. 2019, PlaNet) with the
-    earlier steps at their means: from every z_s the transition is also rolled out open-loop, and
-    its k-step predictions (k = 2..T-s) score the later latents, held fixed as in PlaNet:
-    ``pyro.factor("overshooting", w / (T - 1) * sum_k sum_t log N(z_t | k-step prediction))``.
-    Training sees only one-step transitions otherwise, while transfer and prediction roll the
-    transition out from z_1 for T - 1 steps (BENCHMARKS.md: the rollouts of some actions drift to
-    another action's poses).
-    """
-
-    def sample(self, model, b, t, d, ref, x=None):
-        zs, z_prev = [], None
+        state, outs = model.initial_state(b, d, ref, x), []
         for k in pyro.markov(range(1, t + 1)):
-            if z_prev is None:
-                loc, scale = ref.new_zeros(b, model.z_dim), ref.new_ones(b, model.z_dim)
-            else:
-                loc, scale = model.transition(z_prev, d)
-            z_prev = pyro.sample(f"z_{k}", Normal(loc, scale).to_event(1))
-            zs.append(z_prev)
-        zs = torch.stack(zs, 1)
-        if model.overshooting > 0 and t > 2:
-            pyro.factor("overshooting", model.overshooting / (t - 1) * self.overshooting_log_prob(model, zs, d))
-        return zs
-
-    @staticmethod
-    def overshooting_log_prob(model, zs, d):
-        """[B]: sum over k = 2..T-1 and t of log N(z_t | the transition's k-step open-loop prediction
-        from z_{t-k}); the latents ``zs`` [B, T, z_dim] are held fixed (no gradient through them)."""
-        zs = zs.detach()
-        t = zs.shape[1]
-        means, total = zs[:, :-1], 0.0       # means[:, s]: the (k-1)-step prediction started at z_{s+1}
-        for k in range(1, t):
-            loc, scale = model.transition(means, d.unsqueeze(1).expand(-1, means.shape[1], -1))
-            if k > 1:  # k = 1 is the ELBO's own transition term
-                total = total + Normal(loc, scale).log_prob(zs[:, k:]).sum((-2, -1))
-            means = loc[:, :-1]
-        return total
+            state, out = model.transition(state, k)
+            outs.append(out)
+        if isinstance(outs[0], tuple):
+            return tuple(torch.stack(parts, 1) for parts in zip(*outs))
+        return torch.stack(outs, 1)
 
 
-class RecurrentPrior(FramePrior):
-    """z_t ~ N(loc_t, scale_t) with ``loc_t, scale_t, state = model.prior_step(z_{t-1}, state)`` (an
-    LSTM cell over the earlier latents, z_0 = 0 and a zero state): sites "z_1".."z_T" (DSA)."""
+class TeacherForced(FramePrior):
+    """Every input of the prior is known (SVG's prior reads the observed frames): one call
+    ``model.transition(model.initial_state(b, d, ref, x), slice(1, T' + 1))`` scores the whole
+    sequence at once; its site is "z" [B, T', z_dim]. Returns the call's out."""
 
     def sample(self, model, b, t, d, ref, x=None):
-        zs, z_prev, state = [], ref.new_zeros(b, model.z_dim), None
-        for k in pyro.markov(range(1, t + 1)):
-            loc, scale, state = model.prior_step(z_prev, state)
-            z_prev = pyro.sample(f"z_{k}", Normal(loc, scale).to_event(1))
-            zs.append(z_prev)
-        return torch.stack(zs, 1)
-
-
-class ResidualState(FramePrior):
-    """A deterministic state y carried through time (SRVP): y_1 ~ N(0, I) (site "y_1"), then for
-    t = 2..T z_t ~ N(state_prior(y_{t-1})) (sites "z_t", KL times ``model.z_kl_scale``) and
-    ``y_t, penalty_t = step(y_{t-1}, z_t)``; the summed penalties enter as ``pyro.factor("l2_res",
-    -model.penalty_scale * sum)``. Returns the states y_1..y_T [B, T, y_dim]."""
-
-    def sample(self, model, b, t, d, ref, x=None):
-        y = pyro.sample("y_1", dist.Normal(ref.new_zeros(b, model.y_dim), 1.0).to_event(1))
-        ys, penalty = [y], 0.0
-        for k in pyro.markov(range(2, t + 1)):
-            loc, scale = model.state_prior(y)
-            with poutine.scale(scale=model.z_kl_scale):
-                z = pyro.sample(f"z_{k}", Normal(loc, scale).to_event(1))
-            y, p = model.step(y, z)
-            ys.append(y)
-            penalty = penalty + p
-        if model.penalty_scale > 0 and t > 1:
-            pyro.factor("l2_res", -model.penalty_scale * full_precision(penalty))
-        return torch.stack(ys, 1)
+        return model.transition(model.initial_state(b, d, ref, x), slice(1, t + 1))[1]
 
 
 class StateSpaceVideoModel(nn.Module):
     """Base class: owns the plate and the order of sample sites; subclasses fill the hooks.
 
     Hooks: ``static_prior(batch, x_like)`` and ``dynamics_prior(batch, x_like)`` return a
-    distribution (event dim 1) or None; ``frame_prior`` is a :class:`FramePrior` (which calls
-    the model's ``transition(z_prev, d)``, ``learned_prior(x)`` or ``state_prior(y)`` / ``step(y,
-    z)`` as it needs); ``num_latent_frames(t)`` is T' (default T); ``emit(z, s, factors, x)``
-    returns the distribution of ``observed(x)``.
+    distribution (event dim 1) or None; ``frame_prior`` is a :class:`FramePrior`; the per-frame prior
+    is one hook, ``transition(state, t) -> (next state, out_t)``, which samples frame t's latent through
+    ``frame_site(t, loc, scale)`` (site "z_t" for a frame, "z" for a slice of frames) from the
+    state, ``initial_state(b, d, x_like, x)`` being the state before the first frame;
+    ``num_latent_frames(t)`` is T' (default T); ``emit(z, s, factors, x)`` returns the distribution of
+    ``observed(x)``, z being the outs stacked over time.
+
+    As in ``pyro.contrib.epidemiology``, the same ``transition`` samples step by step (training,
+    generation, prediction's future) and, where every input is known, scores a whole sequence at once
+    (``TeacherForced``).
 
     ``forward(x, *, factors, batch_size=None, seq_len=None, n_future=0)``: with ``x=None`` the model
     samples (give ``batch_size`` and ``seq_len``); with ``n_future`` > 0 the latents run ``n_future``
@@ -170,7 +123,7 @@ class StateSpaceVideoModel(nn.Module):
     z_dim = None
     frame_prior = IndependentNormal()
     kl_scale = 1.0  # a constant factor on the per-frame KL (SVG's beta * C * H * W)
-    overshooting = 0.0  # weight of MarkovTransition's latent overshooting (0: one-step transitions only)
+    overshooting = 0.0  # read by the deprecated MarkovTransition only (VDSM's is its own frame prior)
 
     def static_prior(self, batch, ref):
         return None
@@ -178,11 +131,19 @@ class StateSpaceVideoModel(nn.Module):
     def dynamics_prior(self, batch, ref):
         return None
 
-    def transition(self, z_prev, d):
+    def initial_state(self, b, d, ref, x=None):
+        """The state before the first frame: by default what a first transition may read."""
+        return {"batch": b, "dynamics": d, "ref": ref, "frames": x}
+
+    def transition(self, state, t):
+        """(next state, what ``emit`` reads of frame t): samples frame t's latent (``frame_site``)
+        from the prior given ``state``; ``t`` is the frame's 1-based index, or a slice of them."""
         raise NotImplementedError
 
-    def learned_prior(self, x):
-        raise NotImplementedError
+    def frame_site(self, t, loc, scale):
+        """Sample frame t's latent from N(loc, scale), batch dim 0 (the plate), the rest event dims:
+        site "z_t" for one frame, "z" for a slice of frames scored at once."""
+        return pyro.sample(f"z_{t}" if isinstance(t, int) else "z", Normal(loc, scale).to_event(loc.dim() - 1))
 
     def num_latent_frames(self, t):
         return t

@@ -25,17 +25,19 @@ PyTorch's initialisation (as the release).
 """
 from dataclasses import dataclass
 
+import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 
 from vdsm.nets import LSTM, DCGANDecoder, DCGANEncoder, VGGDecoder, VGGEncoder
 from vdsm.precision import full_precision
 
 from .config import DictConfig, check_values
-from .family import ResidualState, StateSpaceVideoModel
+from .family import StateSpaceVideoModel, Stepped
 from .spec import (
     ONE_STAGE_DEFAULTS,
     PREDICTION,
@@ -193,9 +195,21 @@ class SRVPNets(nn.Module):
         return frames.reshape(b, t, *frames.shape[1:])
 
 
+class PenalisedResidualSteps(Stepped):
+    """SRVP's frame prior: its transition stepped through time (``Stepped``), whose outs are the
+    states y_1..y_T and the penalties of each frame's Euler increments; the summed penalties enter as
+    ``pyro.factor("l2_res", -model.penalty_scale * sum)``. Returns the states [B, T, y_dim]."""
+
+    def sample(self, model, b, t, d, ref, x=None):
+        ys, penalties = super().sample(model, b, t, d, ref, x)
+        if model.penalty_scale > 0 and t > 1:
+            pyro.factor("l2_res", -model.penalty_scale * full_precision(penalties[:, 1:].sum(1)))
+        return ys
+
+
 class SRVPModel(StateSpaceVideoModel):
     """p(y_1) prod_t p(z_t | y_{t-1}) p(x | w, y) of SRVP: the family with no static or dynamics
-    latent and the ``ResidualState`` frame prior (see the module docstring).
+    latent, a deterministic state y carried through time by its ``transition`` (see the module docstring).
 
     Example::
 
@@ -205,18 +219,25 @@ class SRVPModel(StateSpaceVideoModel):
     """
 
     elbo = TraceMeanField_ELBO  # the estimator training uses: every KL in closed form, as the reference
-    frame_prior = ResidualState()
+    frame_prior = PenalisedResidualSteps()
 
     def __init__(self, nets: SRVPNets):
         super().__init__()
         self.nets, c = nets, nets.config
         self.y_dim, self.z_kl_scale, self.penalty_scale = c.ny, c.beta_z, c.l2_res
 
-    def state_prior(self, y):
-        return self.nets.p_z(y)
-
-    def step(self, y, z):
-        return self.nets.step(y, z)
+    def transition(self, state, t):
+        """y_1 ~ N(0, I) (site "y_1"); for t > 1 z_t ~ N(prior(y_{t-1})) (its KL times beta_z) and
+        y_t = y_{t-1} + the Euler steps of the residual MLP. The state is y_{t-1}; the out (y_t, the
+        penalty of its increments [B])."""
+        if t == 1:
+            y = pyro.sample("y_1", dist.Normal(state["ref"].new_zeros(state["batch"], self.y_dim), 1.0).to_event(1))
+            return y, (y, y.new_zeros(y.shape[0]))
+        loc, scale = self.nets.p_z(state)
+        with poutine.scale(scale=self.z_kl_scale):
+            z = self.frame_site(t, loc, scale)
+        y, penalty = self.nets.step(state, z)
+        return y, (y, penalty)
 
     def forward(self, x=None, *, factors, **kwargs):
         if x is None:

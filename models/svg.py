@@ -2,9 +2,10 @@
 
 How it maps onto the family (``models.family``): no static and no dynamics latent; one
 per-frame latent site "z" [B, T-1, z_dim] for the frames after the first, with a learned
-prior p(z_t | x_<t) from an LSTM over the previous frames' encodings (``LearnedFromFrames``; SVG-LP)
-or N(0, I) (``IndependentNormal``; SVG-FP); a deterministic state g_t = predictor([enc(x_{t-1}), z_t])
-(an LSTM); emission "obs" = frames 1..T-1, Normal(dec(g_t, skips), 1/sqrt(2)).
+prior p(z_t | x_<t) from an LSTM over the previous frames' encodings (SVG-LP) or N(0, I) (SVG-FP);
+a deterministic state g_t = predictor([enc(x_{t-1}), z_t]) (an LSTM); both in the model's one
+``transition``, scored over the sequence at once (``TeacherForced``); emission "obs" = frames
+1..T-1, Normal(dec(g_t, skips), 1/sqrt(2)).
 
 With teacher forcing every LSTM input is known, so the prior, the posterior (in
 ``guides.svg``) and the predictor each run as one ``nn.LSTM`` call over the sequence; frames
@@ -37,10 +38,10 @@ from pyro.infer import TraceMeanField_ELBO
 
 from vdsm.handlers import register_module
 from vdsm.nets import DCGANDecoder, DCGANEncoder, SequenceLSTM, VGGDecoder, VGGEncoder
-from vdsm.precision import Normal, full_precision
+from vdsm.precision import full_precision
 
 from .config import DictConfig, check_values
-from .family import IndependentNormal, LearnedFromFrames, StateSpaceVideoModel
+from .family import StateSpaceVideoModel, TeacherForced
 from .spec import (
     ONE_STAGE_DEFAULTS,
     PREDICTION,
@@ -171,12 +172,12 @@ class SVGModel(StateSpaceVideoModel):
     """
 
     elbo = TraceMeanField_ELBO  # the estimator training uses: the KL of "z" in closed form, as the reference
+    frame_prior = TeacherForced()
 
     def __init__(self, nets: SVGNets):
         super().__init__()
         self.nets, c = nets, nets.config
         self.z_dim = c.z_dim
-        self.frame_prior = LearnedFromFrames() if c.learned_prior else IndependentNormal()
         self.kl_scale = None  # set from the frame size on first use: beta * C * H * W
 
     def num_latent_frames(self, t):
@@ -185,10 +186,20 @@ class SVGModel(StateSpaceVideoModel):
     def observed(self, x):
         return x[:, 1:]
 
-    def learned_prior(self, x):
+    def initial_state(self, b, d, ref, x=None):
         h, _ = self.nets.encode(x)
-        (loc, scale), _ = self.nets.prior(h[:, :-1])
-        return loc, scale
+        return {"codes": h[:, :-1], "prior": None, "predictor": None}
+
+    def transition(self, state, t):
+        """z_t ~ N(the prior LSTM over the code of x_{t-1}) (SVG-LP; N(0, I) for SVG-FP), then g_t =
+        predictor([code of x_{t-1}, z_t]). The state: the codes of the frames before those of ``t``
+        (the observed ones in training, the previous prediction's in the future) and both LSTMs'
+        states; the out g_t, which ``emit`` decodes."""
+        h = state["codes"]
+        (loc, scale), prior_state = self.prior_params(h, state["prior"])
+        z = self.frame_site(t, loc, scale)
+        g, predictor_state = self.nets.predictor(torch.cat([h, z], -1), state["predictor"])
+        return {"codes": None, "prior": prior_state, "predictor": predictor_state}, g
 
     def forward(self, x=None, *, factors, n_future=0, **kwargs):
         if x is None:
@@ -202,10 +213,9 @@ class SVGModel(StateSpaceVideoModel):
                 mean = self.future_frames(x, n_future)
             return pyro.sample("obs", self.frames_distribution(mean))
 
-    def emit(self, z, s, factors, x=None):
-        h, skips = self.nets.encode(x)
+    def emit(self, g, s, factors, x=None):
+        _, skips = self.nets.encode(x)
         self.nets.forget()  # the next evaluation (even on the same tensor) encodes afresh
-        g, _ = self.nets.predictor(torch.cat([h[:, :-1], z], -1))
         return self.frames_distribution(self.nets.decode(g, skips, self.nets.skip_sources(x.shape[1])))
 
     def frames_distribution(self, mean):
@@ -213,31 +223,28 @@ class SVGModel(StateSpaceVideoModel):
         return dist.Normal(full_precision(mean), self.nets.config.pixel_scale).to_event(4)
 
     def future_frames(self, x_past, n_future):
-        """The model with ``n_future`` frames after ``x_past`` (``predict``): site "z" over the
-        conditioning frames as in training (the guide's draw is replayed there), then for each future
-        frame k (1-based) a site "z_k" [B, 1, z_dim] from the prior, stepped because the prior and the
-        predictor read the previous prediction. Returns the future frames' means [B, n_future, C, H, W].
-        Skips: those of frame k-1 with ``last_frame_skip`` (predictions included), else of the frame
-        before the last conditioning one, as the reference."""
+        """The model with ``n_future`` frames after ``x_past`` (``predict``): the transition over the
+        conditioning frames at once as in training (site "z", where the guide's draw is replayed), then
+        stepped for each future frame k (1-based; site "z_k" [B, 1, z_dim] from the prior), each
+        prediction decoded and encoded for the next step, as the prior and the predictor read the
+        previous frame. Returns the future frames' means [B, n_future, C, H, W]. Skips: those of frame
+        k-1 with ``last_frame_skip`` (predictions included), else of the frame before the last
+        conditioning one, as the reference."""
         nets, c = self.nets, self.nets.config
         n_past = x_past.shape[1]
         h, skips = nets.encode(x_past)
         nets.forget()
-        prior_state = pred_state = None
+        state = {"codes": h[:, :-1], "prior": None, "predictor": None}
         if n_past > 1:  # SVG conditions on the first frame: no latent before the second
-            params, prior_state = self.prior_params(h[:, :-1])
-            z = pyro.sample("z", Normal(*params).to_event(2))
-            _, pred_state = nets.predictor(torch.cat([h[:, :-1], z], -1))
-        h_prev, skip_prev, frames = h[:, -1:], skips[-1], []
+            state, _ = self.transition(state, slice(2, n_past + 1))
+        state["codes"], skip_prev, frames = h[:, -1:], skips[-1], []
         fixed_terms = None if c.last_frame_skip else nets.decoder.skip_terms(skips[max(n_past - 2, 0)])
         for k in pyro.markov(range(n_past + 1, n_past + n_future + 1)):
-            (loc, scale), prior_state = self.prior_params(h_prev, prior_state)
-            z = pyro.sample(f"z_{k}", Normal(loc, scale).to_event(2))
-            g, pred_state = nets.predictor(torch.cat([h_prev, z], -1), pred_state)
+            state, g = self.transition(state, k)
             terms = fixed_terms or nets.decoder.skip_terms(skip_prev)
             frames.append(nets.decoder(g[:, 0], terms=terms)[:, None])
             if k < n_past + n_future:
-                h_prev, (skip_prev,) = nets.encode(frames[-1])
+                state["codes"], (skip_prev,) = nets.encode(frames[-1])
                 nets.forget()
         return torch.cat(frames, 1)
 

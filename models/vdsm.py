@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn as nn
@@ -25,11 +26,12 @@ from vdsm.fitted_prior import (
     posterior_values,
 )
 from vdsm.nets import GatedTransition, MixtureOfExpertsDecoder
+from vdsm.precision import Normal
 
 from .family import (
     IndependentNormal,
-    MarkovTransition,
     StateSpaceVideoModel,
+    Stepped,
     emission_distribution,
 )
 from .spec import (
@@ -41,7 +43,7 @@ from .spec import (
     legacy_clip_norm,
 )
 
-__all__ = ["VDSMConfig", "VDSMStage1Model", "VDSMStage2Model", "VDSMRun", "SPEC", "FITTED_PRIORS", "FITTED_FROM",
+__all__ = ["VDSMConfig", "VDSMStage1Model", "VDSMStage2Model", "LatentOvershooting", "VDSMRun", "SPEC", "FITTED_PRIORS", "FITTED_FROM",
            "prior_path", "guide_factory"]
 
 # latents with a prior fitted after training (vdsm.fitted_prior), and the guide's sites each covers
@@ -95,7 +97,7 @@ class VDSMConfig:
     # from a mixture of at most N components fitted to the training sequences' posterior [d, z_1]
     dynamics_prior_components: int = 0
     # > 0: weight of latent overshooting in stage 2 (the transition's open-loop k-step predictions also
-    # score the posterior poses, models.family.MarkovTransition); 0: one-step transitions only (reference)
+    # score the posterior poses, LatentOvershooting); 0: one-step transitions only (reference)
     overshooting: float = 0.0
 
     def to_dict(self):
@@ -176,11 +178,43 @@ class VDSMStage1Model(StateSpaceVideoModel):
         return emission_distribution(self.config.emission, logits, self.config.emission_scale)
 
 
+class LatentOvershooting(Stepped):
+    """Stage 2's frame prior: the transition stepped through time (``Stepped``: sites "z_1".."z_T"),
+    plus, with ``model.overshooting`` = w > 0, latent overshooting (Hafner et al. 2019, PlaNet) with
+    the earlier steps at their means: from every z_s the transition is also rolled out open-loop, and
+    its k-step predictions (k = 2..T-s) score the later latents, held fixed as in PlaNet:
+    ``pyro.factor("overshooting", w / (T - 1) * sum_k sum_t log N(z_t | k-step prediction))``.
+    Training sees only one-step transitions otherwise, while transfer and prediction roll the
+    transition out from z_1 for T - 1 steps (BENCHMARKS.md: the rollouts of some actions drift to
+    another action's poses).
+    """
+
+    def sample(self, model, b, t, d, ref, x=None):
+        zs = super().sample(model, b, t, d, ref, x)
+        if model.overshooting > 0 and t > 2:
+            pyro.factor("overshooting", model.overshooting / (t - 1) * self.overshooting_log_prob(model, zs, d))
+        return zs
+
+    @staticmethod
+    def overshooting_log_prob(model, zs, d):
+        """[B]: sum over k = 2..T-1 and t of log N(z_t | the transition's k-step open-loop prediction
+        from z_{t-k}); the latents ``zs`` [B, T, z_dim] are held fixed (no gradient through them)."""
+        zs = zs.detach()
+        t = zs.shape[1]
+        means, total = zs[:, :-1], 0.0       # means[:, s]: the (k-1)-step prediction started at z_{s+1}
+        for k in range(1, t):
+            loc, scale = model.trans(means, d.unsqueeze(1).expand(-1, means.shape[1], -1))
+            if k > 1:  # k = 1 is the ELBO's own transition term
+                total = total + Normal(loc, scale).log_prob(zs[:, k:]).sum((-2, -1))
+            means = loc[:, :-1]
+        return total
+
+
 class VDSMStage2Model(VDSMStage1Model):
     """Stage 2: adds dynamics d ~ N(0, 1/dynamics_dim) and z_t ~ N(GatedTransition(z_{t-1}, d)).
 
     The decoder comes from stage 1 and is frozen by the runner. With ``overshooting`` > 0 the
-    transition is also trained on its open-loop rollouts (``models.family.MarkovTransition``). With
+    transition is also trained on its open-loop rollouts (``LatentOvershooting``). With
     ``learned_dynamics_prior`` the prior of d is N(m, diag(s)) with m and s learned in stage 2
     (``dynamics_loc``, ``dynamics_log_scale``, starting at the reference's N(0, 1/n)): the ELBO
     then fits them to the posterior dynamics, whose spread is 2-3x the reference prior's scale
@@ -188,7 +222,7 @@ class VDSMStage2Model(VDSMStage1Model):
     sequence instead of rolling out an average motion.
     """
 
-    frame_prior = MarkovTransition()
+    frame_prior = LatentOvershooting()
 
     def __init__(self, config: VDSMConfig):
         super().__init__(config)
@@ -210,8 +244,15 @@ class VDSMStage2Model(VDSMStage1Model):
             return dist.Normal(ref.new_zeros(batch, n), 1.0 / n).to_event(1)
         return dist.Normal(self.dynamics_loc.expand(batch, n), self.dynamics_log_scale.exp().expand(batch, n)).to_event(1)
 
-    def transition(self, z_prev, d):
-        return self.trans(z_prev, d)
+    def transition(self, state, t):
+        """z_1 ~ N(0, I), z_t ~ N(GatedTransition(z_{t-1}, d)); the state is (z_{t-1}, d)."""
+        if t == 1:
+            ref, shape = state["ref"], (state["batch"], self.config.z_dim)
+            loc, scale = ref.new_zeros(shape), ref.new_ones(shape)
+        else:
+            loc, scale = self.trans(state["z"], state["dynamics"])
+        z = self.frame_site(t, loc, scale)
+        return dict(state, z=z), z
 
 
 class VDSMRun(StaticLatentRun):
@@ -302,7 +343,7 @@ class VDSMRun(StaticLatentRun):
                 z_prev = loc + scale * torch.randn_like(loc)
                 zs.append(z_prev)
             z = torch.stack(zs, 1)
-            model.transition(z[:, :-1], d.unsqueeze(1).expand(-1, seq_len - 1, -1))  # forward only, as before 0.2
+            model.trans(z[:, :-1], d.unsqueeze(1).expand(-1, seq_len - 1, -1))  # forward only, as before 0.2
             if model.overshooting > 0 and seq_len > 2:  # the model's overshooting factor, same weight
                 weight = model.overshooting / (seq_len - 1)
                 extra = -weight * model.frame_prior.overshooting_log_prob(model, z, d).sum()

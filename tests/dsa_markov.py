@@ -4,11 +4,11 @@ DSA's static latent, guide and networks, but z_t ~ N(transition(z_{t-1})) from a
 of DSA's LSTM over every earlier z. ``python -m experiments.run --model dsa_markov:SPEC`` trains,
 resumes, evaluates and damages it like any library model.
 """
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from models.dsa import DSAConfig, DSAModel, DSANets, DSARun
-from models.family import MarkovTransition
 from models.spec import JUDGE, ONE_STAGE_DEFAULTS, ModelSpec, Stage, constant_schedule
 
 
@@ -22,13 +22,17 @@ class MarkovNets(DSANets):
 
 
 class MarkovDSAModel(DSAModel):
-    """p(f) p(z_1) prod_t p(z_t | z_{t-1}) p(x_t | z_t, f): DSA's sites, the family's MarkovTransition."""
+    """p(f) p(z_1) prod_t p(z_t | z_{t-1}) p(x_t | z_t, f): DSA's sites, stepped by DSA's frame prior."""
 
-    frame_prior = MarkovTransition()
-
-    def transition(self, z_prev, d):
-        loc, raw = self.nets.transition(z_prev).chunk(2, -1)
-        return loc, F.softplus(raw) + 1e-4
+    def transition(self, state, t):      # state: z_{t-1}; before frame 1, the family's initial state
+        if t == 1:
+            loc = state["ref"].new_zeros(state["batch"], self.z_dim)
+            scale = torch.ones_like(loc)
+        else:
+            loc, raw = self.nets.transition(state).chunk(2, -1)
+            scale = F.softplus(raw) + 1e-4
+        z = self.frame_site(t, loc, scale)   # site "z_t"
+        return z, z                          # (next state, what the decoder reads)
 
 
 class MarkovDSARun(DSARun):

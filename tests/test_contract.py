@@ -177,6 +177,40 @@ def test_a_second_run_in_the_process_keeps_its_own_weights():
     assert store.param_name(b) is not None and store.param_name(a) is None
 
 
+# ---------------------------------------------------------------- one transition hook
+
+
+def _family_members():
+    import importlib
+
+    from models.family import StateSpaceVideoModel
+
+    for module in MODEL_MODULES | {"tests/dsa_markov.py"}:
+        importlib.import_module(Path(module).stem if module.startswith("tests/") else module[:-3].replace("/", "."))
+    modules = {m[:-3].replace("/", ".") for m in MODEL_MODULES} | {"dsa_markov"}
+    found, todo = set(), [StateSpaceVideoModel]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            found.add(sub)
+            todo.append(sub)
+    return {member for member in found if member.__module__ in modules}  # not the tests' throwaway classes
+
+
+def test_every_per_frame_prior_is_the_one_transition_hook():
+    from models.family import IndependentNormal, StateSpaceVideoModel, Stepped, TeacherForced
+
+    members = _family_members()
+    assert {m.__name__ for m in members} >= {"VDSMStage1Model", "VDSMStage2Model", "SVGModel", "SRVPModel",
+                                             "DSAModel", "MarkovDSAModel"}
+    for member in members:
+        old_hooks = {"learned_prior", "prior_step", "state_prior", "step"} & set(dir(member))
+        assert not old_hooks, f"{member.__name__} defines {old_hooks}"
+        if isinstance(member.frame_prior, (Stepped, TeacherForced)):
+            assert member.transition is not StateSpaceVideoModel.transition, member.__name__
+        else:
+            assert isinstance(member.frame_prior, IndependentNormal), member.__name__
+
+
 # ---------------------------------------------------------------- old import paths
 
 
@@ -189,6 +223,10 @@ def test_a_second_run_in_the_process_keeps_its_own_weights():
     ("vdsm.srvp_api", "SRVP", "models.srvp:SRVPRun"),
     ("vdsm.dsa_api", "DSA", "models.dsa:DSARun"),
     ("vdsm.prediction_api", "PredictionModelAPI", "models.spec:VideoRun"),
+    ("models.family", "MarkovTransition", "models.legacy_priors:MarkovTransition"),
+    ("models.family", "RecurrentPrior", "models.legacy_priors:RecurrentPrior"),
+    ("models.family", "ResidualState", "models.legacy_priors:ResidualState"),
+    ("models.family", "LearnedFromFrames", "models.legacy_priors:LearnedFromFrames"),
 ])
 def test_old_public_names_still_import_with_a_warning_naming_the_new_place(old, name, new):
     import importlib
@@ -260,7 +298,8 @@ def test_a_model_defined_in_a_test_file_runs_resumes_evaluates_and_damages(tmp_p
     assert (run / "checkpoints" / "dsa-markov.pt").is_file() and (run / "identity_swap.png").is_file()
     loaded = registry.load_run(run)
     assert type(loaded.model).__name__ == "MarkovDSAModel"
-    assert loaded.model.transition(torch.zeros(1, 3), None)[0].shape == (1, 3)
+    state, z_2 = loaded.model.transition(torch.zeros(1, 3), 2)
+    assert z_2.shape == (1, 3) and state is z_2
     # resume: extends the run from its checkpoint
     code, _, err = run_main("run", [*common, "--resume", run, "--steps", "3", *tiny])
     assert code == 0, err

@@ -135,7 +135,7 @@ def test_weight_pictures_show_every_damaged_tensor_and_a_single_hit_in_red(tmp_p
     hurt.picture(tmp_path / "p.png", "iteration 1")
     pixels = np.asarray(Image.open(tmp_path / "p.png").convert("RGB")).astype(int)
     red = (pixels[..., 0] > 200) & (pixels[..., 1] < 30) & (pixels[..., 2] < 30)
-    w, h = 240, 180   # PICTURE_TILE: two tiles side by side (the spared tensor is not drawn)
+    w = 240   # PICTURE_TILE (240 x 180): two tiles side by side (the spared tensor is not drawn)
     assert pixels.shape[1] == 8 + 2 * (w + 8)
     left, right = red[:, 8:8 + w], red[:, 16 + w:16 + 2 * w]
     assert 1 <= left.sum() <= 8 and right.sum() >= 4

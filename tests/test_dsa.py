@@ -98,8 +98,7 @@ def test_generations_keep_what_the_protocols_fix():
         assert (api.fix_dynamics(a) - decoded(z_a, drawn_f)).abs().max() < 1e-5
         del api.model.static_prior
         path = torch.randn(2, 4, 3)
-        api.model.prior_step = lambda z_prev, state: (path[:, 0 if state is None else state + 1], torch.full(
-            (2, 3), 1e-6), 0 if state is None else state + 1)
+        api.model.transition = lambda state, t: (None, api.model.frame_site(t, path[:, t - 1], torch.full((2, 3), 1e-6)))
         assert (api.fix_identity(a) - decoded(path, f_a)).abs().max() < 1e-3
         torch.manual_seed(0)
         first = api.fix_identity(a)
@@ -149,3 +148,23 @@ def test_flags_that_do_not_apply_are_refused(argv, message, tmp_path):
     assert code == 2 and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_model_on_the_old_recurrent_hook_keeps_its_sites_and_numbers():
+    """The deprecated RecurrentPrior with the old prior_step hook gives DSA's sites and log-density."""
+    from models.dsa import DSAModel
+    from models.legacy_priors import RecurrentPrior
+
+    class OldDSA(DSAModel):
+        frame_prior = RecurrentPrior()
+
+        def prior_step(self, z_prev, state):
+            return self.nets.prior_step(z_prev, state)
+
+    api = tiny()
+    x = frames(2, 4)
+    guide_trace = poutine.trace(api.guide).get_trace(x, factors=api.factors())
+    traces = [poutine.trace(poutine.replay(m, trace=guide_trace)).get_trace(x, factors=api.factors())
+              for m in (api.model, OldDSA(api.nets))]
+    assert [n for n in traces[0].nodes if n.startswith("z_")] == [n for n in traces[1].nodes if n.startswith("z_")]
+    assert torch.allclose(traces[0].log_prob_sum(), traces[1].log_prob_sum(), rtol=1e-6)

@@ -172,8 +172,8 @@ def test_overshooting_scores_each_later_pose_under_the_open_loop_rollout():
 
     def rollout(z, k):  # k transitions at their means, then the distribution of the next step
         for _ in range(k - 1):
-            z = model.transition(z, d)[0]
-        return torch.distributions.Normal(*model.transition(z, d))
+            z = model.trans(z, d)[0]
+        return torch.distributions.Normal(*model.trans(z, d))
 
     by_hand = sum(rollout(zs[:, s], k).log_prob(zs[:, s + k]).sum(-1)
                   for k in (2, 3) for s in range(4 - k))  # z_1 -> z_3, z_2 -> z_4, z_1 -> z_4
@@ -183,6 +183,32 @@ def test_overshooting_scores_each_later_pose_under_the_open_loop_rollout():
     log_prob.sum().backward()
     assert zs.grad is None  # the posterior poses are held fixed, as in PlaNet
     assert model.trans.proposal[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("overshooting", [0.0, 2.0])
+def test_a_model_on_the_old_markov_hook_keeps_its_sites_and_numbers(overshooting):
+    """The deprecated MarkovTransition with the old transition(z_prev, d) hook: the same sites and
+    log-density as stage 2 on the one hook (overshooting included), and a warning on import."""
+    with pytest.warns(DeprecationWarning, match="models.legacy_priors.MarkovTransition"):
+        from models.family import MarkovTransition
+
+    class OldStage2(VDSMStage2Model):
+        frame_prior = MarkovTransition()
+
+        def transition(self, z_prev, d):
+            return self.trans(z_prev, d)
+
+    torch.manual_seed(0)
+    config = dataclasses.replace(TINY, overshooting=overshooting)
+    new, old, guide = VDSMStage2Model(config), OldStage2(config), VDSMStage2Guide(config)
+    old.load_state_dict(new.state_dict())
+    x = frames(2, 4)
+    guide_trace = poutine.trace(guide).get_trace(x, factors=FACTORS)
+    traces = [poutine.trace(poutine.replay(m, trace=guide_trace)).get_trace(x, factors=FACTORS) for m in (new, old)]
+    sites = [[name for name, node in trace.nodes.items() if node["type"] == "sample"] for trace in traces]
+    assert sites[0] == sites[1] and "z_4" in sites[0]
+    assert ("overshooting" in traces[0].nodes) == (overshooting > 0)
+    assert torch.allclose(traces[0].log_prob_sum(), traces[1].log_prob_sum(), rtol=1e-6)
 
 
 def test_overshooting_adds_its_weighted_term_to_the_stage2_elbo():

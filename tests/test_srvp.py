@@ -347,3 +347,29 @@ def test_two_gloo_processes_train_srvp_as_one_process_on_the_combined_batch(tmp_
     assert any(not torch.allclose(single[k].double(), v.double()) for k, v in initial.items())  # the step moved them
     for k in single:
         assert torch.allclose(ddp[k], single[k], atol=1e-9, rtol=1e-8), k
+
+
+def test_a_model_on_the_old_residual_hooks_keeps_its_sites_and_numbers():
+    """The deprecated ResidualState with the old state_prior / step hooks gives SRVP's sites, its
+    l2_res factor and its log-density."""
+    from models.legacy_priors import ResidualState
+
+    class OldSRVP(SRVPModel):
+        frame_prior = ResidualState()
+
+        def state_prior(self, y):
+            return self.nets.p_z(y)
+
+        def step(self, y, z):
+            return self.nets.step(y, z)
+
+    nets, model, guide = pair(tiny())
+    x = frames(2, 4)
+    guide_trace = poutine.trace(guide).get_trace(x, factors={"z": 1.0})
+    traces = []
+    for m in (model, OldSRVP(nets)):
+        torch.manual_seed(0)  # the same content and skip frames
+        traces.append(poutine.trace(poutine.replay(m, trace=guide_trace)).get_trace(x, factors={"z": 1.0}))
+    assert [n for n in traces[0].nodes if n != "_INPUT"] == [n for n in traces[1].nodes if n != "_INPUT"]
+    assert "l2_res" in traces[0].nodes
+    assert torch.allclose(traces[0].log_prob_sum(), traces[1].log_prob_sum(), rtol=1e-6)

@@ -185,6 +185,30 @@ def test_predicted_futures_follow_the_models_prior_and_the_past_the_posterior():
     assert zs[2].std(0).min() > 0
 
 
+@pytest.mark.parametrize("learned_prior", [True, False])
+def test_the_transition_scores_a_sequence_at_once_as_stepped_frame_by_frame(learned_prior):
+    """Teacher forcing: one call of the hook over the frames (site "z") gives the prior, log-density
+    and predictor outputs of the same hook stepped frame by frame with the observed codes."""
+    nets, model, guide = pair(tiny(learned_prior=learned_prior))
+    nets.eval()
+    x = torch.rand(2, 5, 1, 64, 64)
+    z = poutine.trace(guide).get_trace(x, factors=FACTORS).nodes["z"]["value"]
+    with torch.no_grad():
+        state = model.initial_state(2, None, x, x)
+        h = state["codes"]
+        at_once = poutine.trace(poutine.condition(model.transition, data={"z": z})).get_trace(state, slice(1, 5))
+        g_at_once = at_once.nodes["_RETURN"]["value"][1]
+        state, g_steps, log_prob = {"prior": None, "predictor": None}, [], 0.0
+        for k in range(1, 5):
+            state["codes"] = h[:, k - 1:k]
+            step = poutine.trace(poutine.condition(model.transition, data={f"z_{k}": z[:, k - 1:k]})).get_trace(state, k)
+            state, g = step.nodes["_RETURN"]["value"]
+            g_steps.append(g)
+            log_prob = log_prob + step.nodes[f"z_{k}"]["fn"].log_prob(z[:, k - 1:k])
+    assert torch.allclose(at_once.nodes["z"]["fn"].log_prob(z), log_prob, atol=1e-4)
+    assert torch.allclose(g_at_once, torch.cat(g_steps, 1), atol=1e-5)
+
+
 def test_sequence_lstm_one_call_equals_stepping():
     nets, _, _ = pair(tiny())
     nets.eval()
