@@ -12,7 +12,8 @@ from .pendulum import Pendulum
 from .sprites import Sprites
 from .sprites_dsa import SpritesDSA
 
-__all__ = ["get_dataset", "DATASETS", "FOLDER_OPTIONS", "SPLITS", "DataError", "data_root"]
+__all__ = ["get_dataset", "DATASETS", "FOLDER_OPTIONS", "SPLITS", "DataError", "data_root", "DATASET_VERSIONS",
+           "current_dataset_name"]
 
 
 DATASETS = {
@@ -20,6 +21,8 @@ DATASETS = {
     "sprites-dsa": SpritesDSA,
     "smmnist": MovingMNIST,
     "mmnist": functools.partial(MovingMNIST, deterministic=True),
+    "smmnist-svg": functools.partial(MovingMNIST, rules="clamp"),
+    "mmnist-svg": functools.partial(MovingMNIST, deterministic=True, rules="clamp"),
     "pendulum": Pendulum,
     "mug": MUG,
     "kth": KTH,
@@ -30,8 +33,19 @@ DATASETS = {
 # The option (and command-line flag, with dashes) that names each dataset's raw-data folder or
 # file; datasets without one are generated.
 FOLDER_OPTIONS = {"sprites": "sprites_layers", "sprites-dsa": "lpc_layers", "smmnist": "mnist", "mmnist": "mnist",
+                  "smmnist-svg": "mnist", "mmnist-svg": "mnist",
                   "mug": "mug", "kth": "kth", "bair": "bair",
                   "human36m": "human36m"}
+
+# Datasets whose generator changed, with the version a new run's config.json records; a config.json
+# without "dataset_version" was written before and trained on the generator now named LEGACY_NAMES[name].
+DATASET_VERSIONS = {"smmnist": 2, "mmnist": 2}   # 2: SRVP's Moving MNIST (2026-12-03); 1: SVG's
+LEGACY_NAMES = {"smmnist": "smmnist-svg", "mmnist": "mmnist-svg"}
+
+
+def current_dataset_name(name, version):
+    """Today's name of the dataset a run folder recorded as ``name`` (``version`` None: before versions)."""
+    return LEGACY_NAMES.get(name, name) if version is None else name
 
 
 def get_dataset(name, split="train", root=None, **options):

@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import data
 from models.spec import UNNAMED_RUNS
 from vdsm.checkpoint import CheckpointManager
 
@@ -77,7 +78,8 @@ def new_config(args, device, spec):
         base = load_model_preset(spec, args.dataset, preset, args.model)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    return resolve(args, {"preset": preset, "preset_reason": reason, "dataset": args.dataset, **base}, spec)
+    return resolve(args, {"preset": preset, "preset_reason": reason, "dataset": args.dataset,
+                          "dataset_version": data.DATASET_VERSIONS.get(args.dataset, 1), **base}, spec)
 
 
 def _flatten(d, prefix=""):
@@ -126,6 +128,8 @@ def resume_config(args, run_dir, spec):
     saved = json.loads((run_dir / "config.json").read_text())
     if saved["dataset"] != args.dataset:
         raise UsageError(f"--resume {run_dir}: that run trained on {saved['dataset']!r}, not {args.dataset!r}")
+    # a run of before a dataset's generator changed resumes on the data it trained on (its new name)
+    args.dataset = data.current_dataset_name(saved["dataset"], saved.get("dataset_version"))
     trained_as = saved.get("model_spec") or saved.get("model_name", UNNAMED_RUNS)
     if trained_as != args.model:
         raise UsageError(f"--resume {run_dir}: that run is --model {trained_as}, not {args.model}")

@@ -54,6 +54,7 @@ def fit_prior(args):
         raise UsageError(f"--run {run_dir}: no config.json there; pass a run folder of experiments.run")
     config = json.loads((run_dir / "config.json").read_text())
     spec = spec_of_config(config)
+    config = spec.complete(config)   # today's keys and dataset names
     if not hasattr(spec.run_cls, "fit_priors"):
         raise UsageError(f"--run {run_dir} holds a {spec.name} run: it has no priors fitted after training "
                          f"(VDSM's identity and dynamics)")
@@ -65,7 +66,7 @@ def fit_prior(args):
     latents = args.latents or (["identity", "dynamics"] if vdsm.has_stage2 else ["identity"])
     if "dynamics" in latents and not vdsm.has_stage2:
         raise UsageError(f"--latents dynamics: {run_dir} has no stage-2 model (no dynamics latent); drop it")
-    options = {"seq_len": spec.stages[-1].frames(spec.complete(config)), **folder}
+    options = {"seq_len": spec.stages[-1].frames(config), **folder}
     summaries = fit_and_save(vdsm, run_dir, config["dataset"], config.get("train_split", "train"), options,
                              {latent: args.max_components for latent in latents}, args.data_root, args.seed)
     metrics_path = run_dir / "metrics.json"

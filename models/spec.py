@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from pyro import poutine
 
+from data import DATASET_VERSIONS, current_dataset_name
 from vdsm.annealing import ConstantFactors
 from vdsm.checkpoint import CheckpointError, CheckpointManager
 from vdsm.handlers import use_means
@@ -155,6 +156,9 @@ class ModelSpec:
     def complete(self, config):
         """A saved config.json with every key this version reads (older runs: their behaviour)."""
         config = json.loads(json.dumps(config))
+        if "dataset" in config:
+            config["dataset"] = current_dataset_name(config["dataset"], config.get("dataset_version"))
+            config.setdefault("dataset_version", DATASET_VERSIONS.get(config["dataset"], 1))
         config.setdefault("model_name", self.name)
         config.setdefault("seed", 0)
         config.setdefault("train_split", self.default_train_split)

@@ -268,6 +268,19 @@ def test_a_run_folder_without_the_keys_added_since_loads_through_the_registry(mo
     assert torch.equal(first, registry.load_run(run_dir).reconstruct(x))
 
 
+def test_a_moving_mnist_run_of_before_the_srvp_generator_reads_the_svg_style_data(svg_run):
+    """A config.json without "dataset_version" on smmnist/mmnist trained on SVG's generator: it keeps
+    that data under its new name; a new run records the version of today's generator."""
+    config = json.loads((svg_run[0] / "config.json").read_text())
+    assert config["dataset"] == "smmnist" and config["dataset_version"] == 2
+    spec = registry.get("svg-lp")
+    assert spec.complete(config)["dataset"] == "smmnist"
+    del config["dataset_version"]
+    old = spec.complete(config)
+    assert old["dataset"] == "smmnist-svg" and old["dataset_version"] == 1
+    assert spec.complete(old)["dataset"] == "smmnist-svg"     # completing twice changes nothing
+
+
 def test_module_parameters_of_an_old_param_store_load_with_the_state_dicts():
     """SRVP's checkpoints before 0.2 held its networks in the param store too ("srvp$$$..."): loading
     skips them (they come with the state dicts), and the param store a checkpoint holds leaves them out."""

@@ -1,3 +1,5 @@
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -5,6 +7,24 @@ from PIL import Image
 
 from data import DataError, get_dataset
 from data.moving_mnist import simulate_positions
+from data.srvp_trajectories import release_set_plan, trajectory
+
+# The SRVP release's stored Moving MNIST test sets (github.com/edouardelasalles/srvp at 05661fa,
+# preprocessing/mmnist/make_test_set.py with --seq_len 25, and --deterministic --seq_len 100, run on
+# 2026-12-03 on the MNIST test digits of ../shared/data/mnist written as torchvision's MNIST files):
+# SHA-256 of its top-left corners (latents[..., :2] as int16 [N, T, 2 digits, 2]), of its digit
+# images (uint8 [5000, 2, 28, 28]) and of the uint8 frames of its first 16 sequences [16, T, 64, 64].
+RELEASE_SETS = {
+    False: (25, "acb534ec347bdf427c827c743d292de39d994eab2f83834789843edd9c860711",
+            "cc35665e125b87958e70444cd6ca325d8046b89aaafff38f3718553975a6331a"),
+    True: (100, "0e8578e31156f78a2aafe73c14fea53438e8a97e5053d10ba89d199e71e40732",
+           "df94699d78b3772bebd0c80010618d77dfd8a39424d6da7531362afc7ee80b5c"),
+}
+RELEASE_DIGITS = "b4e23e71b2fbcf4e9ecfef6857e15fd7d8b4d3e80f021d285256d4a889ff8a73"
+
+
+def _sha(array):
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -12,8 +32,52 @@ def mnist_root(tmp_path_factory):
     return tmp_path_factory.mktemp("mnist_root")
 
 
-def test_smmnist_train_items(data_dirs):
-    ds = get_dataset("smmnist", "train", mnist=data_dirs.mnist, seq_len=30, num_sequences=10)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_the_test_set_is_the_srvp_releases_sequence_for_sequence(data_dirs, mnist_root, deterministic):
+    seq_len, corners_sha, frames_sha = RELEASE_SETS[deterministic]
+    test = get_dataset("mmnist" if deterministic else "smmnist", "test", root=mnist_root, mnist=data_dirs.mnist)
+    assert len(test) == 5000 and test.seq_len == seq_len
+    assert _sha(test._positions.astype(np.int16)) == corners_sha
+    assert _sha(test._digits.astype(np.uint8)) == RELEASE_DIGITS
+    frames = torch.stack([test[i][0] for i in range(16)])          # [16, T, 1, 64, 64] in [0, 1]
+    assert _sha((frames[:, :, 0] * 255).round().to(torch.uint8).numpy()) == frames_sha
+    assert test[0][1] == {"digit0": int(test._labels[0, 0]), "digit1": int(test._labels[0, 1])}
+    first = get_dataset("mmnist" if deterministic else "smmnist", "test", root=mnist_root, mnist="/nonexistent.npz",
+                        num_sequences=10)
+    assert len(first) == 10 and torch.equal(first[9][0], test[9][0])  # its first N, from the cache
+
+
+def test_srvp_deterministic_sets_of_any_length_are_prefixes_of_the_100_frame_set():
+    """No random number is drawn at a deterministic bounce: the T-frame set is the first T frames."""
+    index, corners = release_set_plan(200, 100, True)
+    short_index, short = release_set_plan(200, 25, True)
+    assert np.array_equal(index, short_index) and np.array_equal(corners[:, :25], short)
+    assert not np.array_equal(release_set_plan(200, 25, False)[1], short)   # the stochastic one redraws
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_srvp_trajectories_follow_the_release_rules(deterministic):
+    rng = np.random.RandomState(3)
+    steps, corners_seen = set(), set()
+    for _ in range(200):
+        corners = trajectory(rng, 40, deterministic)
+        assert corners.min() >= 0 and corners.max() <= 36      # a 28-pixel digit in a 64-pixel frame
+        corners_seen |= {int(corners.min()), int(corners.max())}
+        step = np.diff(corners, axis=0)
+        assert np.abs(step).max() <= 4 + 1                      # speed <= 4 (plus rounding after a bounce)
+        free = (corners[:-1] > 4) & (corners[:-1] < 32)          # far from the borders: no bounce in the step
+        for a in range(2):
+            speeds = set(step[free[:, a], a].tolist())
+            steps.add(len(speeds))
+            if deterministic:
+                assert len(speeds) <= 2                         # one speed, reversed at most once
+    assert corners_seen >= {0, 36}
+    assert (max(steps) > 2) != deterministic                    # the stochastic version redraws speeds
+
+
+@pytest.mark.parametrize("name", ["smmnist", "smmnist-svg", "mmnist"])
+def test_smmnist_train_items(data_dirs, name):
+    ds = get_dataset(name, "train", mnist=data_dirs.mnist, seq_len=30, num_sequences=10)
     x, labels = ds[0]
     assert x.shape == (30, 1, 64, 64) and 0 <= x.min() and x.max() <= 1
     assert set(labels) == {"digit0", "digit1"} and all(0 <= v <= 9 for v in labels.values())
@@ -23,11 +87,11 @@ def test_smmnist_train_items(data_dirs):
     assert not torch.equal(x, ds[0][0])  # ... and new in the next one
 
 
-def test_smmnist_test_set_is_fixed_and_cached(data_dirs, mnist_root):
-    a = get_dataset("smmnist", "test", root=mnist_root, mnist=data_dirs.mnist, num_sequences=20)
-    files = list(mnist_root.glob("smmnist_test_*.npz"))
+def test_svg_style_test_set_is_fixed_and_cached(data_dirs, mnist_root):
+    a = get_dataset("smmnist-svg", "test", root=mnist_root, mnist=data_dirs.mnist, num_sequences=20)
+    files = list(mnist_root.glob("smmnist-svg_test_*.npz"))
     assert len(files) == 1
-    b = get_dataset("smmnist", "test", root=mnist_root, mnist="/nonexistent.npz", num_sequences=20)
+    b = get_dataset("smmnist-svg", "test", root=mnist_root, mnist="/nonexistent.npz", num_sequences=20)
     assert len(a) == 20 and a[0][0].shape == (25, 1, 64, 64)
     assert torch.equal(a[7][0], b[7][0]) and a[7][1] == b[7][1]  # second load never touched MNIST
 
@@ -57,17 +121,18 @@ def test_bounce_rules(deterministic):
     assert extremes >= {0, 31}
 
 
-def test_smmnist_val_is_fixed_and_built_from_held_out_training_digits(data_dirs, mnist_root):
+@pytest.mark.parametrize("name,size", [("smmnist", 28), ("smmnist-svg", 32)])
+def test_smmnist_val_is_fixed_and_built_from_held_out_training_digits(data_dirs, mnist_root, name, size):
     from data.moving_mnist import MovingMNIST, resize_digits
-    val = get_dataset("smmnist", "val", root=mnist_root, mnist=data_dirs.mnist, num_sequences=30, seq_len=4)
-    assert len(val) == 30 and list(mnist_root.glob("smmnist_val_*.npz"))
-    assert torch.equal(val[3][0], get_dataset("smmnist", "val", root=mnist_root, mnist="/nonexistent.npz",
+    val = get_dataset(name, "val", root=mnist_root, mnist=data_dirs.mnist, num_sequences=30, seq_len=4)
+    assert len(val) == 30 and list(mnist_root.glob(f"{name}_val_*.npz"))
+    assert torch.equal(val[3][0], get_dataset(name, "val", root=mnist_root, mnist="/nonexistent.npz",
                                               num_sequences=30, seq_len=4)[3][0])
     held, _ = MovingMNIST._digits_of("val", data_dirs.mnist, None, False)
     used, _ = MovingMNIST._digits_of("train", data_dirs.mnist, None, False)
     assert len(held) == 3000 and len(used) == 57000
-    held_keys = {d.tobytes() for d in resize_digits(held)}
-    assert all(d.tobytes() in held_keys for d in val._digits.reshape(-1, 32, 32))
+    held_keys = {d.tobytes() for d in (resize_digits(held) if size == 32 else held)}
+    assert all(d.tobytes() in held_keys for d in val._digits.reshape(-1, size, size))
     train_keys = {d.tobytes() for d in used}
     assert not any(d.tobytes() in train_keys for d in held)  # no held-out digit image is drawn in training
 

@@ -1,6 +1,7 @@
 """Presets per dataset as JSON data: ``load_model_preset(spec, dataset, preset)``.
 
-A spec's ``presets`` is a file here with {dataset: {"cpu": ..., "paper": ...}} (``svg.json``), a
+A spec's ``presets`` is a file here with {dataset: {"cpu": ..., "paper": ...}} (``svg.json``; a
+dataset's entry may instead name another dataset whose presets it shares), a
 pattern with one file per dataset holding {"cpu": ..., "paper": ...} (VDSM's ``{dataset}.json``),
 or a path to a model's own presets file (a model defined outside the library)."""
 import json
@@ -25,8 +26,10 @@ def load_model_preset(spec, dataset, preset, name=None):
         return json.loads(path.read_text())[preset]
     path = Path(spec.presets) if Path(spec.presets).is_absolute() else _HERE / spec.presets
     configs = json.loads(path.read_text())
+    if isinstance(configs.get(dataset), str):  # another dataset's presets ("smmnist-svg": "smmnist")
+        dataset = configs[dataset]
     if dataset not in configs or preset not in configs[dataset]:
-        known = ", ".join(f"{d} ({'/'.join(configs[d])})" for d in configs)
+        known = ", ".join(f"{d} ({'/'.join(configs[d])})" for d in configs if isinstance(configs[d], dict))
         raise ValueError(f"no {name} {preset} preset for dataset {dataset!r}: choose one of {known}")
     return configs[dataset][preset]
 
