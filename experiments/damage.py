@@ -48,7 +48,7 @@ from tqdm import tqdm
 import data
 from models.registry import load_run, spec_of_config
 from models.spec import JUDGE
-from vdsm.metrics.prediction import psnr, ssim
+from vdsm.metrics.prediction import baseline_scores, psnr, ssim
 from vdsm.viz import save_gif
 
 from .cli import UsageError, choose_device, cli_main, refuse_other_data_folders
@@ -214,6 +214,11 @@ class PredictionSubject:
     def shown(self):
         return self.last
 
+    def baselines(self):
+        """The trivial predictors' scores on the same frames (what a damaged model falls to or below)."""
+        scores = baseline_scores(self.x[:, :self.n_past], self.x[:, self.n_past:])
+        return {name: {k: float(v.mean()) for k, v in values.items()} for name, values in scores.items()}
+
 
 class VDSMSubject:
     """A VDSM run: the judge protocols on fixed sequences (reconstruction: the judge agrees on real
@@ -349,6 +354,8 @@ def damage(args):
                     "sequences": n, "what": what, "seconds": round(time.time() - started, 1),
                     "date": time.strftime("%Y-%m-%d"),
                     "command": "python -m experiments.damage " + " ".join(sys.argv[1:])})
+    if hasattr(subject, "baselines"):
+        summary["baselines"] = subject.baselines()
     with open(out / "damage.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -160,11 +160,20 @@ def _judge_table(title, section, published):
         return lines + [f"Skipped: {section['skipped']}.", ""]
     lines += [f"What: {section['what']}.", "", "| head | Acc | IS | H(y\\|x) | H(y) |", "|---|---|---|---|---|"]
     for head, r in section["heads"].items():
-        lines.append(f"| this run: {head} | {_fmt(r['accuracy'], True)} | {_fmt(r['IS'])} | {_fmt(r['H(y|x)'])} "
-                     f"| {_fmt(r['H(y)'])} |")
+        lines.append(f"| this run: {head}, per batch | {_fmt(r['accuracy'], True)} | {_fmt(r['IS'])} | "
+                     f"{_fmt(r['H(y|x)'])} | {_fmt(r['H(y)'])} |")
+        for key, label in (("pooled", "pooled"), ("class_balanced", "pooled, class-balanced")):
+            if key in section:   # results written before 2026-12-03 have per-batch numbers only
+                p = section[key][head]
+                lines.append(f"| this run: {head}, {label} ({p['sequences']}) | {100 * p['accuracy']:.2f}% | "
+                             f"{p['IS']:.3f} | {p['H(y|x)']:.3f} | {p['H(y)']:.3f} |")
     if section["protocol"]:
         lines += ["| " + " | ".join(row) + " |" for row in published]
     lines.append("")
+    if "pooled" in section:
+        lines += ["Per batch: mean ± std over the repeats' batches (H(y) of a batch is biased low); pooled: "
+                  "every repeat's predictions at once; class-balanced: for each true class its first m, m the "
+                  "smallest class count, as the C-DSVAE and DBSE test scripts report.", ""]
     for key, what in (("prior_identity", "identities drawn from the prior"),
                       ("prior_dynamics", "dynamics drawn from the prior")):
         if key in section:
@@ -242,15 +251,16 @@ def _per_class_table(per_class):
 # ---------------------------------------------------------------- prediction (SVG, SRVP)
 
 
-def prediction_plan(args, config, n_available, device):
-    """The protocol's settings, what was overridden, and the departures from the published one."""
+def prediction_plan(args, config, n_available, device, data_departure=None):
+    """The protocol's settings, what was overridden, and the departures from the published one
+    (``data_departure``: the dataset's own, e.g. a test set that is not the published one)."""
     name, reason = choose_preset(args.protocol, device, what="protocol", small="quick")
     settings = dict(PREDICTION_PROTOCOLS[name])
     samples = args.samples or settings["samples"]
     sequences = min(args.max_sequences or settings["sequences"] or n_available, n_available)
     n_future = args.n_future or config["eval"]["n_future"]
     paper = PREDICTION_PROTOCOLS["paper"]
-    departures = []
+    departures = [data_departure] if data_departure else []
     if samples != paper["samples"]:
         departures.append(f"{samples} samples per sequence (published protocol: {paper['samples']})")
     if sequences != n_available:
@@ -275,7 +285,7 @@ def evaluate_prediction(args, run_dir, config, device, spec):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vdsm.metrics.prediction import mean_with_interval, running_best_of_n
+    from vdsm.metrics.prediction import BASELINES, baseline_scores, mean_with_interval, running_best_of_n
     from vdsm.viz import save_gif
 
     if args.repeats is not None or args.judge_steps is not None:
@@ -285,7 +295,7 @@ def evaluate_prediction(args, run_dir, config, device, spec):
     n_future = args.n_future or config["eval"]["n_future"]
     sequences = data.get_dataset(config["dataset"], args.split, args.data_root,
                                  **_data_options(args, config, n_past + n_future))
-    plan = prediction_plan(args, config, len(sequences), device)
+    plan = prediction_plan(args, config, len(sequences), device, getattr(sequences, "departs_from_published", None))
     n, n_samples = plan["sequences"], plan["samples"]
     lpips, lpips_skipped = perceptual_metric(args, device)
     fvd = video_metric(args, device, n, (n_past + n_future, config["model"]["nc"]))
@@ -295,6 +305,7 @@ def evaluate_prediction(args, run_dir, config, device, spec):
           flush=True)
     predictor = load_run(run_dir, device)
     curves = {"psnr": [], "ssim": [], **({"lpips": []} if lpips is not None else {})}
+    baseline_curves = {name: {k: [] for k in curves} for name in BASELINES}  # the same sequences and frames
     fvd_features = {"real": [], "fake": []}
     batches = range(0, n, args.batch_size)
     bar = tqdm(total=len(batches) * n_samples, desc="prediction (samples)", disable=args.no_progress,
@@ -315,6 +326,9 @@ def evaluate_prediction(args, run_dir, config, device, spec):
         best = running_best_of_n(samples_of(x, first), x[:, n_past:], keep_rows=8 if start == 0 else 0, lpips=lpips)
         for k in curves:
             curves[k].append(best[k].cpu())
+        for name, scores in baseline_scores(x[:, :n_past], x[:, n_past:], lpips).items():
+            for k in curves:
+                baseline_curves[name][k].append(scores[k].cpu())
         if fvd is not None:  # SRVP's FVD: the first sample, conditioning frames prepended to both videos
             fvd_features["real"].append(fvd.features(x))
             fvd_features["fake"].append(fvd.features(torch.cat([x[:, :n_past], first[0]], 1)))
@@ -328,12 +342,26 @@ def evaluate_prediction(args, run_dir, config, device, spec):
                "seconds": round(time.time() - started, 1),
                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
                "date": time.strftime("%Y-%m-%d"), "command": "python -m experiments.evaluate " + " ".join(sys.argv[1:])}
-    per_frame = {}
+    per_frame, baseline_frames = {}, {name: {} for name in BASELINES}
+    summary["baselines"] = {name: {} for name in BASELINES}
     for k in curves:
         values = torch.cat(curves[k])                       # [N, n_future]
         per_frame[k] = mean_with_interval(values)
         mean, half = mean_with_interval(values.mean(1))
         summary[k], summary[f"{k}_ci95"] = float(mean), float(half)
+        for name in BASELINES:
+            values = torch.cat(baseline_curves[name][k])
+            baseline_frames[name][k] = values.float().mean(0)
+            mean, half = mean_with_interval(values.mean(1))
+            summary["baselines"][name][k], summary["baselines"][name][f"{k}_ci95"] = float(mean), float(half)
+    summary["batchnorm"] = ("running statistics (the run in eval mode); the SVG release's generation script runs "
+                            "its networks on batch statistics (encoder.train())")
+    summary["baselines_protocol"] = ("the same sequences and predicted frames, one deterministic guess each: blank = "
+                                     "all-black frames, last = the last conditioning frame repeated, mean = the mean "
+                                     "conditioning frame repeated")
+    summary["model_minus_blank"] = {k: summary[k] - summary["baselines"]["blank"][k] for k in curves}
+    summary["best_baseline"] = {k: max(BASELINES, key=lambda name: summary["baselines"][name][k] * (-1 if k == "lpips" else 1))
+                                for k in curves}
     if lpips is None:
         summary["lpips"] = {"skipped": lpips_skipped}
     else:
@@ -345,15 +373,19 @@ def evaluate_prediction(args, run_dir, config, device, spec):
     suffix = "" if args.split == "test" else "_val"
     with open(run_dir / f"prediction_per_frame{suffix}.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["frame", *(f"{k}_{part}" for k in curves for part in ("mean", "ci95"))])
+        writer.writerow(["frame", *(f"{k}_{part}" for k in curves for part in ("mean", "ci95")),
+                         *(f"{name}_{k}_mean" for name in BASELINES for k in curves)])
         for t in range(n_future):
-            writer.writerow([n_past + t + 1, *(f"{float(per_frame[k][i][t]):.5f}" for k in curves for i in (0, 1))])
+            writer.writerow([n_past + t + 1, *(f"{float(per_frame[k][i][t]):.5f}" for k in curves for i in (0, 1)),
+                             *(f"{float(baseline_frames[name][k][t]):.5f}" for name in BASELINES for k in curves)])
     fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.4))
     frames = range(n_past + 1, n_past + n_future + 1)
     for ax, k in zip(axes, curves):
         mean, half = per_frame[k]
         ax.plot(frames, mean.numpy(), label=config["model_name"])
         ax.fill_between(frames, (mean - half).numpy(), (mean + half).numpy(), alpha=0.3)
+        for name, style in zip(BASELINES, (":", "--", "-.")):
+            ax.plot(frames, baseline_frames[name][k].numpy(), style, color="grey", label=f"{name} (baseline)")
         ax.set_xlabel("frame")
         ax.set_ylabel(k.upper())
         ax.legend()
@@ -368,6 +400,10 @@ def evaluate_prediction(args, run_dir, config, device, spec):
           + (f", LPIPS {summary['lpips']:.4f} ± {summary['lpips_ci95']:.4f}" if lpips is not None else "")
           + (f", FVD {summary['fvd']:.1f}" if fvd is not None else "")
           + f" ({args.split}, protocol {plan['name']})", flush=True)
+    gap = summary["model_minus_blank"]
+    print("baselines on the same frames: " + "; ".join(
+        f"{name} PSNR {summary['baselines'][name]['psnr']:.2f}, SSIM {summary['baselines'][name]['ssim']:.4f}"
+        for name in BASELINES) + f"; model - blank: {gap['psnr']:+.2f} dB PSNR, {gap['ssim']:+.4f} SSIM", flush=True)
     return summary
 
 

@@ -21,7 +21,7 @@ import torch
 
 import data
 from models.spec import PREDICTION
-from vdsm.metrics.prediction import mean_with_interval, running_best_of_n
+from vdsm.metrics.prediction import baseline_scores, mean_with_interval, running_best_of_n
 from vdsm.train import forked_rng
 
 from .cli import UsageError
@@ -56,6 +56,8 @@ class PredictionMonitor(TimedMonitor):
         val = data.get_dataset(args.dataset, "val", args.data_root, **options)
         n = min(self.val_sequences, len(val))
         self.x = torch.stack([val[i][0] for i in range(n)])  # the first n: a fixed, seeded val draw
+        self.baselines = {name: {k: round(float(v.mean()), 5) for k, v in scores.items()} for name, scores in
+                          baseline_scores(self.x[:, :self.n_past], self.x[:, self.n_past:]).items()}
         self.start()
 
     @torch.no_grad()
@@ -92,7 +94,7 @@ def at_budgets(rows, budgets_seconds):
     return out
 
 
-def plot(curves, path, title):
+def plot(curves, path, title, baselines=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -103,6 +105,9 @@ def plot(curves, path, title):
         for ax, key in zip(axes, ("psnr", "ssim")):
             ax.errorbar(minutes, [r[key] for r in rows], yerr=[r[f"{key}_ci95"] for r in rows], marker="o",
                         capsize=2, label=name)
+    for name, style in zip(baselines or {}, (":", "--", "-.")):
+        for ax, key in zip(axes, ("psnr", "ssim")):
+            ax.axhline(baselines[name][key], linestyle=style, color="grey", label=f"{name} (baseline)")
     for ax, label in zip(axes, ("PSNR (dB), best of N", "SSIM, best of N")):
         ax.set_xlabel("training wall-clock (minutes, evaluations excluded)")
         ax.set_ylabel(label)
@@ -138,12 +143,13 @@ def prediction_quality(out_dir, *, models=("svg-lp", "srvp"), dataset="smmnist",
         flags = ["--dataset", dataset, "--model", model, "--out", str(folder / "run"), *run_flags]
         runner.run(parser.parse_args(flags), monitor=monitor)
         summary["curves"][model] = {"flags": flags, "val_sequences": len(monitor.x), "samples": monitor.samples,
-                                    "n_past": monitor.n_past, "n_future": monitor.n_future, "rows": monitor.rows,
+                                    "n_past": monitor.n_past, "n_future": monitor.n_future,
+                                    "baselines": monitor.baselines, "rows": monitor.rows,
                                     "at_budgets": at_budgets(monitor.rows, budgets)}
         (out_dir / "prediction_quality.json").write_text(json.dumps(summary, indent=1))
     curves = {m: c["rows"] for m, c in summary["curves"].items()}
     first = next(iter(summary["curves"].values()))
     plot(curves, out_dir / "prediction_quality.png",
          f"{dataset} {first['n_past']}->{first['n_future']}: {first['val_sequences']} val sequences, best of "
-         f"{first['samples']} samples ({summary['date']}, {summary['threads']} threads)")
+         f"{first['samples']} samples ({summary['date']}, {summary['threads']} threads)", first["baselines"])
     return summary

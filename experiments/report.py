@@ -10,7 +10,7 @@ import torch
 import data
 from guides.common import GuideError
 from models.spec import JUDGE, PREDICTION
-from vdsm.metrics.prediction import mean_with_interval, running_best_of_n
+from vdsm.metrics.prediction import baseline_scores, mean_with_interval, running_best_of_n
 from vdsm.viz import save_gif, save_labelled_gif, save_labelled_grid, sequence_strip
 
 from .cli import first_line
@@ -107,6 +107,8 @@ def quick_prediction(svg, args, config, run_dir, n_sequences=None, n_samples=Non
                         torch.cat([x[:rows, :n_past], best["first_frames"]], 1)], -1), run_dir / "futures.gif")
     out = {"split": "val", "sequences": n_sequences, "samples": n_samples, "n_past": n_past, "n_future": n_future,
            "psnr": float(psnr), "psnr_ci95": float(psnr_ci), "ssim": float(ssim), "ssim_ci95": float(ssim_ci),
+           "baselines": {name: {k: float(v.mean()) for k, v in scores.items()}
+                         for name, scores in baseline_scores(x[:, :n_past], x[:, n_past:]).items()},
            "date": time.strftime("%Y-%m-%d")}
     if config["train_split"] == "trainval":
         out["note"] = "--train-split trainval: these val sequences were trained on"

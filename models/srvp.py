@@ -21,7 +21,10 @@ choice per sequence in training and the last conditioning frames at test (``pred
 
 Departures from the release, by design: conv layers keep a bias (before BatchNorm it cancels out;
 the last layer's bias is an extra parameter), and linear layers other than the residual MLP keep
-PyTorch's initialisation (as the release).
+PyTorch's initialisation (as the release). The presets have the release's first encoder block
+(no BatchNorm) and zero residual biases; run folders written before 2026-12-03 keep a BatchNorm there
+and PyTorch's default biases (``encoder_first_batchnorm``, ``residual_zero_bias``). The VGG encoder
+is SVG's (its first block has BatchNorm whatever ``encoder_first_batchnorm``).
 """
 from dataclasses import dataclass
 
@@ -74,6 +77,9 @@ class SRVPConfig(DictConfig):
     rnn_size: int = 256          # the posterior LSTM
     y_hidden: int = 256          # q(y_1) MLP width
     mlp_hidden: int = 512        # prior and residual MLP width
+    # the release's layers; True / False: this library's before 2026-12-03 (run folders of then keep them)
+    encoder_first_batchnorm: bool = True   # BatchNorm in the DCGAN encoder's first block (the release: none)
+    residual_zero_bias: bool = False       # the residual MLP's biases start at 0 (the release: yes)
 
     def check(self):
         check_values(self, archs=("dcgan", "vgg"), positive=("res_gain", "obs_scale", "beta_z"),
@@ -121,7 +127,8 @@ class SRVPNets(nn.Module):
         super().__init__()
         self.config = c
         enc, dec = (DCGANEncoder, DCGANDecoder) if c.arch == "dcgan" else (VGGEncoder, VGGDecoder)
-        self.encoder = enc(c.nc, c.nh, c.nf)
+        self.encoder = enc(c.nc, c.nh, c.nf, first_batchnorm=c.encoder_first_batchnorm) if c.arch == "dcgan" \
+            else enc(c.nc, c.nh, c.nf)
         self.decoder = dec(c.nc, c.content_dim + c.ny, c.nf, skip=c.skipco)
         self.content_in = nn.Sequential(nn.Linear(c.nh, c.content_dim), nn.ReLU(inplace=True))
         self.content_out = nn.Sequential(nn.Linear(c.content_dim, c.content_dim), nn.Tanh())
@@ -134,6 +141,8 @@ class SRVPNets(nn.Module):
         for layer in self.residual:
             if isinstance(layer, nn.Linear):
                 nn.init.orthogonal_(layer.weight, gain=c.res_gain)
+                if c.residual_zero_bias:
+                    nn.init.zeros_(layer.bias)
         self._cache = (None, None)
 
     def encode(self, x):

@@ -75,6 +75,9 @@ class SVGConfig(DictConfig):
     beta: float = 1e-4
     n_past: int = 5
     pixel_scale: float = 1 / math.sqrt(2)
+    # BatchNorm between the frame predictor's output layer and its tanh: not in the SVG release
+    # (commented out in its models/lstm.py); True for run folders written before 2026-12-03
+    predictor_batchnorm: bool = True
 
     def check(self):
         check_values(self, archs=("dcgan", "vgg"), positive=("beta", "pixel_scale"),
@@ -114,7 +117,7 @@ class SVGNets(nn.Module):
         self.prior = SequenceLSTM(c.g_dim, c.z_dim, c.rnn_size, c.prior_rnn_layers, "gaussian") \
             if c.learned_prior else None
         self.predictor = SequenceLSTM(c.g_dim + c.z_dim, c.g_dim, c.rnn_size, c.predictor_rnn_layers,
-                                      "deterministic")
+                                      "deterministic", batchnorm=c.predictor_batchnorm)
         self.apply(reference_init)
         self._cache = (None, None)
 

@@ -64,6 +64,7 @@ def test_damage_command_writes_curves_and_pictures_and_leaves_the_run_alone(srvp
     rows = (out / "damage.csv").read_text().splitlines()
     assert rows[0] == "group,repeat,iteration,share_damaged,psnr,ssim" and len(rows) == 1 + 3 * 2 * 4
     summary = json.loads((out / "damage.json").read_text())
+    assert set(summary["baselines"]) == {"blank", "last", "mean"} and 0 < summary["baselines"]["blank"]["ssim"] < 1
     for group in ("all", "encoder", "residual"):
         curve = summary["groups"][group]["curve"]
         shares = [c["share_damaged"] for c in curve]

@@ -71,6 +71,7 @@ def test_svg_cli_run_and_evaluation(svg_run, data_dirs, alexnet_features, tmp_pa
         assert (out / name).exists(), name
     quick = json.loads((out / "metrics.json").read_text())["quick_prediction"]
     assert quick["split"] == "val" and quick["n_past"] == 5 and quick["sequences"] == 3
+    assert set(quick["baselines"]) == {"blank", "last", "mean"} and 0 < quick["baselines"]["blank"]["ssim"] < 1
     code, stdout, err = run_main("evaluate", ["--run", out, "--mnist", data_dirs.mnist, "--data-root", root,
                                               "--samples", "2", "--max-sequences", "16", "--batch-size", "8",
                                               "--lpips-backbone", alexnet_features, "--fvd-model", i3d])
@@ -82,14 +83,25 @@ def test_svg_cli_run_and_evaluation(svg_run, data_dirs, alexnet_features, tmp_pa
     assert summary["test_sequences"] == 16 and summary["n_future"] == 20 and summary["split"] == "test"
     assert 0 < summary["lpips"] < 2 and summary["lpips_ci95"] >= 0 and "AlexNet" in summary["lpips_protocol"]
     assert summary["fvd"] >= 0 and "first sample" in summary["fvd_protocol"]
-    assert "LPIPS" in stdout.splitlines()[-1] and "FVD" in stdout.splitlines()[-1]
+    assert "LPIPS" in stdout.splitlines()[-2] and "FVD" in stdout.splitlines()[-2]
     protocol = summary["protocol"]
     if not torch.cuda.is_available():
         assert protocol["name"] == "quick, overridden" and protocol["reason"].startswith("default without a GPU")
     assert protocol["departures"] == ["2 samples per sequence (published protocol: 100)",
                                       "the first 16 of the 5000 test sequences (published: all)"]
     lines = (out / "prediction_per_frame.csv").read_text().splitlines()
-    assert lines[0] == "frame,psnr_mean,psnr_ci95,ssim_mean,ssim_ci95,lpips_mean,lpips_ci95" and len(lines) == 21
+    assert lines[0].startswith("frame,psnr_mean,psnr_ci95,ssim_mean,ssim_ci95,lpips_mean,lpips_ci95,blank_psnr_mean,")
+    assert len(lines) == 21 and len(lines[1].split(",")) == len(lines[0].split(",")) == 7 + 3 * 3
+    # the baselines, on the same 16 sequences and 20 frames, beside the model's score
+    import data
+    test = data.get_dataset("smmnist", "test", root, mnist=data_dirs.mnist, seq_len=25)
+    truth = torch.stack([test[i][0] for i in range(16)])[:, 5:]
+    blank = summary["baselines"]["blank"]
+    assert blank["psnr"] == pytest.approx(float(psnr(torch.zeros_like(truth), truth).mean()), rel=1e-5)
+    assert blank["ssim"] == pytest.approx(float(ssim(torch.zeros_like(truth), truth).mean()), rel=1e-4)
+    assert summary["model_minus_blank"]["psnr"] == pytest.approx(summary["psnr"] - blank["psnr"])
+    assert set(summary["baselines"]) == {"blank", "last", "mean"} and "lpips" in summary["baselines"]["last"]
+    assert "model - blank" in stdout.splitlines()[-1]
     assert (out / "prediction_per_frame.png").is_file() and (out / "prediction.gif").is_file()
 
 
@@ -169,3 +181,24 @@ def test_evaluate_without_lpips_weights_says_how_to_get_them_and_reports_the_res
     assert len(skipped) == 1 and "--lpips-backbone" in skipped[0]
     summary = json.loads((out / "metrics.json").read_text())["prediction_val"]
     assert "--lpips-backbone" in summary["lpips"]["skipped"] and summary["ssim"] > 0
+
+
+def test_trivial_predictions_are_the_blank_last_and_mean_frames():
+    from vdsm.metrics.prediction import BASELINES, baseline_scores, psnr, ssim, trivial_predictions
+
+    past, truth = torch.rand(2, 3, 1, 16, 16), torch.rand(2, 4, 1, 16, 16)
+    guesses = trivial_predictions(past, 4)
+    assert list(guesses) == list(BASELINES) and all(g.shape == truth.shape for g in guesses.values())
+    assert guesses["blank"].abs().max() == 0 and torch.equal(guesses["last"][:, 2], past[:, -1])
+    assert torch.allclose(guesses["mean"][:, 0], past.mean(1))
+    scores = baseline_scores(past, truth)
+    assert torch.allclose(scores["last"]["psnr"], psnr(past[:, -1:].expand(-1, 4, -1, -1, -1), truth))
+    assert torch.allclose(scores["blank"]["ssim"], ssim(torch.zeros_like(truth), truth))
+
+
+def test_rgb_psnr_averages_the_channels_psnrs_as_srvp():
+    truth = torch.zeros(1, 3, 8, 8)
+    pred = truth.clone()
+    pred[0, 0] = 0.1                    # only the red channel is off: its PSNR 20 dB, the others capped
+    per_channel = [20.0, 120.0, 120.0]  # 10 log10(1 / 1e-12) for an exact channel
+    assert float(psnr(pred, truth)) == pytest.approx(sum(per_channel) / 3, rel=1e-4)

@@ -226,3 +226,20 @@ def test_per_class_accuracy_shows_an_action_that_is_never_drawn():
 
     table = "\n".join(_per_class_table(r["per_class"]))
     assert "| transfer | 100 | 100 | 100 | 100 | 100 | 100 | 100 | 0 | 100 |" in table
+
+
+def test_pooled_entropies_remove_the_small_batch_bias_and_balance_classes_as_the_release():
+    """H(y) of a batch of 16 draws of 9 balanced classes is biased low; pooled over the repeats it is
+    near ln 9; the class-balanced subset keeps the first m of each true class, m the smallest count."""
+    from vdsm.metrics.disentanglement import class_balanced
+
+    judge = OracleJudge(SPRITES.dynamic, SPRITES.static)
+    r = judge_protocol(StandIn(judge), judge, dataset(judge), batch_size=16, repeats=8)
+    per_batch, pooled = r["fix_dynamics"]["heads"]["action"], r["fix_dynamics"]["pooled"]["action"]
+    assert pooled["sequences"] == 128 and pooled["accuracy"] == 1.0
+    assert per_batch["H(y)"]["mean"] < pooled["H(y)"] - 0.1 and pooled["H(y)"] > math.log(9) - 0.1
+    balanced = r["fix_dynamics"]["class_balanced"]["action"]
+    assert balanced["sequences"] % 9 == 0 and balanced["H(y)"] == pytest.approx(math.log(9), abs=1e-4)
+    assert set(r["fix_dynamics"]["prior_identity_pooled"]) == set(SPRITES.static)
+    labels = torch.tensor([2, 0, 2, 1, 0, 2, 1])
+    assert class_balanced(None, labels).tolist() == [1, 4, 3, 6, 0, 2]   # class 0 first two, then 1, then 2

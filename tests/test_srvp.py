@@ -373,3 +373,20 @@ def test_a_model_on_the_old_residual_hooks_keeps_its_sites_and_numbers():
     assert [n for n in traces[0].nodes if n != "_INPUT"] == [n for n in traces[1].nodes if n != "_INPUT"]
     assert "l2_res" in traces[0].nodes
     assert torch.allclose(traces[0].log_prob_sum(), traces[1].log_prob_sum(), rtol=1e-6)
+
+
+def test_the_presets_have_the_releases_layers_and_old_runs_keep_theirs():
+    """The release's DCGAN64Encoder has no BatchNorm in its first block and its residual MLP's biases
+    start at 0; every preset builds those; a config of before (no such keys) keeps the old layers."""
+    from experiments.configs import load_model_preset
+    from models.registry import get
+
+    for dataset, preset in [("smmnist", "cpu")] + [(d, "paper") for d in ("smmnist", "mmnist", "kth", "bair", "human36m")]:
+        model = load_model_preset(get("srvp"), dataset, preset)["model"]
+        assert model["encoder_first_batchnorm"] is False and model["residual_zero_bias"] is True
+    nets = SRVPNets(tiny(encoder_first_batchnorm=False, residual_zero_bias=True))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in nets.encoder.blocks[0].modules())
+    assert all(layer.bias.abs().max() == 0 for layer in nets.residual if isinstance(layer, torch.nn.Linear))
+    old = SRVPNets(tiny())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in old.encoder.blocks[0].modules())
+    assert any(layer.bias.abs().max() > 0 for layer in old.residual if isinstance(layer, torch.nn.Linear))

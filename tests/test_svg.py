@@ -270,3 +270,19 @@ def test_decode_shares_skip_halves_but_equals_frame_by_frame_decoding():
     # and the encoder's per-step calls agree with one call on all frames
     h_all, _ = nets.encoder(x.flatten(0, 1))
     torch.testing.assert_close(h, h_all.reshape(2, 7, -1), rtol=1e-4, atol=1e-5)
+
+
+def test_the_presets_frame_predictor_has_no_batchnorm_as_the_release():
+    """The SVG release's lstm output is linear -> tanh (its BatchNorm commented out); every preset
+    builds that; a config of before (no such key) keeps the BatchNorm its checkpoints hold."""
+    from experiments.configs import load_model_preset
+    from models.registry import get
+
+    for dataset in ("smmnist", "mmnist", "kth", "bair"):
+        for preset in ("paper", "cpu"):
+            for name in ("svg-lp", "svg-fp"):
+                assert load_model_preset(get(name), dataset, preset)["model"]["predictor_batchnorm"] is False
+    nets, _, _ = pair(tiny(predictor_batchnorm=False))
+    assert nets.predictor.norm is None
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in nets.modules())
+    assert isinstance(pair(tiny())[0].predictor.norm, torch.nn.BatchNorm1d)

@@ -1,7 +1,7 @@
 """Judge-based metrics of the Sprites/MUG protocol: accuracy, IS, H(y|x), H(y)."""
 import torch
 
-__all__ = ["accuracy", "inception_score", "mean_entropy", "entropy_of_mean", "prediction_summary"]
+__all__ = ["accuracy", "inception_score", "mean_entropy", "entropy_of_mean", "prediction_summary", "class_balanced"]
 
 _EPS = 1e-12
 
@@ -35,3 +35,11 @@ def prediction_summary(probs, labels=None):
     if labels is not None:
         out["accuracy"] = accuracy(probs, labels)
     return out
+
+
+def class_balanced(probs, labels):
+    """The rows of a class-balanced subset, as the C-DSVAE release's ``test_sprite_cls.py``: for every
+    class present in ``labels``, its first m rows, m the smallest class count. Returns row indices."""
+    classes, counts = labels.unique(return_counts=True)
+    m = int(counts.min())
+    return torch.cat([torch.nonzero(labels == c).flatten()[:m] for c in classes])

@@ -9,13 +9,36 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["psnr", "ssim", "best_of_n", "running_best_of_n", "mean_with_interval"]
+__all__ = ["psnr", "ssim", "best_of_n", "running_best_of_n", "mean_with_interval", "trivial_predictions",
+           "BASELINES", "baseline_scores"]
+
+# what a predictor must beat: frames anyone can predict without a model ("mean": the conditioning frames' mean)
+BASELINES = ("blank", "last", "mean")
 
 
 def psnr(pred, target, data_range=1.0):
-    """PSNR in dB per image over the last three dims [..., C, H, W]."""
-    mse = ((pred - target) ** 2).flatten(-3).mean(-1)
-    return 10 * torch.log10(data_range ** 2 / mse.clamp_min(1e-12))
+    """PSNR in dB per image [..., C, H, W] -> [...]: per channel (MSE over H x W), then averaged over
+    channels, as SRVP's ``test.py`` (the same as over all pixels for grey frames)."""
+    mse = ((pred - target) ** 2).flatten(-2).mean(-1)
+    return (10 * torch.log10(data_range ** 2 / mse.clamp_min(1e-12))).mean(-1)
+
+
+def trivial_predictions(x_past, n_future):
+    """The ``BASELINES`` for conditioning frames [B, T, C, H, W]: each [B, n_future, C, H, W]: all-black
+    frames, the last conditioning frame repeated, the mean conditioning frame repeated."""
+    shape = (-1, n_future, -1, -1, -1)
+    return {"blank": torch.zeros_like(x_past[:, :1]).expand(shape), "last": x_past[:, -1:].expand(shape),
+            "mean": x_past.mean(1, keepdim=True).expand(shape)}
+
+
+def baseline_scores(x_past, truth, lpips=None):
+    """{baseline: {"psnr", "ssim"(, "lpips"): [B, T]}} of the ``trivial_predictions`` of ``truth`` [B, T, C, H, W]."""
+    out = {}
+    for name, guess in trivial_predictions(x_past, truth.shape[1]).items():
+        out[name] = {"psnr": psnr(guess, truth), "ssim": ssim(guess, truth)}
+        if lpips is not None:
+            out[name]["lpips"] = lpips(guess, truth)
+    return out
 
 
 def _gaussian_1d(size, sigma, device, dtype):

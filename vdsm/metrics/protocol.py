@@ -15,6 +15,11 @@ protocol runs the part its judge has heads for and says so when it skips the res
   the real batch's frames in the judge's frame features (an independent network, unlike the
   run's own encoder), when the judge has ``frame_features``. It is computed per batch (128 x T
   frames by default) and so is biased upwards by the batch size: compare at equal sizes only.
+* Pooled entropies: each head's numbers above are per batch of ``batch_size`` (the mean and std
+  over the repeats); the plug-in H(y) of 128 draws is biased low by about (k - 1) / 2n and IS with
+  it. ``pooled`` gives IS, H(y|x), H(y) (and accuracy) over the predictions of every repeat at once,
+  and ``class_balanced`` the same on the subset the C-DSVAE and DBSE test scripts report: for each
+  true class of the head, its first m predictions, m the smallest class count (heads with labels).
 * ``reconstruction``: the judge's accuracy against the labels on reconstructions (the reference
   guide's inputs), per head and with every head right at once (``all``).
 * ``consistency`` (VDSM's own "accuracy consistency", not comparable with the above):
@@ -40,7 +45,7 @@ import statistics
 import torch
 from tqdm.auto import tqdm
 
-from .disentanglement import prediction_summary
+from .disentanglement import class_balanced, prediction_summary
 
 __all__ = ["judge_protocol"]
 
@@ -107,6 +112,7 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
     per_class = {name: {h: {"right": [0] * judge.heads_spec[h], "of": [0] * judge.heads_spec[h]} for h in dynamic}
                  for name in ("fix_dynamics", "reconstruction", "transfer")}
     frechet = hasattr(judge, "frame_features")
+    pooled = {}   # (section, head) -> [(probs, labels or None)] over the repeats
     for _ in tqdm(range(repeats), desc="judge protocols", disable=not progress, dynamic_ncols=True):
         idx = torch.randperm(len(dataset), generator=generator)[: min(batch_size, len(dataset))]
         items = [dataset[int(i)] for i in idx]
@@ -122,10 +128,12 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
             generated = judge.predict(frames)
             for head in heads:
                 rows[name][head].append(prediction_summary(generated[head], labels[head]))
+                pooled.setdefault((name, head), []).append((generated[head].cpu(), labels[head].cpu()))
                 if name in per_class:
                     _count_per_class(per_class[name][head], generated[head], labels[head])
             for head in others:
                 rows[diversity][head].append(prediction_summary(generated[head]))
+                pooled.setdefault((diversity, head), []).append((generated[head].cpu(), None))
             if name == "fix_identity":
                 rows["all_static"].append(_all_right(generated, labels, static))
             if frechet:
@@ -157,15 +165,28 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
             row["both"] = (ok_a & ok_b).float().mean().item()
         rows["transfer"].append(row)
 
+    def pooled_summary(name, head, balanced):
+        probs = torch.cat([p for p, _ in pooled[(name, head)]])
+        labels = None if pooled[(name, head)][0][1] is None else torch.cat([y for _, y in pooled[(name, head)]])
+        if balanced:
+            keep = class_balanced(probs, labels)
+            return {**prediction_summary(probs[keep], labels[keep]), "sequences": len(keep)}
+        return {**prediction_summary(probs, labels), "sequences": len(probs)}
+
     def section(name, heads, others):
         if not heads:
             kind = "dynamic" if name == "fix_dynamics" else "static"
             return {"skipped": f"the judge has no {kind} head"}
         out = {"what": WHAT[name][stage == 1], "protocol": stage == 2,
-               "heads": {h: _aggregate(rows[name][h]) for h in heads}}
+               "heads": {h: _aggregate(rows[name][h]) for h in heads},
+               "pooled": {h: pooled_summary(name, h, False) for h in heads},
+               "class_balanced": {h: pooled_summary(name, h, True) for h in heads},
+               "pooled_what": "pooled: every repeat's predictions at once; class_balanced: for each true class, "
+                              "its first m of them, m the smallest class count (the C-DSVAE/DBSE test scripts)"}
         diversity = "prior_identity" if name == "fix_dynamics" else "prior_dynamics"
         if others:
             out[diversity] = {h: _aggregate(rows[diversity][h]) for h in others}
+            out[diversity + "_pooled"] = {h: pooled_summary(diversity, h, False) for h in others}
         if name == "fix_identity":
             out["all_static"] = _mean_std(rows["all_static"])
         if rows["frechet_" + name]:

@@ -74,13 +74,16 @@ def _conv_bn(c_in, c_out):
 class DCGANEncoder(nn.Module):
     """SVG's DCGAN-64 frame encoder: four conv(k4, s2)+BN+LeakyReLU blocks, then conv(k4)+BN+tanh.
 
-    Returns the ``dim``-vector and the four block outputs (skips for the decoder, 32 to 4 px).
+    With ``first_batchnorm=False`` the first block is conv+LeakyReLU, as SRVP's release (its
+    ``DCGAN64Encoder``; SVG's has the BatchNorm). Returns the ``dim``-vector and the four block
+    outputs (skips for the decoder, 32 to 4 px).
     """
 
-    def __init__(self, nc, dim=128, nf=64):
+    def __init__(self, nc, dim=128, nf=64, first_batchnorm=True):
         super().__init__()
-        self.blocks = nn.ModuleList([_conv_bn(nc, nf), _conv_bn(nf, 2 * nf), _conv_bn(2 * nf, 4 * nf),
-                                     _conv_bn(4 * nf, 8 * nf)])
+        first = _conv_bn(nc, nf) if first_batchnorm else nn.Sequential(nn.Conv2d(nc, nf, 4, 2, 1),
+                                                                        nn.LeakyReLU(0.2, inplace=True))
+        self.blocks = nn.ModuleList([first, _conv_bn(nf, 2 * nf), _conv_bn(2 * nf, 4 * nf), _conv_bn(4 * nf, 8 * nf)])
         self.out = nn.Sequential(nn.Conv2d(8 * nf, dim, 4, 1, 0), nn.BatchNorm2d(dim), nn.Tanh())
 
     def forward(self, frames):

@@ -110,13 +110,15 @@ class Combiner(nn.Module):
 class SequenceLSTM(nn.Module):
     """SVG's LSTM: linear embedding -> stacked LSTM -> output head, run over a whole sequence at once.
 
-    ``kind="deterministic"``: head linear -> BatchNorm -> tanh (the frame predictor).
+    ``kind="deterministic"``: head linear -> tanh (the frame predictor; the SVG release's, whose
+    ``models/lstm.py`` has the BatchNorm between them commented out), or linear -> BatchNorm -> tanh
+    with ``batchnorm`` (this library's SVG before 2026-12-03; run folders of then keep it).
     ``kind="gaussian"``: heads for loc and scale (the posterior and learned prior).
     ``forward(inputs [B, T, in], state=None)`` returns (output(s), state); stepping frame by
     frame with the returned state gives the same result as one call over the sequence.
     """
 
-    def __init__(self, input_dim, output_dim, hidden_dim, num_layers, kind):
+    def __init__(self, input_dim, output_dim, hidden_dim, num_layers, kind, batchnorm=False):
         super().__init__()
         self.kind = kind
         self.embed = nn.Linear(input_dim, hidden_dim)
@@ -126,11 +128,13 @@ class SequenceLSTM(nn.Module):
             self.log_var = nn.Linear(hidden_dim, output_dim)
         else:
             self.out = nn.Linear(hidden_dim, output_dim)
-            self.norm = nn.BatchNorm1d(output_dim)
+            self.norm = nn.BatchNorm1d(output_dim) if batchnorm else None
 
     def forward(self, inputs, state=None):
         h, state = self.lstm(self.embed(inputs), state)
         if self.kind == "gaussian":
             return (self.loc(h), torch.exp(0.5 * self.log_var(h)) + 1e-5), state
+        if self.norm is None:
+            return torch.tanh(self.out(h)), state
         b, t = h.shape[:2]
         return torch.tanh(self.norm(self.out(h).reshape(b * t, -1)).reshape(b, t, -1)), state
