@@ -1,11 +1,16 @@
-"""What every command-line entry point shares: one-line errors with exit code 2, device and preset choice."""
+"""What every command-line entry point shares: one-line errors with exit code 2, signals that stop
+with a checkpoint (exit 130 / 143), device and preset choice, a run folder's config read and checked."""
+import errno
+import math
 import sys
 
 from data import DataError
 from guides.common import GuideError
 from vdsm.checkpoint import CheckpointError
+from vdsm.stopping import Interrupted, signals_handled
 
-__all__ = ["UsageError", "cli_main", "choose_device", "choose_preset", "first_line", "refuse_other_data_folders"]
+__all__ = ["UsageError", "cli_main", "choose_device", "choose_preset", "first_line", "refuse_other_data_folders",
+           "read_run_config"]
 
 
 class UsageError(ValueError):
@@ -18,14 +23,51 @@ def first_line(err):
 
 
 def cli_main(parser, command, argv=None):
-    """Parse ``argv`` and run ``command(args)``; known input errors print ``error: ...`` and return 2."""
+    """Parse ``argv`` and run ``command(args)``; known input errors (and a full disk) print ``error: ...``
+    and return 2; SIGINT / SIGTERM print where training stopped and return 130 / 143."""
     args = parser.parse_args(argv)
     try:
-        command(args)
+        with signals_handled():
+            check_numbers(args)
+            command(args)
     except (UsageError, DataError, CheckpointError, GuideError) as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(stop.message(), file=sys.stderr)
+        return stop.exit_code
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: no space left on the disk of {err.filename or 'the output folder'}: free some space or write "
+              f"to another disk; files already written are complete", file=sys.stderr)
+        return 2
     return 0
+
+
+def check_numbers(args):
+    """UsageError for a NaN or infinite number on the command line (argparse's float() takes them) and
+    for a seed NumPy refuses."""
+    for name, value in sorted(vars(args).items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{name.replace('_', '-')}={value} must be a finite number")
+    seed = getattr(args, "seed", None)
+    if isinstance(seed, int) and not 0 <= seed < 2 ** 32:
+        raise UsageError(f"--seed={seed} must be between 0 and {2 ** 32 - 1} (NumPy's seeds)")
+
+
+def read_run_config(run_dir, flag="--run"):
+    """``(spec, config)`` of the run folder ``run_dir``: its config.json read (one-line errors for a missing,
+    damaged or hand-edited file), the model it names, every key completed and type-checked."""
+    from models.registry import spec_of_config
+    from vdsm.runfolder import read_config_json
+
+    config = read_config_json(run_dir, flag)
+    try:
+        spec = spec_of_config(config)
+    except ValueError as err:
+        raise UsageError(f"{flag} {run_dir}: {err}") from None
+    return spec, spec.complete(config, where=f"{run_dir}/config.json")
 
 
 def refuse_other_data_folders(args, dataset):
@@ -47,12 +89,19 @@ def choose_device(name=None):
     import torch
 
     name = name or ("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA device here; use --device cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as err:
-        raise UsageError(f"--device {name}: {err}") from None
+        raise UsageError(f"--device {name}: {first_line(err)}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: no CUDA device here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif device.type != "cpu":   # mps, meta, xla...: never tested with these models, and meta holds no data
+        raise UsageError(f"--device {name}: the library trains on cpu and cuda only; use --device cpu")
+    return device
 
 
 def choose_preset(preset, device, what="preset", small="cpu"):
@@ -62,3 +111,26 @@ def choose_preset(preset, device, what="preset", small="cpu"):
     if device.type == "cuda":
         return "paper", f"default on a CUDA device: the published {what} (--{what} {small} for the small one)"
     return small, f"default without a GPU: the {what} sized for a CPU (--{what} paper for the published one)"
+
+
+def unfinished_stages(run_dir, spec, config, allowed, offer=True):
+    """``{stage tag: [step, planned steps]}`` of the stages whose newest checkpoint is short of their
+    steps (None when every trained stage finished); UsageError naming ``--resume`` unless ``allowed``
+    (``--unfinished``: the caller scores the run as it is and records this beside its numbers)."""
+    from pathlib import Path
+
+    from vdsm.checkpoint import CheckpointManager
+
+    short = {}
+    for stage in spec.stages:
+        manager = CheckpointManager(Path(run_dir) / "checkpoints", stage.tag)
+        if manager.exists() and stage.section in config:
+            step = int(manager.load_newest()["step"])
+            if step < config[stage.section]["steps"]:
+                short[stage.tag] = [step, config[stage.section]["steps"]]
+    if short and not allowed:
+        detail = ", ".join(f"{tag} at step {step} of {steps}" for tag, (step, steps) in short.items())
+        raise UsageError(f"--run {run_dir}: its training has not finished ({detail}): continue it with python -m "
+                         f"experiments.run --dataset {config['dataset']} --resume {run_dir}"
+                         + (", or pass --unfinished to score it as it is" if offer else " first"))
+    return short or None

@@ -4,13 +4,13 @@ the command line's overrides applied and checked, and the extensions of a resume
 Every check raises a one-line ``UsageError`` before anything is written.
 """
 import copy
-import json
 import time
 from pathlib import Path
 
 import data
 from models.spec import UNNAMED_RUNS
 from vdsm.checkpoint import CheckpointManager
+from vdsm.runfolder import read_config_json
 
 from .cli import UsageError, choose_preset
 from .configs import load_model_preset
@@ -123,19 +123,17 @@ def apply_extension(config, extended):
 
 def resume_config(args, run_dir, spec):
     """The saved config of ``--resume DIR`` (completed), the command line's overrides applied, checked."""
-    if not (run_dir / "config.json").is_file():
-        raise UsageError(f"--resume {run_dir}: no config.json there; pass a run folder of experiments.run")
-    saved = json.loads((run_dir / "config.json").read_text())
-    if saved["dataset"] != args.dataset:
+    saved = read_config_json(run_dir, "--resume")
+    if saved.get("dataset") != args.dataset:
         raise UsageError(f"--resume {run_dir}: that run trained on {saved['dataset']!r}, not {args.dataset!r}")
     # a run of before a dataset's generator changed resumes on the data it trained on (its new name)
     args.dataset = data.current_dataset_name(saved["dataset"], saved.get("dataset_version"))
     trained_as = saved.get("model_spec") or saved.get("model_name", UNNAMED_RUNS)
     if trained_as != args.model:
         raise UsageError(f"--resume {run_dir}: that run is --model {trained_as}, not {args.model}")
-    if args.preset and args.preset != saved["preset"]:
-        raise UsageError(f"--resume {run_dir}: that run used --preset {saved['preset']}, not {args.preset}")
-    saved = spec.complete(saved)
+    if args.preset and args.preset != saved.get("preset"):
+        raise UsageError(f"--resume {run_dir}: that run used --preset {saved.get('preset')}, not {args.preset}")
+    saved = spec.complete(saved, where=f"{run_dir}/config.json")
     for key, default in RECORDED_DEFAULTS.items():  # recorded flags not given now keep the run's values
         if key not in args.given:
             setattr(args, key, saved.get(key, saved.get("safety", {}).get(key, default)))

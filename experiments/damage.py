@@ -46,12 +46,15 @@ from torch import nn
 from tqdm import tqdm
 
 import data
-from models.registry import load_run, spec_of_config
+from models.registry import load_run
 from models.spec import JUDGE
 from vdsm.metrics.prediction import baseline_scores, psnr, ssim
 from vdsm.viz import save_gif
 
-from .cli import UsageError, choose_device, cli_main, refuse_other_data_folders
+from vdsm.checkpoint import write_text_atomic
+from vdsm.runfolder import RunLock
+
+from .cli import UsageError, choose_device, cli_main, read_run_config, refuse_other_data_folders, unfinished_stages
 
 __all__ = ["Damage", "main"]
 
@@ -191,6 +194,9 @@ def build_parser():
     for dest in sorted(set(data.FOLDER_OPTIONS.values())):
         p.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--unfinished", action="store_true",
+                   help="damage a run whose training has not finished (refused without it; damage.json records "
+                        "each stage's step)")
     return p
 
 
@@ -201,7 +207,7 @@ class PredictionSubject:
 
     def __init__(self, api, x, n_past, n_future, seed):
         self.api, self.x, self.n_past, self.n_future, self.seed = api, x, n_past, n_future, seed
-        self.nets = api.networks()
+        self.nets = api.trained_networks()
 
     def measure(self):
         with torch.random.fork_rng(devices=_cuda(self.api.device)):
@@ -229,7 +235,7 @@ class VDSMSubject:
 
     def __init__(self, vdsm, judge, items, seed):
         self.vdsm, self.judge, self.items, self.seed = vdsm, judge, items, seed
-        self.nets = vdsm.networks()
+        self.nets = vdsm.trained_networks()
         self.x = torch.stack([it[0] for it in items[:4]]).to(vdsm.device)
 
     def measure(self):
@@ -271,26 +277,25 @@ def _cuda(device):
 
 def damage(args):
     run_dir = Path(args.run)
-    if not (run_dir / "config.json").is_file():
-        raise UsageError(f"--run {run_dir}: no config.json there; pass a run folder of experiments.run")
-    config = json.loads((run_dir / "config.json").read_text())
-    try:
-        spec = spec_of_config(config)
-    except ValueError as err:
-        raise UsageError(f"--run {run_dir}: {err}") from None
-    config, model_name = spec.complete(config), spec.name
-    judged = JUDGE in spec.evaluations
+    spec, config = read_run_config(run_dir)
     folder = refuse_other_data_folders(args, config["dataset"])
     for name in ("iterations", "hits", "repeats", "sequences", "pictures_every"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")
     device = choose_device(args.device)
+    with RunLock(run_dir, "damage"):   # not while a training or an evaluation writes there
+        unfinished = unfinished_stages(run_dir, spec, config, args.unfinished)
+        return _damage(args, run_dir, spec, config, folder, device, unfinished)
+
+
+def _damage(args, run_dir, spec, config, folder, device, unfinished):
+    model_name, judged = spec.name, JUDGE in spec.evaluations
     if not judged and args.judge_steps is not None:
         raise UsageError(f"--judge-steps applies to runs the judge scores (VDSM, DSA), not to this {model_name} run: "
                          f"drop it")
     if not judged:
         api = load_run(run_dir, device)
-        check_groups(args, api.networks(), model_name)  # before any data is read
+        check_groups(args, api.trained_networks(), model_name)  # before any data is read
         n_past, n_future = config["model"]["n_past"], config["eval"]["n_future"]
         sequences = data.get_dataset(config["dataset"], args.split, args.data_root, seq_len=n_past + n_future,
                                      **folder)
@@ -304,7 +309,7 @@ def damage(args):
         if config["dataset"] not in JUDGES:
             raise UsageError(f"no judge for dataset {config['dataset']!r}: judges exist for {', '.join(JUDGES)}")
         vdsm = load_run(run_dir, device)
-        check_groups(args, vdsm.networks(), model_name)
+        check_groups(args, vdsm.trained_networks(), model_name)
         options = {"seq_len": spec.stages[-1].frames(config), **folder}
         sequences = data.get_dataset(config["dataset"], args.split, args.data_root, **options)
         n = min(args.sequences, len(sequences))
@@ -352,7 +357,7 @@ def damage(args):
     summary.update({"departures": departures(args), "run": str(run_dir), "model": model_name,
                     "dataset": config["dataset"], "split": args.split,
                     "sequences": n, "what": what, "seconds": round(time.time() - started, 1),
-                    "date": time.strftime("%Y-%m-%d"),
+                    "date": time.strftime("%Y-%m-%d"), "unfinished_training": unfinished,
                     "command": "python -m experiments.damage " + " ".join(sys.argv[1:])})
     if hasattr(subject, "baselines"):
         summary["baselines"] = subject.baselines()
@@ -360,8 +365,8 @@ def damage(args):
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    (out / "damage.json").write_text(json.dumps(summary, indent=1))
-    (out / "fragility.md").write_text(fragility_table(summary))
+    write_text_atomic(out / "damage.json", json.dumps(summary, indent=1))
+    write_text_atomic(out / "fragility.md", fragility_table(summary))
     title = f"{model_name} on {config['dataset']}: {what}; {args.target} targets, {args.repeats} repeats"
     if summary["departures"]:
         title += "\ndeparts from the protocol: " + "; ".join(summary["departures"])

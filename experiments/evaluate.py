@@ -26,16 +26,19 @@ import torch
 from tqdm.auto import tqdm
 
 import data
-from models.registry import load_run, spec_of_config
+from models.registry import load_run
 from models.spec import JUDGE
 from vdsm.checkpoint import write_text_atomic
+from vdsm.runfolder import RunLock, read_metrics
 
 from .cli import (
     UsageError,
     choose_device,
     choose_preset,
     cli_main,
+    read_run_config,
     refuse_other_data_folders,
+    unfinished_stages,
 )
 
 PUBLISHED = {  # REFERENCE.md section 6
@@ -61,6 +64,9 @@ def build_parser():
                    help="judge protocols: sequences per repeat (default 128, the protocol's); prediction: "
                         "sequences per forward pass (default 32; only memory and speed depend on it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--unfinished", action="store_true",
+                   help="score a run whose training has not finished (its newest checkpoint; refused without it); "
+                        "metrics.json records each stage's step beside the numbers")
     judge = p.add_argument_group("judge protocols (VDSM runs)")
     judge.add_argument("--repeats", type=int, default=None, help="batches drawn (default 5)")
     judge.add_argument("--judge-steps", type=int, default=None, help="training steps of a new judge (default 1500)")
@@ -78,22 +84,21 @@ def build_parser():
 
 def evaluate(args):
     run_dir = Path(args.run)
-    if not (run_dir / "config.json").is_file():
-        raise UsageError(f"--run {run_dir}: no config.json there; pass a run folder of experiments.run")
+    spec, config = read_run_config(run_dir)
     for name in ("batch_size", "repeats", "judge_steps", "samples", "max_sequences", "n_future"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')}={value} must be at least 1")
-    config = json.loads((run_dir / "config.json").read_text())
     refuse_other_data_folders(args, config["dataset"])
     device = choose_device(args.device)
-    try:
-        spec = spec_of_config(config)
-    except ValueError as err:
-        raise UsageError(f"--run {run_dir}: {err}") from None
-    config = spec.complete(config)
-    if JUDGE not in spec.evaluations:
-        return evaluate_prediction(args, run_dir, config, device, spec)
+    with RunLock(run_dir, "evaluate"):   # not while a training or another evaluation writes there
+        args.unfinished = unfinished_stages(run_dir, spec, config, args.unfinished)
+        if JUDGE not in spec.evaluations:
+            return evaluate_prediction(args, run_dir, config, device, spec)
+        return _evaluate_judged(args, run_dir, config, device, spec)
+
+
+def _evaluate_judged(args, run_dir, config, device, spec):
     for name in ("samples", "max_sequences", "n_future", "protocol", "lpips_backbone", "fvd_model"):
         if getattr(args, name) is not None:
             raise UsageError(f"--{name.replace('_', '-')} applies to prediction runs (SVG, SRVP), not to this "
@@ -110,11 +115,12 @@ def _data_options(args, config, seq_len):
     return options
 
 
-def _update_metrics(run_dir, key, value):
-    path = run_dir / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
-    metrics[key] = value
-    write_text_atomic(path, json.dumps(metrics, indent=1))
+def _update_metrics(run_dir, key, value, unfinished=None):
+    """``metrics.json[key] = value``, the other entries kept; ``unfinished``: the stages scored before
+    their training finished (``--unfinished``), recorded beside the numbers."""
+    metrics = read_metrics(run_dir)
+    metrics[key] = {**value, "unfinished_training": unfinished} if unfinished else value
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
 
 
 # ---------------------------------------------------------------- judge protocols (VDSM)
@@ -141,9 +147,9 @@ def evaluate_judge(args, run_dir, config, device, spec):
                   command="python -m experiments.evaluate " + " ".join(sys.argv[1:]))
     if config.get("train_split") == "trainval" and args.split == "val":
         result["note"] = "this run trained on its val sequences (--train-split trainval)"
-    _update_metrics(run_dir, "judge_protocol" if args.split == "test" else "judge_protocol_val", result)
+    _update_metrics(run_dir, "judge_protocol" if args.split == "test" else "judge_protocol_val", result, args.unfinished)
     name = "disentanglement.md" if args.split == "test" else "disentanglement_val.md"
-    (run_dir / name).write_text(markdown(dataset, result))
+    write_text_atomic(run_dir / name, markdown(dataset, result))
     return result
 
 
@@ -394,7 +400,7 @@ def evaluate_prediction(args, run_dir, config, device, spec):
     fig.tight_layout()
     fig.savefig(run_dir / f"prediction_per_frame{suffix}.png", dpi=120)
     plt.close(fig)
-    _update_metrics(run_dir, "prediction" if args.split == "test" else "prediction_val", summary)
+    _update_metrics(run_dir, "prediction" if args.split == "test" else "prediction_val", summary, args.unfinished)
     print(f"PSNR {summary['psnr']:.2f} ± {summary['psnr_ci95']:.2f}, SSIM {summary['ssim']:.4f} ± "
           f"{summary['ssim_ci95']:.4f}"
           + (f", LPIPS {summary['lpips']:.4f} ± {summary['lpips_ci95']:.4f}" if lpips is not None else "")

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import data
 
-from .cli import UsageError, choose_device, cli_main, refuse_other_data_folders
+from vdsm.runfolder import RunLock, read_metrics
+
+from .cli import UsageError, choose_device, cli_main, read_run_config, refuse_other_data_folders, unfinished_stages
 
 __all__ = ["fit_prior", "fit_and_save", "main"]
 
@@ -46,15 +48,8 @@ def fit_and_save(vdsm, run_dir, dataset, train_split, options, components, data_
 
 
 def fit_prior(args):
-    from models.registry import load_run, spec_of_config
-    from vdsm.checkpoint import write_text_atomic
-
     run_dir = Path(args.run)
-    if not (run_dir / "config.json").is_file():
-        raise UsageError(f"--run {run_dir}: no config.json there; pass a run folder of experiments.run")
-    config = json.loads((run_dir / "config.json").read_text())
-    spec = spec_of_config(config)
-    config = spec.complete(config)   # today's keys and dataset names
+    spec, config = read_run_config(run_dir)   # today's keys and dataset names
     if not hasattr(spec.run_cls, "fit_priors"):
         raise UsageError(f"--run {run_dir} holds a {spec.name} run: it has no priors fitted after training "
                          f"(VDSM's identity and dynamics)")
@@ -62,6 +57,15 @@ def fit_prior(args):
         raise UsageError(f"--max-components={args.max_components} must be at least 1")
     folder = refuse_other_data_folders(args, config["dataset"])
     device = choose_device(args.device)
+    with RunLock(run_dir, "fit_prior"):   # not while a training or an evaluation writes there
+        unfinished_stages(run_dir, spec, config, allowed=False, offer=False)
+        return _fit_prior(args, run_dir, spec, config, folder, device)
+
+
+def _fit_prior(args, run_dir, spec, config, folder, device):
+    from models.registry import load_run
+    from vdsm.checkpoint import write_text_atomic
+
     vdsm = load_run(run_dir, device)
     latents = args.latents or (["identity", "dynamics"] if vdsm.has_stage2 else ["identity"])
     if "dynamics" in latents and not vdsm.has_stage2:
@@ -70,7 +74,7 @@ def fit_prior(args):
     summaries = fit_and_save(vdsm, run_dir, config["dataset"], config.get("train_split", "train"), options,
                              {latent: args.max_components for latent in latents}, args.data_root, args.seed)
     metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics = read_metrics(run_dir)
     for latent, summary in summaries.items():
         summary["command"] = "python -m experiments.fit_prior " + " ".join(sys.argv[1:])
         metrics[f"{latent}_prior"] = summary

@@ -176,6 +176,8 @@ def check_flags(args, given):
         minimum = 0 if name == "num_workers" else 1
         if getattr(args, name) < minimum:
             raise UsageError(f"{_flag(name)}={getattr(args, name)} must be at least {minimum}")
+    if not 0 <= args.seed < 2 ** 32:
+        raise UsageError(f"--seed={args.seed} must be between 0 and {2 ** 32 - 1} (NumPy's seeds)")
     if not 0 < args.lr_drop < 1:
         raise UsageError(f"--lr-drop={args.lr_drop} must be between 0 and 1")
     if args.checkpoint_minutes <= 0:

@@ -27,7 +27,9 @@ import pyro
 import torch
 
 from vdsm.checkpoint import write_text_atomic
+from vdsm.runfolder import RunLock, holds_a_run, read_metrics, remove_temp_files
 from vdsm.runtime import keep_freed_memory, machine_line, machine_summary
+from vdsm.stopping import Interrupted
 
 from .cli import UsageError, choose_device, cli_main
 from .config import prepare
@@ -71,12 +73,49 @@ def run(args, monitor=None):
     if monitor is not None and config["train_split"] == "trainval":
         raise UsageError("the quality monitor scores val sequences, which --train-split trainval trains on")
     first = spec.cli.stages(args, spec)[0] if spec.cli is not None else spec.stages[0].tag
-    stage_data(args, config, spec.stage(first))  # fail on bad data before anything is written
+    train_data = stage_data(args, config, spec.stage(first))  # fail on bad data before anything is written
     rank, world_size, device = init_distributed(device)
+    check_batch_sizes(spec, config, len(train_data), world_size)
     if run_dir is None:
         run_dir = Path(args.out or f"runs/{args.dataset}-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        refuse_existing_run(run_dir)
+    lock = RunLock(run_dir, "training").acquire() if rank == 0 else None
+    failed = True
+    try:
+        if rank == 0:
+            if not args.resume:
+                refuse_existing_run(run_dir)   # again under the lock: another run may have started there
+            remove_temp_files(run_dir)
+        train_in(run_dir, spec, args, config, extended, device, rank, world_size, monitor)
+        failed = False
+    except Interrupted as stop:
+        failed = False
+        stop.hint = f"continue with: python -m experiments.run --dataset {args.dataset} --resume {run_dir}"
+        raise
+    finally:
+        if lock is not None:
+            lock.release(remove_empty=failed)   # a folder this run made and left empty goes
+    return run_dir
+
+
+def refuse_existing_run(run_dir):
+    what = holds_a_run(run_dir)
+    if what:
+        raise UsageError(f"--out {run_dir} already holds a run ({what}): continue it with --resume {run_dir}, or "
+                         f"pass --out with a new folder")
+
+
+def check_batch_sizes(spec, config, n_sequences, world_size):
+    for stage in spec.stages:
+        batch_size = config[stage.section]["batch_size"]
+        if batch_size > n_sequences // world_size:
+            raise UsageError(f"--batch-size {batch_size} ({stage.section}) is larger than the {n_sequences // world_size} "
+                             f"{config['train_split']} sequences{' per process' if world_size > 1 else ''}: lower "
+                             f"--batch-size")
+
+
+def train_in(run_dir, spec, args, config, extended, device, rank, world_size, monitor):
     if rank == 0 and (not args.resume or extended):
-        run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.json", json.dumps(config, indent=1))
     if rank == 0:
         what = f"resuming {run_dir}" if args.resume else f"run folder {run_dir}"
@@ -99,7 +138,6 @@ def run(args, monitor=None):
     if world_size > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    return run_dir
 
 
 def train_and_report(spec, args, config, run_dir, device, rank, world_size, monitor):
@@ -116,8 +154,24 @@ def train_and_report(spec, args, config, run_dir, device, rank, world_size, moni
     if rank == 0:
         metrics.update(report(trained, args, config, run_dir, device))
         metrics["wall_seconds"], metrics["machine"] = time.time() - started, args.machine
-        write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+        metrics["train_seconds"] = sum(metrics[s.section].get("seconds", 0.0) for s in spec.stages if s.section in metrics)
+        write_text_atomic(run_dir / "metrics.json", json.dumps(merge_metrics(run_dir, metrics), indent=1))
         writer.close()
+
+
+BEFORE_RESUME_NOTE = ("written by experiments.evaluate / damage / fit_prior before --resume trained this run further: "
+                      "they describe the earlier weights, as do the tables and pictures they left in this folder; "
+                      "run them again")
+
+
+def merge_metrics(run_dir, metrics):
+    """``metrics`` (this call's training and report) with what metrics.json held besides: kept as it was
+    when this call trained nothing, moved to ``before_resume`` (with a note) when it trained further."""
+    previous = read_metrics(run_dir)
+    others = {k: v for k, v in previous.items() if k not in metrics and k != "before_resume"}
+    if metrics.get("trained_now") and others:
+        return {**metrics, "before_resume": {"note": BEFORE_RESUME_NOTE, **previous.get("before_resume", {}), **others}}
+    return {**metrics, **others, **({"before_resume": previous["before_resume"]} if "before_resume" in previous else {})}
 
 
 def main(argv=None):

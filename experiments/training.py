@@ -110,6 +110,7 @@ def train_stages(spec, run, args, config, run_dir, device, writer, rank=0, world
         metrics[stage.section] = without_losses(stats)
         if trained_now:
             trained.add(tag)
+    metrics["trained_now"] = sorted(trained)   # the stages this call trained (resumed or new steps)
     run.use_stage(tags[-1])
     if spec.after_training is not None:
         last = spec.stage(tags[-1])

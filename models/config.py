@@ -1,8 +1,8 @@
 """What every model config dataclass shares: plain-dict round trips (config.json, checkpoints) and
 the checks of its sizes."""
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 
-__all__ = ["DictConfig", "check_values"]
+__all__ = ["DictConfig", "check_values", "check_types"]
 
 
 class DictConfig:
@@ -14,6 +14,34 @@ class DictConfig:
     @classmethod
     def from_dict(cls, d):
         return cls(**d)
+
+
+def _kind_ok(value, default):
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list)) and all(_kind_ok(v, default[0]) for v in value) if default else True
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return True
+
+
+def check_types(config_cls, values):
+    """ValueError naming the first key of ``values`` that ``config_cls`` does not have, or whose value is
+    not of its field's type (the type of the field's default: a hand-edited ``"z_dim": "4"``)."""
+    if not isinstance(values, dict):
+        raise ValueError(f"the model section is a {type(values).__name__}, not an object")
+    known = {f.name: f for f in fields(config_cls)}
+    for key, value in values.items():
+        if key not in known:
+            raise ValueError(f"unknown model key {key!r}")
+        default = known[key].default
+        if default is not MISSING and default is not None and not _kind_ok(value, default):
+            raise ValueError(f"model key {key!r} is {value!r}, not a {type(default).__name__}")
 
 
 def check_values(config, *, at_least_one=(), positive=(), archs=None):

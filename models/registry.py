@@ -7,10 +7,8 @@ path, ``--model my_package.my_module:SPEC``, and works with every command the sa
     get("my_package.my_module:SPEC")   # a spec defined outside the library
     load_run("runs/sprites-...")       # any run folder, in evaluation mode
 """
-import json
-from pathlib import Path
-
 from vdsm.checkpoint import CheckpointError
+from vdsm.runfolder import read_config_json
 
 from .dsa import SPEC as DSA
 from .spec import UNNAMED_RUNS, ModelSpec, import_object
@@ -44,11 +42,8 @@ def spec_of_config(config):
 
 def load_run(run_dir, device="cpu"):
     """The run in ``run_dir`` (any model), in evaluation mode."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} has no config.json: pass a run folder written by experiments.run")
     try:
-        spec = spec_of_config(json.loads(path.read_text()))
+        spec = spec_of_config(read_config_json(run_dir, "run folder"))
     except ValueError as err:
         raise CheckpointError(f"{run_dir}: {err}") from None
     return spec.run_cls.load(run_dir, device)

@@ -17,13 +17,17 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 from pyro import poutine
 
 from data import DATASET_VERSIONS, current_dataset_name
 from vdsm.annealing import ConstantFactors
 from vdsm.checkpoint import CheckpointError, CheckpointManager
 from vdsm.handlers import use_means
+from vdsm.runfolder import read_config_json
 from vdsm.train import load_param_store_state
+
+from .config import check_types
 
 __all__ = ["Stage", "ModelSpec", "VideoRun", "StaticLatentRun", "PredictionFlags", "import_object", "constant_schedule",
            "legacy_clip_norm", "ONE_STAGE_DEFAULTS", "JUDGE", "PREDICTION", "UNNAMED_RUNS"]
@@ -153,8 +157,21 @@ class ModelSpec:
         """Every config field, as JSON data (a saved config written before a field existed: its default)."""
         return json.loads(json.dumps(dataclasses.asdict(self.config_cls.from_dict(model))))
 
-    def complete(self, config):
-        """A saved config.json with every key this version reads (older runs: their behaviour)."""
+    def complete(self, config, where="config.json"):
+        """A saved config.json with every key this version reads (older runs: their behaviour);
+        CheckpointError naming ``where`` and the key when the file was damaged or edited by hand
+        (a key missing, of the wrong type, or unknown)."""
+        try:
+            check_types(self.config_cls, config["model"])
+            return self._complete(config)
+        except KeyError as err:
+            problem = f"key {err} is missing"
+        except (TypeError, ValueError, AttributeError) as err:
+            problem = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{where}: {problem}; it was edited or damaged: fix it, or restore it from a copy of "
+                              f"the run") from None
+
+    def _complete(self, config):
         config = json.loads(json.dumps(config))
         if "dataset" in config:
             config["dataset"] = current_dataset_name(config["dataset"], config.get("dataset_version"))
@@ -168,6 +185,16 @@ class ModelSpec:
         for stage in (stage for stage in self.stages if stage.section in config):
             for key, value in stage.section_defaults.items():
                 config[stage.section].setdefault(key, value)
+        for stage in self.stages:   # what training and evaluation read of each section
+            if stage.section in config:
+                section = config[stage.section]
+                for key in ("steps", "batch_size"):
+                    if key in section and not (isinstance(section[key], int) and not isinstance(section[key], bool)):
+                        raise ValueError(f"{stage.section}.{key} is {section[key]!r}, not an int")
+                if "lr" in section and not isinstance(section["lr"], (int, float)):
+                    raise ValueError(f"{stage.section}.lr is {section['lr']!r}, not a number")
+        if not isinstance(config.get("dataset", ""), str) or not isinstance(config["seed"], int):
+            raise ValueError("dataset must be a string and seed an int")
         return config
 
 
@@ -198,14 +225,11 @@ class VideoRun:
 
     @classmethod
     def read_config(cls, run_dir):
-        config_path = Path(run_dir) / "config.json"
-        if not config_path.is_file():
-            raise CheckpointError(f"{run_dir} has no config.json: pass a run folder written by experiments.run")
-        config = json.loads(config_path.read_text())
+        config = read_config_json(run_dir, "run folder")
         if config.get("model_name", UNNAMED_RUNS) not in cls.spec.names:
             raise CheckpointError(f"{run_dir} holds a {config.get('model_name', UNNAMED_RUNS)} run, not {cls.spec.name}: "
                                   f"load it with models.registry.load_run")
-        return cls.spec.complete(config)
+        return cls.spec.complete(config, where=f"{run_dir}/config.json")
 
     @classmethod
     def from_config(cls, config, device="cpu", loading=False):
@@ -226,6 +250,7 @@ class VideoRun:
         if not loaded:
             raise CheckpointError(f"{run_dir} has no checkpoint of {cls.spec.stages[0].tag}: train it first")
         run.use_stage(loaded[-1].tag)
+        run.loaded_stages = [stage.tag for stage in loaded]
         run.after_load(run_dir, config)
         return run.eval()
 
@@ -270,6 +295,20 @@ class VideoRun:
     def networks(self):
         """One module whose named children are the groups the damage experiment hits."""
         return self.nets
+
+    def trained_networks(self):
+        """``networks()`` without the groups holding weights of a stage this run never trained (VDSM
+        trained to stage 1 only: its stage-2 model and guide); all of them for a built, unloaded run."""
+        groups = self.networks()
+        loaded = getattr(self, "loaded_stages", None)
+        untrained = [stage for stage in self.spec.stages if loaded is not None and stage.tag not in loaded]
+        if not untrained:
+            return groups
+        trained = {id(p) for stage in self.spec.stages if stage.tag in loaded
+                   for module in stage.pair(self) for p in module.parameters()}
+        never = {id(p) for stage in untrained for module in stage.pair(self) for p in module.parameters()} - trained
+        return nn.ModuleDict({name: group for name, group in groups.named_children()
+                              if not any(id(p) in never for p in group.parameters())})
 
     # ------------------------------------------------------------ what the tools ask of a run
 

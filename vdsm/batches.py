@@ -7,10 +7,19 @@ Datasets with per-item randomness draw it from ``(dataset.seed, dataset.epoch, i
 ``state()`` / ``load_state()`` give (epoch, position): a resumed stream yields the same
 batches as an uninterrupted one.
 """
+import signal
+
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 __all__ = ["ResumableBatches"]
+
+
+def _ignore_stop_signals(worker_id):
+    """A worker leaves Ctrl-C and SIGTERM to the training process (which stops after its step, with a
+    checkpoint): a worker killed by them first would end the run with a DataLoader error instead."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _Indices(Sampler):
@@ -55,7 +64,7 @@ class ResumableBatches:
         generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch + 1)
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=_Indices(mine),
                             num_workers=self.num_workers, pin_memory=self.pin_memory, drop_last=True,
-                            generator=generator)
+                            generator=generator, worker_init_fn=_ignore_stop_signals if self.num_workers else None)
         self._iterator = iter(loader)
 
     def __iter__(self):

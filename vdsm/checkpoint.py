@@ -1,19 +1,45 @@
 """One checkpoint dict per stage, written durably and atomically, loaded with ``weights_only=True``."""
+import errno
+import io
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "CheckpointManager", "fsync_folder",
-           "write_text_atomic"]
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "DiskFullError", "CheckpointManager",
+           "fsync_folder", "write_text_atomic", "FILE_MODE"]
 
 log = logging.getLogger(__name__)
 
 
+def _file_mode():
+    umask = os.umask(0o022)   # read it (there is no other way) and put it back at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+# what open() would give: temp files (mkstemp: 0600) get it before they are renamed into place, so a
+# shared run folder's checkpoints and JSON files are as readable as its pictures
+FILE_MODE = _file_mode()
+
+
 class CheckpointError(ValueError):
     """A missing, unreadable or mismatching checkpoint (one-line message with the fix)."""
+
+
+class DiskFullError(CheckpointError):
+    """A write that found no space left: which folder, how much was being written."""
+
+    def __init__(self, folder, needed):
+        try:
+            free = f", {shutil.disk_usage(folder).free / 1e6:.1f} MB free"
+        except OSError:
+            free = ""
+        super().__init__(f"no space left on the disk of {folder} (writing {needed / 1e6:.1f} MB{free}): free some "
+                         f"space or use a folder on another disk; older checkpoints and files are kept")
 
 
 def fsync_folder(folder):
@@ -30,37 +56,45 @@ def fsync_folder(folder):
         os.close(fd)
 
 
-def _write_durably(path, write):
-    """``write(file)`` into a temp file beside ``path``, fsync it, rename it into place, fsync the folder.
+def _write_durably(path, data):
+    """``data`` (bytes) into a temp file beside ``path``, fsync it, rename it into place, fsync the folder.
 
     After a kill at any moment ``path`` is the old file or the new one; after a power loss or a
     kernel crash too, since the data reaches the disk before the rename and the rename before
-    this returns.
+    this returns. A full disk (ENOSPC, EDQUOT) is a DiskFullError and leaves the old file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
         fsync_folder(path.parent)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(path.parent, len(data)) from None
+        raise
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     return path
 
 
 def save_checkpoint(path, state):
     """Write ``state`` (tensors and plain data only) to ``path`` durably and atomically."""
-    return _write_durably(path, lambda f: torch.save(state, f))
+    buffer = io.BytesIO()   # serialised first: a full disk is then told how much was needed
+    torch.save(state, buffer)
+    return _write_durably(path, buffer.getvalue())
 
 
 def write_text_atomic(path, text):
     """Replace a text file (config.json, metrics.json) durably and atomically."""
-    return _write_durably(path, lambda f: f.write(text.encode()))
+    return _write_durably(path, text.encode())
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -144,7 +178,7 @@ class CheckpointManager:
 
     @staticmethod
     def _link(source, target):
-        tmp = target.with_name(target.name + ".tmp")
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")   # two processes never share a temp name
         if tmp.exists():
             tmp.unlink()
         os.link(source, tmp)

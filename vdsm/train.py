@@ -21,6 +21,11 @@ Faults: a non-finite loss or gradient skips the step (weights untouched). After
 ``max_bad_steps`` such steps in a row the run rolls back to its newest checkpoint and
 multiplies the learning rate by ``lr_drop``; every event is logged and returned.
 
+Stopping: under ``vdsm.stopping.signals_handled()`` (the commands), SIGINT or SIGTERM ends the step
+in progress, writes a checkpoint and raises ``vdsm.stopping.Interrupted`` naming it; ``--resume``
+then continues exactly where it stopped. Each checkpoint carries the stage's training seconds so
+far, and the last one the stage's statistics, so that a resumed or re-run stage reports the whole.
+
 Distributed: when ``torch.distributed`` is initialised, the ELBO is wrapped in
 ``DistributedDataParallel``; each rank's loss is multiplied by the world size so that
 the averaged gradient equals the gradient of the combined batch's ELBO.
@@ -30,6 +35,7 @@ import itertools
 import logging
 import math
 import random
+import signal
 import time
 from dataclasses import dataclass
 
@@ -42,6 +48,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
+from . import stopping
 from .checkpoint import CheckpointError
 from .handlers import MODULE_SEPARATOR
 
@@ -181,11 +188,13 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
     def progress(step):
         return min(1.0, step / schedule_steps)
 
-    def state(step):
+    def state(step, **more):
         return dict(extra_state or {}, model=model.state_dict(), guide=guide.state_dict(),
                     optimizer=optimizer.state_dict(), step=step, steps=options.steps, lr_scale=lr_scale,
                     loss=smoothed, data=batches.state() if hasattr(batches, "state") else None, rng=rng_state(),
-                    param_store=param_store_state(), schedule_steps=schedule_steps)
+                    param_store=param_store_state(), schedule_steps=schedule_steps,
+                    train_seconds=seconds_before + time.perf_counter() - started, events=events,
+                    rollbacks=rollbacks, clipped_steps=clipped_steps, **more)
 
     def restore(saved):
         model.load_state_dict(saved["model"])
@@ -196,88 +205,113 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
             group["lr"] = options.lr * saved["lr_scale"]
         return saved["step"], saved["lr_scale"], saved["loss"]
 
+    seconds_before, started = 0.0, time.perf_counter()
     if resume is not None:
+        seconds_before = float(resume.get("train_seconds", 0.0))
         start, lr_scale, smoothed = restore(resume)
         if resume.get("data") is not None and hasattr(batches, "load_state"):
             batches.load_state(resume["data"])
         set_rng_state(resume["rng"])
 
+    events, losses, grad_norms, bad, rollbacks, clipped_steps = [], [], [], 0, 0, 0
+    if resume is not None:   # the events of the stage's earlier calls
+        events = list(resume.get("events", []))
+        rollbacks, clipped_steps = int(resume.get("rollbacks", 0)), int(resume.get("clipped_steps", 0))
     # what a rollback returns to before the first checkpoint exists: the weights the stage started from
     initial = copy.deepcopy({k: v for k, v in state(start).items() if k not in ("data", "rng")})
-    events, losses, grad_norms, bad, rollbacks, clipped_steps = [], [], [], 0, 0, 0
     started = time.perf_counter()
     bar = tqdm(total=options.steps, initial=start, desc=tag, disable=not options.progress or rank != 0,
                dynamic_ncols=True)
     step = start
-    while step < options.steps:
-        x = next(batches).to(device, non_blocking=True)
-        factors = schedule.factors(progress(step))
-        for group in optimizer.param_groups:  # rollbacks lower lr_scale; the schedule shapes it over the stage
-            group["lr"] = options.lr * lr_scale * schedule.lr_factor(progress(step))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.amp):
-            loss = loss_module(x, factors)
-        if fault_injector is not None:
-            loss = fault_injector(step, loss)
-        ok = torch.isfinite(loss.detach()).float()
-        if world > 1:  # every rank skips together, or DDP's gradient all-reduce would hang
-            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        grad_norm = None
-        frames = x.shape[0] * x.shape[1] * world   # the gradient is that of the combined batch's loss
-        if ok.item():
-            optimizer.zero_grad(set_to_none=True)
-            (loss * world).backward()
-            # the bound applies to the per-frame loss's gradient, i.e. to the summed one at clip_norm * frames
-            bound = options.clip_norm * frames if options.clip_norm > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, bound) / frames
-            ok = torch.isfinite(grad_norm)
-        if not ok:
-            bad += 1
-            events.append({"step": step, "event": "non-finite loss or gradient: step skipped"})
-            log.warning("%s step %d: non-finite loss or gradient, step skipped (%d in a row)", tag, step, bad)
-            if bad >= options.max_bad_steps:
-                step, lr_scale, smoothed, bad = _roll_back(checkpoints, restore, initial, optimizer, options, lr_scale,
-                                                           step, tag, events, device)
-                rollbacks += 1
-                if rollbacks > options.max_rollbacks:
-                    raise RuntimeError(f"{tag}: {rollbacks} rollbacks without recovering; lower --lr and resume")
-                bar.n = step
-            continue
-        optimizer.step()
-        bad = 0
-        clipped = options.clip_norm > 0 and grad_norm.item() > options.clip_norm
-        clipped_steps += clipped
-        grad_norms.append(grad_norm.item())
-        per_frame = loss.item() / (x.shape[0] * x.shape[1])
-        smoothed = per_frame if smoothed is None else 0.98 * smoothed + 0.02 * per_frame
-        losses.append(per_frame)
-        step += 1
-        bar.update(1)
-        if rank == 0 and step - start == options.report_after and step < options.steps:
-            log.info("%s", _expected_end(tag, time.perf_counter() - started, step - start, options.steps - step))
-        if rank == 0:
-            bar.set_postfix(loss_per_frame=f"{per_frame:.1f}", **{k: f"{v:.3g}" for k, v in factors.items()})
-            if writer is not None:
-                writer.add_scalar(f"{tag}/loss_per_frame", per_frame, step)
-                writer.add_scalar(f"{tag}/grad_norm_per_frame", float(grad_norm), step)
-                writer.add_scalar(f"{tag}/clipped", float(clipped), step)
-                writer.add_scalar(f"{tag}/lr", optimizer.param_groups[0]["lr"], step)
-                for k, v in factors.items():
-                    writer.add_scalar(f"{tag}/factor_{k}", v, step)
-            if checkpoints is not None and step < options.steps and checkpoints.due(step, time.monotonic()):
-                checkpoints.save(step, state(step), smoothed)
-        if on_step is not None:
-            on_step(step, step == options.steps)
+    with stopping.deferred():   # a signal ends the step in progress, then stops below
+        while step < options.steps:
+            x = next(batches).to(device, non_blocking=True)
+            factors = schedule.factors(progress(step))
+            for group in optimizer.param_groups:  # rollbacks lower lr_scale; the schedule shapes it over the stage
+                group["lr"] = options.lr * lr_scale * schedule.lr_factor(progress(step))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.amp):
+                loss = loss_module(x, factors)
+            if fault_injector is not None:
+                loss = fault_injector(step, loss)
+            ok = torch.isfinite(loss.detach()).float()
+            if world > 1:  # every rank skips together, or DDP's gradient all-reduce would hang
+                dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+            grad_norm = None
+            frames = x.shape[0] * x.shape[1] * world   # the gradient is that of the combined batch's loss
+            if ok.item():
+                optimizer.zero_grad(set_to_none=True)
+                (loss * world).backward()
+                # the bound applies to the per-frame loss's gradient, i.e. to the summed one at clip_norm * frames
+                bound = options.clip_norm * frames if options.clip_norm > 0 else math.inf
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, bound) / frames
+                ok = torch.isfinite(grad_norm)
+            if not ok:
+                bad += 1
+                events.append({"step": step, "event": "non-finite loss or gradient: step skipped"})
+                log.warning("%s step %d: non-finite loss or gradient, step skipped (%d in a row)", tag, step, bad)
+                if bad >= options.max_bad_steps:
+                    step, lr_scale, smoothed, bad = _roll_back(checkpoints, restore, initial, optimizer, options, lr_scale,
+                                                               step, tag, events, device)
+                    rollbacks += 1
+                    if rollbacks > options.max_rollbacks:
+                        raise RuntimeError(f"{tag}: {rollbacks} rollbacks without recovering; lower --lr and resume")
+                    bar.n = step
+                continue
+            optimizer.step()
+            bad = 0
+            clipped = options.clip_norm > 0 and grad_norm.item() > options.clip_norm
+            clipped_steps += clipped
+            grad_norms.append(grad_norm.item())
+            per_frame = loss.item() / (x.shape[0] * x.shape[1])
+            smoothed = per_frame if smoothed is None else 0.98 * smoothed + 0.02 * per_frame
+            losses.append(per_frame)
+            step += 1
+            bar.update(1)
+            if rank == 0 and step - start == options.report_after and step < options.steps:
+                log.info("%s", _expected_end(tag, time.perf_counter() - started, step - start, options.steps - step))
+            if rank == 0:
+                bar.set_postfix(loss_per_frame=f"{per_frame:.1f}", **{k: f"{v:.3g}" for k, v in factors.items()})
+                if writer is not None:
+                    writer.add_scalar(f"{tag}/loss_per_frame", per_frame, step)
+                    writer.add_scalar(f"{tag}/grad_norm_per_frame", float(grad_norm), step)
+                    writer.add_scalar(f"{tag}/clipped", float(clipped), step)
+                    writer.add_scalar(f"{tag}/lr", optimizer.param_groups[0]["lr"], step)
+                    for k, v in factors.items():
+                        writer.add_scalar(f"{tag}/factor_{k}", v, step)
+                if checkpoints is not None and step < options.steps and checkpoints.due(step, time.monotonic()):
+                    checkpoints.save(step, state(step), smoothed)
+            if on_step is not None:
+                on_step(step, step == options.steps)
+            if step < options.steps and _stop_requested(world, device):
+                path = None
+                if rank == 0 and checkpoints is not None:
+                    path = checkpoints.save(step, state(step), smoothed)
+                bar.close()
+                raise stopping.Interrupted(stopping.requested() or signal.SIGTERM, path, step)
     bar.close()
-    if rank == 0 and checkpoints is not None:
-        checkpoints.save(options.steps, state(options.steps), smoothed)
     seconds = time.perf_counter() - started
-    tail = losses[-max(1, len(losses) // 10):] if losses else [math.nan]
-    return {"steps": options.steps, "seconds": seconds, "seconds_per_step": seconds / max(1, len(losses)),
-            "skipped_steps": sum(e["event"].endswith("skipped") for e in events), "rollbacks": rollbacks,
-            "clip_norm_per_frame": options.clip_norm, "clipped_steps": clipped_steps,
-            "events": events, "final_loss_per_frame": sum(tail) / len(tail), "lr_scale": lr_scale,
-            "last_lr": optimizer.param_groups[0]["lr"],
-            "trained_tensors": len(params), "losses": losses, "grad_norms_per_frame": grad_norms}
+    tail = losses[-max(1, len(losses) // 10):] if losses else [smoothed if smoothed is not None else math.nan]
+    stats = {"steps": options.steps, "seconds": seconds_before + seconds, "seconds_this_call": seconds,
+             "resumed_at_step": start if resume is not None else None,
+             "seconds_per_step": seconds / max(1, len(losses)),
+             "skipped_steps": sum(e["event"].endswith("skipped") for e in events), "rollbacks": rollbacks,
+             "clip_norm_per_frame": options.clip_norm, "clipped_steps": clipped_steps,
+             "events": events, "final_loss_per_frame": sum(tail) / len(tail), "lr_scale": lr_scale,
+             "last_lr": optimizer.param_groups[0]["lr"], "trained_tensors": len(params)}
+    if rank == 0 and checkpoints is not None:   # the stage's statistics travel with its last checkpoint
+        checkpoints.save(options.steps, state(options.steps, stats=stats), smoothed)
+    return {**stats, "losses": losses, "grad_norms_per_frame": grad_norms}
+
+
+def _stop_requested(world, device):
+    """Whether a signal asked this process, or under DDP any process, to stop (all stop at the same
+    step, or the next all-reduce would hang)."""
+    asked = stopping.requested() is not None
+    if world == 1:
+        return asked
+    flag = torch.tensor([float(asked)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def _expected_end(tag, seconds, done, left):
