@@ -62,7 +62,7 @@ def read_run_config(run_dir, flag="--run"):
     from models.registry import spec_of_config
     from vdsm.runfolder import read_config_json
 
-    config = read_config_json(run_dir, flag)
+    config = read_config_json(run_dir, flag, need_dataset=True)
     try:
         spec = spec_of_config(config)
     except ValueError as err:

@@ -123,7 +123,7 @@ def apply_extension(config, extended):
 
 def resume_config(args, run_dir, spec):
     """The saved config of ``--resume DIR`` (completed), the command line's overrides applied, checked."""
-    saved = read_config_json(run_dir, "--resume")
+    saved = read_config_json(run_dir, "--resume", need_dataset=True)
     if saved.get("dataset") != args.dataset:
         raise UsageError(f"--resume {run_dir}: that run trained on {saved['dataset']!r}, not {args.dataset!r}")
     # a run of before a dataset's generator changed resumes on the data it trained on (its new name)

@@ -31,9 +31,10 @@ class RunFolderError(CheckpointError):
     """A run folder that cannot be used as asked (held by another process, a damaged config.json)."""
 
 
-def read_config_json(run_dir, flag="--run"):
+def read_config_json(run_dir, flag="--run", need_dataset=False):
     """The dict in ``run_dir/config.json``; RunFolderError (one line, with the fix) when it is missing,
-    not JSON, or not an object with a ``model`` section."""
+    not JSON, or not an object with a ``model`` section (and, with ``need_dataset``, a ``dataset`` name:
+    what the commands read; a folder saved through the API alone may lack it)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise RunFolderError(f"{flag} {run_dir}: no config.json there; pass a run folder of experiments.run")
@@ -47,7 +48,7 @@ def read_config_json(run_dir, flag="--run"):
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise RunFolderError(f"{path} has no \"model\" section: it is not a config.json of experiments.run; "
                              f"restore it from a copy of the run")
-    if not isinstance(config.get("dataset"), str):
+    if need_dataset and not isinstance(config.get("dataset"), str):
         raise RunFolderError(f"{path}: key 'dataset' is missing or not a string; it was edited or damaged: fix it, "
                              f"or restore it from a copy of the run")
     return config
