@@ -78,8 +78,14 @@ def new_config(args, device, spec):
         base = load_model_preset(spec, args.dataset, preset, args.model)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    return resolve(args, {"preset": preset, "preset_reason": reason, "dataset": args.dataset,
-                          "dataset_version": data.DATASET_VERSIONS.get(args.dataset, 1), **base}, spec)
+    config = resolve(args, {"preset": preset, "preset_reason": reason, "dataset": args.dataset,
+                            "dataset_version": data.DATASET_VERSIONS.get(args.dataset, 1), **base}, spec)
+    # the preset's departures list describes the preset: what the command line changed in it is listed too
+    old, new = _flatten(base), _flatten(config)
+    changed = {k: {"preset": old[k], "run": new[k]} for k in sorted(old) if k in new and old[k] != new[k]}
+    if changed:
+        config["changed_from_preset"] = changed
+    return config
 
 
 def _flatten(d, prefix=""):

@@ -284,3 +284,10 @@ def test_every_model_departure_of_a_cpu_preset_is_named_in_its_departures(datase
             assert "networks:" in departs, (dataset, name)
         else:
             assert name in departs, (dataset, name, value)
+
+
+def test_what_the_command_line_changed_in_the_preset_is_recorded_beside_its_departures():
+    config = _config_of(["--dataset", "smmnist", "--model", "srvp", "--steps", "1400", "--lr", "0.001"])
+    assert config["changed_from_preset"] == {"train.steps": {"preset": 4400, "run": 1400},
+                                             "train.lr": {"preset": 0.002, "run": 0.001}}
+    assert "changed_from_preset" not in _config_of(["--dataset", "smmnist", "--model", "srvp"])
