@@ -14,6 +14,7 @@ setup(
         "numpy>=1.24,<3",
         "natsort>=8,<9",
         "imageio>=2.28,<3",
+        "av>=12,<20",   # imageio's PyAV plugin: decodes the user's videos (--dataset videos)
         "antialiased-cnns>=0.3,<1",
         "tqdm>=4.60,<5",
         "pillow>=10.1,<14",

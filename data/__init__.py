@@ -11,9 +11,11 @@ from .mug import MUG
 from .pendulum import Pendulum
 from .sprites import Sprites
 from .sprites_dsa import SpritesDSA
+from .videos import VideoFolder
+from . import videos as _videos
 
 __all__ = ["get_dataset", "DATASETS", "FOLDER_OPTIONS", "SPLITS", "DataError", "data_root", "DATASET_VERSIONS",
-           "current_dataset_name"]
+           "current_dataset_name", "DATASET_OPTIONS", "model_fields"]
 
 
 DATASETS = {
@@ -28,6 +30,7 @@ DATASETS = {
     "kth": KTH,
     "bair": BAIR,
     "human36m": Human36M,
+    "videos": VideoFolder,
 }
 
 # The option (and command-line flag, with dashes) that names each dataset's raw-data folder or
@@ -35,7 +38,19 @@ DATASETS = {
 FOLDER_OPTIONS = {"sprites": "sprites_layers", "sprites-dsa": "lpc_layers", "smmnist": "mnist", "mmnist": "mnist",
                   "smmnist-svg": "mnist", "mmnist-svg": "mnist",
                   "mug": "mug", "kth": "kth", "bair": "bair",
-                  "human36m": "human36m"}
+                  "human36m": "human36m", "videos": "videos"}
+
+# Options of a dataset beyond its data folder: {dataset: {dest: (type, default, help)}}. They are flags
+# of experiments.run for that dataset only; the run records their values in config.json
+# ("data_options") and every later command reads them from there.
+DATASET_OPTIONS = {"videos": _videos.OPTIONS}
+# Model config fields a dataset sizes from its options (the user's videos: the channels).
+_MODEL_FIELDS = {"videos": _videos.model_fields}
+
+
+def model_fields(name, options):
+    """The model config fields dataset ``name`` sets from its ``options`` ({} for the benchmarks)."""
+    return _MODEL_FIELDS[name](options) if name in _MODEL_FIELDS else {}
 
 # Datasets whose generator changed, with the version a new run's config.json records; a config.json
 # without "dataset_version" was written before and trained on the generator now named LEGACY_NAMES[name].

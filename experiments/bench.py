@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -43,13 +44,14 @@ STEP_CONFIGS = {
 }
 
 
-def bench_data(dataset="sprites", batch_size=20, num_workers=2, batches=100, sprites_layers=None, **options):
+def bench_data(dataset="sprites", batch_size=20, num_workers=2, batches=100, sprites_layers=None, root=None,
+               **options):
     import data
 
     opts = dict(options)
     if sprites_layers:
         opts["sprites_layers"] = sprites_layers
-    ds = data.get_dataset(dataset, "train", **opts)
+    ds = data.get_dataset(dataset, "train", root, **opts)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=num_workers,
                                          persistent_workers=num_workers > 0)
     it = iter(loader)
@@ -61,6 +63,41 @@ def bench_data(dataset="sprites", batch_size=20, num_workers=2, batches=100, spr
     seconds = time.perf_counter() - started
     return {"dataset": dataset, "options": options, "num_workers": num_workers, "batch_size": batch_size,
             "sequences_per_second": n / seconds}
+
+
+def bench_videos(folder, n_videos=200, seconds=10.0, fps=30, size=(320, 240), seq_len=10, batch_size=20,
+                 workers=(0, 1, 2), batches=50):
+    """``--dataset videos`` on generated footage (``n_videos`` .mp4 files of ``seconds`` at ``fps``,
+    ``size``; written into ``folder`` once): seconds to decode them into an empty cache, seconds to
+    open the cached dataset again (its checks included), then clips per second through a DataLoader."""
+    import shutil
+
+    import data
+    from data.shape_videos import write_shape_videos
+
+    folder = Path(folder)
+    videos, root = folder / f"videos-{n_videos}x{seconds:g}s-{size[0]}x{size[1]}", folder / "root"
+    if not (videos / "labels.csv").is_file():
+        started = time.perf_counter()
+        write_shape_videos(videos, n_videos, int(seconds * fps), size=size, fps=fps)
+        print(f"wrote {n_videos} videos in {time.perf_counter() - started:.0f} s", flush=True)
+    shutil.rmtree(root / "videos", ignore_errors=True)
+    started = time.perf_counter()
+    data.get_dataset("videos", "train", root, videos=videos, seq_len=seq_len)
+    decode = time.perf_counter() - started
+    import data.videos as module
+
+    module._VERIFIED.clear()   # a new process checks every cache file once
+    started = time.perf_counter()
+    data.get_dataset("videos", "train", root, videos=videos, seq_len=seq_len)
+    reopen = time.perf_counter() - started
+    rows = []
+    for w in workers:
+        r = bench_data("videos", batch_size, w, batches, videos=videos, seq_len=seq_len, root=root)
+        rows.append({**r, "options": {"seq_len": seq_len}})
+    return {"videos": n_videos, "seconds_each": seconds, "fps": fps, "size": list(size),
+            "frames": int(n_videos * seconds * fps), "decode_seconds": decode, "reopen_seconds": reopen,
+            "cache_bytes": sum(p.stat().st_size for p in (root / "videos").glob("*.npy")), "loading": rows}
 
 
 def _model_config(spec, model, dataset, overrides):
@@ -156,6 +193,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--amp", action="store_true", help="bf16 autocast, as experiments.run --amp")
     p.add_argument("--sprites-layers", default=None)
+    p.add_argument("--bench-videos", type=int, default=200,
+                   help="--only data: generated videos of 10 s at 30 fps, 320 x 240, for the videos row (0: no row)")
     p.add_argument("--json", default="bench.json", help="where to write the results")
     q = p.add_argument_group("time to quality (--only quality)")
     q.add_argument("--quality-out", help="folder for the runs, CSV, PNG and JSON (default bench_quality; "
@@ -245,10 +284,19 @@ def main(argv=None):
     if args.only in (None, "data"):
         results["data"] = [bench_data(num_workers=w, sprites_layers=args.sprites_layers, pair_actions=pair)
                            for w in (0, 1, 2) for pair in (False, True)]
+        if args.bench_videos:
+            results["videos"] = bench_videos(Path(args.data_root or "data_cache") / "bench_videos", args.bench_videos)
+            results["data"] += results["videos"]["loading"]
         print(f"{'data':<28}{'workers':>8}{'pairs':>7}{'seq/s':>10}")
         for r in results["data"]:
             print(f"{r['dataset']:<28}{r['num_workers']:>8}{str(r['options'].get('pair_actions')):>7}"
                   f"{r['sequences_per_second']:>10.0f}")
+        if args.bench_videos:
+            v = results["videos"]
+            print(f"videos: {v['videos']} x {v['seconds_each']:g} s at {v['fps']} fps, {v['size'][0]}x{v['size'][1]} "
+                  f"({v['frames']} frames): decoded in {v['decode_seconds']:.0f} s "
+                  f"({v['frames'] / v['decode_seconds']:.0f} frames/s), cache {v['cache_bytes'] / 1e9:.2f} GB, "
+                  f"reopened in {v['reopen_seconds']:.1f} s", flush=True)
     if args.only in (None, "steps"):
         results["steps"], failed = [], []
         print(f"{'config':<20}{'batch':>6}{'s/step':>9}{'nets s':>9}{'ratio':>7}{'peak GB':>9}{'sites':>7}")

@@ -10,6 +10,7 @@ from vdsm.checkpoint import CheckpointError
 from vdsm.stopping import Interrupted, signals_handled
 
 __all__ = ["UsageError", "cli_main", "choose_device", "choose_preset", "first_line", "refuse_other_data_folders",
+           "run_data_options",
            "read_run_config"]
 
 
@@ -81,6 +82,19 @@ def refuse_other_data_folders(args, dataset):
         raise UsageError(f"{', '.join('--' + d.replace('_', '-') for d in sorted(wrong))} do not apply to this "
                          f"{dataset} run: drop them")
     return {own: getattr(args, own)} if own and getattr(args, own, None) else {}
+
+
+def run_data_options(args, config, **options):
+    """The dataset options of a run's command: those config.json records ("data_options": the dataset's
+    own options, the split a run fixed, the data folder it used), the data folder flag of this command
+    line in place of the recorded one, then ``options`` (frames per sequence, ...)."""
+    from data import FOLDER_OPTIONS
+
+    recorded = dict(config.get("data_options", {}))
+    folder = FOLDER_OPTIONS.get(config["dataset"])
+    if folder and getattr(args, folder, None) is not None:
+        recorded[folder] = getattr(args, folder)
+    return {**recorded, **options}
 
 
 def choose_device(name=None):

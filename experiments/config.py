@@ -78,14 +78,30 @@ def new_config(args, device, spec):
         base = load_model_preset(spec, args.dataset, preset, args.model)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    options = data_options_of(args)
+    sized = copy.deepcopy(base)
+    sized["model"].update(data.model_fields(args.dataset, options))   # e.g. the channels of the user's videos
     config = resolve(args, {"preset": preset, "preset_reason": reason, "dataset": args.dataset,
-                            "dataset_version": data.DATASET_VERSIONS.get(args.dataset, 1), **base}, spec)
+                            "dataset_version": data.DATASET_VERSIONS.get(args.dataset, 1), **sized}, spec)
+    if options:
+        config["data_options"] = options
     # the preset's departures list describes the preset: what the command line changed in it is listed too
     old, new = _flatten(base), _flatten(config)
     changed = {k: {"preset": old[k], "run": new[k]} for k in sorted(old) if k in new and old[k] != new[k]}
     if changed:
         config["changed_from_preset"] = changed
     return config
+
+
+def data_options_of(args):
+    """What a new run records as its data options: the dataset's own options (given or default) and
+    the data folder it was given (absolute)."""
+    options = {dest: getattr(args, dest) if getattr(args, dest, None) is not None else default
+               for dest, (_, default, _) in data.DATASET_OPTIONS.get(args.dataset, {}).items()}
+    folder = data.FOLDER_OPTIONS.get(args.dataset)
+    if folder and getattr(args, folder, None) is not None:
+        options[folder] = str(Path(getattr(args, folder)).expanduser().resolve())
+    return options
 
 
 def _flatten(d, prefix=""):

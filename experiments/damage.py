@@ -54,7 +54,8 @@ from vdsm.viz import save_gif
 from vdsm.checkpoint import write_text_atomic
 from vdsm.runfolder import RunLock
 
-from .cli import UsageError, choose_device, cli_main, read_run_config, refuse_other_data_folders, unfinished_stages
+from .cli import (UsageError, choose_device, cli_main, read_run_config, refuse_other_data_folders, run_data_options,
+                  unfinished_stages)
 
 __all__ = ["Damage", "main"]
 
@@ -297,20 +298,21 @@ def _damage(args, run_dir, spec, config, folder, device, unfinished):
         api = load_run(run_dir, device)
         check_groups(args, api.trained_networks(), model_name)  # before any data is read
         n_past, n_future = config["model"]["n_past"], config["eval"]["n_future"]
-        sequences = data.get_dataset(config["dataset"], args.split, args.data_root, seq_len=n_past + n_future,
-                                     **folder)
+        sequences = data.get_dataset(config["dataset"], args.split, args.data_root,
+                                     **run_data_options(args, config, seq_len=n_past + n_future))
         n = min(args.sequences, len(sequences))
         x = torch.stack([sequences[i][0] for i in range(n)]).to(device)
         subject, truth = PredictionSubject(api, x, n_past, n_future, args.seed), x[:4]
         what = f"{n} {args.split} sequences, {n_past} -> {n_future} frames"
     else:
-        from vdsm.metrics.judge import JUDGES, load_or_train_judge
+        from vdsm.metrics.judge import judge_spec, load_or_train_judge
 
-        if config["dataset"] not in JUDGES:
-            raise UsageError(f"no judge for dataset {config['dataset']!r}: judges exist for {', '.join(JUDGES)}")
+        options = run_data_options(args, config, seq_len=spec.stages[-1].frames(config))
+        if judge_spec(config["dataset"], args.data_root, **options) is None:
+            raise UsageError(f"the damage experiment of a {model_name} run is scored by a judge, and dataset "
+                             f"{config['dataset']!r} has no labels: add a labels.csv (video, then one column per factor) to the video folder")
         vdsm = load_run(run_dir, device)
         check_groups(args, vdsm.trained_networks(), model_name)
-        options = {"seq_len": spec.stages[-1].frames(config), **folder}
         sequences = data.get_dataset(config["dataset"], args.split, args.data_root, **options)
         n = min(args.sequences, len(sequences))
         order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(args.seed))[:n]

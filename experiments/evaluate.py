@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 import data
 from models.registry import load_run
-from models.spec import JUDGE
+from models.spec import JUDGE, PREDICTION
 from vdsm.checkpoint import write_text_atomic
 from vdsm.runfolder import RunLock, read_metrics
 
@@ -38,6 +38,7 @@ from .cli import (
     cli_main,
     read_run_config,
     refuse_other_data_folders,
+    run_data_options,
     unfinished_stages,
 )
 
@@ -108,11 +109,7 @@ def _evaluate_judged(args, run_dir, config, device, spec):
 
 
 def _data_options(args, config, seq_len):
-    options = {"seq_len": seq_len}
-    flag = data.FOLDER_OPTIONS.get(config["dataset"])
-    if flag and getattr(args, flag, None):
-        options[flag] = getattr(args, flag)
-    return options
+    return run_data_options(args, config, seq_len=seq_len)
 
 
 def _update_metrics(run_dir, key, value, unfinished=None):
@@ -127,13 +124,13 @@ def _update_metrics(run_dir, key, value, unfinished=None):
 
 
 def evaluate_judge(args, run_dir, config, device, spec):
-    from vdsm.metrics.judge import JUDGES, load_or_train_judge
+    from vdsm.metrics.judge import judge_spec, load_or_train_judge
     from vdsm.metrics.protocol import judge_protocol
 
     dataset = config["dataset"]
-    if dataset not in JUDGES:
-        raise UsageError(f"no judge for dataset {dataset!r}: judges exist for {', '.join(JUDGES)}")
     options = _data_options(args, config, spec.stages[-1].frames(config))
+    if judge_spec(dataset, args.data_root, **options) is None:
+        return evaluate_unlabelled(args, run_dir, config, device, options)
     vdsm = load_run(run_dir, device)
     sequences = data.get_dataset(dataset, args.split, args.data_root, **options)
     name, what = config["model_name"], vdsm.describe()
@@ -150,6 +147,48 @@ def evaluate_judge(args, run_dir, config, device, spec):
     _update_metrics(run_dir, "judge_protocol" if args.split == "test" else "judge_protocol_val", result, args.unfinished)
     name = "disentanglement.md" if args.split == "test" else "disentanglement_val.md"
     write_text_atomic(run_dir / name, markdown(dataset, result))
+    return result
+
+
+UNLABELLED_SKIPPED = {"judge_protocols": "the videos have no labels: a judge needs a labels.csv (video, then one "
+                                         "column per factor) with its factors declared static or dynamic"}
+
+
+@torch.no_grad()
+def evaluate_unlabelled(args, run_dir, config, device, options, n_max=256):
+    """What needs no labels, for a run the judge protocols would score: the reconstruction error, the
+    Frechet distance between prior samples and real sequences in the run's own frame features, and
+    reconstructions, identity swaps and action transfers as labelled pictures (``<split>_pictures/``);
+    metrics.json says which protocols were skipped and why."""
+    from experiments.report import draw_pictures
+    from vdsm.metrics.frechet import frechet_distance
+
+    run = load_run(run_dir, device)
+    run.eval()
+    sequences = data.get_dataset(config["dataset"], args.split, args.data_root, **options)
+    n = min(n_max, len(sequences))
+    order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(1234))
+    x = torch.stack([sequences[int(i)][0] for i in order[:n]]).to(device)
+    seq_len = x.shape[1]
+    recon = torch.cat([run.reconstruct(chunk) for chunk in x.split(32)])
+    generated = torch.cat([run.generate(min(32, n - k), seq_len) for k in range(0, n, 32)])
+    out = run_dir / f"{args.split}_pictures"
+    out.mkdir(exist_ok=True)
+    draw_pictures(run, sequences, order, out, seq_len, device, args.split)
+    skipped = dict(UNLABELLED_SKIPPED)
+    if PREDICTION not in run.spec.evaluations:
+        skipped["prediction"] = f"{run.spec.name} does not predict frames from a past (its evaluations: judge)"
+    result = {"split": args.split, "sequences": n, "frames": seq_len, "model": config["model_name"],
+              "recon_mse_per_pixel": float(((x - recon) ** 2).mean()),
+              "frechet_prior_samples": {"value": frechet_distance(generated, x, run.frame_features, device),
+                                        "what": f"{n} prior samples against {n} real {args.split} sequences, every "
+                                                f"frame, in the run's own frame-encoder features"},
+              "pictures": str(out.relative_to(run_dir)), "skipped": skipped,
+              "date": time.strftime("%Y-%m-%d"), "command": "python -m experiments.evaluate " + " ".join(sys.argv[1:])}
+    _update_metrics(run_dir, "unlabelled" if args.split == "test" else "unlabelled_val", result, args.unfinished)
+    print(f"{args.split}: reconstruction MSE per pixel {result['recon_mse_per_pixel']:.5f}, Frechet distance of prior "
+          f"samples {result['frechet_prior_samples']['value']:.3f} (run's frame features); pictures in {out}; "
+          f"skipped: {'; '.join(f'{k} ({v})' for k, v in skipped.items())}", flush=True)
     return result
 
 

@@ -19,7 +19,8 @@ import data
 
 from vdsm.runfolder import RunLock, read_metrics
 
-from .cli import UsageError, choose_device, cli_main, read_run_config, refuse_other_data_folders, unfinished_stages
+from .cli import (UsageError, choose_device, cli_main, read_run_config, refuse_other_data_folders, run_data_options,
+                  unfinished_stages)
 
 __all__ = ["fit_prior", "fit_and_save", "main"]
 
@@ -70,7 +71,7 @@ def _fit_prior(args, run_dir, spec, config, folder, device):
     latents = args.latents or (["identity", "dynamics"] if vdsm.has_stage2 else ["identity"])
     if "dynamics" in latents and not vdsm.has_stage2:
         raise UsageError(f"--latents dynamics: {run_dir} has no stage-2 model (no dynamics latent); drop it")
-    options = {"seq_len": spec.stages[-1].frames(config), **folder}
+    options = run_data_options(args, config, seq_len=spec.stages[-1].frames(config))
     summaries = fit_and_save(vdsm, run_dir, config["dataset"], config.get("train_split", "train"), options,
                              {latent: args.max_components for latent in latents}, args.data_root, args.seed)
     metrics_path = run_dir / "metrics.json"

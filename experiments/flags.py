@@ -72,6 +72,13 @@ def build_parser(model=None):
     for dest in sorted(set(data.FOLDER_OPTIONS.values())):
         names = [name for name, option in data.FOLDER_OPTIONS.items() if option == dest]
         folders.add_argument(_flag(dest), dest=dest, help=f"folder or file of the raw data of {' / '.join(names)}")
+    for dataset, options in data.DATASET_OPTIONS.items():
+        group = p.add_argument_group(f"--dataset {dataset} only (recorded in config.json; later commands read them)")
+        for dest, (kind, default, help) in options.items():
+            if kind is bool:
+                group.add_argument(_flag(dest), dest=dest, action="store_true", default=None, help=help)
+            else:
+                group.add_argument(_flag(dest), dest=dest, type=kind, help=help)
     p.add_argument("--eval-sequences", type=int, help="val sequences used for metrics.json (default 256)")
     p.add_argument("--no-progress", action="store_true", default=None, help="no progress bar")
     safety = p.add_argument_group("checkpoints and fault handling")
@@ -166,6 +173,16 @@ def check_flags(args, given):
         verb = "does" if len(wrong) == 1 else "do"
         raise UsageError(f"{', '.join(map(_flag, wrong))} {verb} not apply to --dataset {args.dataset} ({hint}): "
                          f"drop them")
+    dataset_options = {dest for options in data.DATASET_OPTIONS.values() for dest in options}
+    foreign = sorted(given & (dataset_options - set(data.DATASET_OPTIONS.get(args.dataset, {}))))
+    if foreign:
+        owners = [name for name, options in data.DATASET_OPTIONS.items() if foreign[0] in options]
+        raise UsageError(f"{', '.join(map(_flag, foreign))} only apply to --dataset {' / '.join(owners)}, not "
+                         f"--dataset {args.dataset}: drop them")
+    mine = sorted(given & set(data.DATASET_OPTIONS.get(args.dataset, {})))
+    if args.resume and mine:
+        raise UsageError(f"{', '.join(map(_flag, mine))}: a resumed run reads its data options from its config.json; "
+                         f"drop them (or start a new run)")
     if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
         raise UsageError(f"--out {args.out} and --resume {args.resume} name different folders: give only --resume")
     for k, v in {**RUNTIME_DEFAULTS, **RECORDED_DEFAULTS}.items():

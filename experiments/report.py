@@ -54,22 +54,29 @@ def evaluate_and_draw(vdsm, args, config, run_dir, device):
             mse += ((x - recon) ** 2).sum().item()
             frames += x.shape[0] * x.shape[1]
         metrics.update(recon_bce_per_frame=bce / frames, recon_mse_per_pixel=mse / (frames * x[0, 0].numel()))
-        draw_pictures(vdsm, val, order, run_dir, seq_len, device)
+        if len(val) >= 2:
+            draw_pictures(vdsm, val, order, run_dir, seq_len, device)
+        else:
+            metrics["skipped"] = "swaps and transfers: the val split has one sequence"
     except GuideError as err:  # e.g. a non-amortised custom guide: it cannot infer new sequences' latents
         metrics["skipped"] = f"reconstructions, swaps and transfers: {first_line(err)}"
         log.warning("warning: %s", metrics["skipped"])
     return metrics
 
 
-def draw_pictures(vdsm, dataset, order, run_dir, seq_len, device):
-    n, k, mid = 8, 6, seq_len // 2
+def draw_pictures(vdsm, dataset, order, run_dir, seq_len, device, split="val"):
+    """reconstructions.png, identity_swap.png, action_transfer.png/.gif of ``dataset``'s sequences in
+    ``order`` (up to 8 reconstructed, up to 6 swapped: a small split draws fewer)."""
+    if len(order) < 2:
+        raise ValueError(f"the {split} split has {len(order)} sequence: swaps need two")
+    n, k, mid = min(8, len(order)), min(6, len(order) // 2), seq_len // 2
     x = torch.stack([dataset[int(i)][0] for i in order[:n]]).to(device)
     save_labelled_grid(sequence_strip(x, vdsm.reconstruct(x)), run_dir / "reconstructions.png", nrow=seq_len,
                        row_labels=["real", "reconstruction"],
-                       title=f"val sequences and their reconstructions, frames 1-{seq_len} left to right")
+                       title=f"{split} sequences and their reconstructions, frames 1-{seq_len} left to right")
     # identity swap grid: top row identity sources, left column pose sources, cell = mid frame
     pose = x[:k]
-    ident = torch.stack([dataset[int(i)][0] for i in order[n:n + k]]).to(device)
+    ident = torch.stack([dataset[int(i)][0] for i in order[k:2 * k]]).to(device)
     cells = [torch.zeros_like(x[0, 0])] + [ident[j, mid] for j in range(k)]
     for i in range(k):
         swapped = vdsm.swap_identity(pose[i:i + 1].expand(k, *pose.shape[1:]), ident)

@@ -74,6 +74,11 @@ def run(args, monitor=None):
         raise UsageError("the quality monitor scores val sequences, which --train-split trainval trains on")
     first = spec.cli.stages(args, spec)[0] if spec.cli is not None else spec.stages[0].tag
     train_data = stage_data(args, config, spec.stage(first))  # fail on bad data before anything is written
+    if run_dir is None and hasattr(train_data, "pinned_options"):   # e.g. the split by video, fixed for the run
+        config["data_options"] = {**config.get("data_options", {}), **train_data.pinned_options}
+        config["data_summary"] = train_data.summary
+        if rank0:
+            print(f"data: {train_data.describe_split()}", flush=True)
     rank, world_size, device = init_distributed(device)
     check_batch_sizes(spec, config, len(train_data), world_size)
     if run_dir is None:

@@ -9,7 +9,7 @@ from vdsm.batches import ResumableBatches
 from vdsm.checkpoint import CheckpointManager
 from vdsm.train import TrainOptions, train_stage
 
-from .cli import UsageError
+from .cli import UsageError, run_data_options
 
 __all__ = ["stage_data", "check_frames", "checkpoint_manager", "run_stage", "train_stages", "without_losses"]
 
@@ -17,12 +17,9 @@ log = logging.getLogger("experiments.run")
 
 
 def data_options(args, config, stage):
-    """The dataset options of ``stage`` (frames per sequence, its flags) and the raw-data folder flag."""
-    options = stage.data_options(config)
-    key = data.FOLDER_OPTIONS.get(args.dataset)
-    if key and getattr(args, key, None) is not None:
-        options[key] = getattr(args, key)
-    return options
+    """The dataset options of ``stage`` (frames per sequence, its flags), the run's recorded ones and
+    the raw-data folder (this command line's, else the recorded one)."""
+    return run_data_options(args, config, **stage.data_options(config))
 
 
 def check_frames(x, config):

@@ -16,7 +16,7 @@ from data.common import data_root
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..nets import LSTM
 
-__all__ = ["Judge", "JudgeSpec", "JUDGES", "JUDGE_HEADS", "train_judge", "load_or_train_judge", "judge_accuracy"]
+__all__ = ["Judge", "JudgeSpec", "JUDGES", "JUDGE_HEADS", "judge_spec", "train_judge", "load_or_train_judge", "judge_accuracy"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,25 @@ JUDGES = {
     "pendulum": JudgeSpec(dynamic={"angle": 4, "damping": 2}, static={"length": 3}),
 }
 JUDGE_HEADS = {name: spec.heads for name, spec in JUDGES.items()}
+
+
+def judge_spec(dataset_name, root=None, **data_options):
+    """The judge's heads for ``dataset_name``: ``JUDGES``' for the benchmarks; for a dataset labelled by
+    its user (``--dataset videos`` with a labels.csv) the factors its labels declare; None when the
+    dataset has no labels a judge could learn."""
+    if dataset_name in JUDGES:
+        return JUDGES[dataset_name]
+    factors = getattr(get_dataset(dataset_name, "train", root, **data_options), "judge_factors", None)
+    return None if factors is None else JudgeSpec(dynamic=dict(factors["dynamic"]), static=dict(factors["static"]))
+
+
+def _spec_or_error(dataset_name, root, data_options):
+    spec = judge_spec(dataset_name, root, **data_options)
+    if spec is None:
+        known = ", ".join(JUDGES)
+        raise ValueError(f"no judge for dataset {dataset_name!r}: it has no labels (judges exist for {known}, "
+                         f"and for --dataset videos with a labels.csv)")
+    return spec
 
 
 class Judge(nn.Module):
@@ -120,7 +139,7 @@ def train_judge(dataset_name, *, root=None, steps=1500, batch_size=32, lr=2e-3, 
 
     ``max_train`` / ``max_test`` restrict training / scoring to a seeded random subset.
     """
-    spec = JUDGES[dataset_name]
+    spec = _spec_or_error(dataset_name, root, data_options)
     heads = spec.heads
     torch.manual_seed(seed)
     train = get_dataset(dataset_name, "train", root, **data_options)
@@ -132,12 +151,16 @@ def train_judge(dataset_name, *, root=None, steps=1500, batch_size=32, lr=2e-3, 
         for split, ds in scored.items():
             pick = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed + 1))[:max_test]
             scored[split] = torch.utils.data.Subset(ds, pick.tolist())
+    if len(train) == 0:
+        raise ValueError(f"the judge of {dataset_name!r} has no training sequences")
+    batch_size = min(batch_size, len(train))   # a small dataset (the user's videos) still fills one batch
     nc = train[0][0].shape[1]
     judge = Judge(nc, heads, dynamic=list(spec.dynamic)).to(device)
     optimizer = torch.optim.Adam(judge.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True,
-                                         num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
+                                         num_workers=num_workers, persistent_workers=num_workers > 0,
+                                         generator=torch.Generator().manual_seed(seed))
     step, started = 0, time.time()
     bar = tqdm(total=steps, desc=f"judge ({dataset_name})", disable=not progress, dynamic_ncols=True)
     while step < steps:
@@ -176,11 +199,11 @@ def load_or_train_judge(dataset_name, *, root=None, device="cpu", steps=1500, pr
     the splits in ``accuracy_on``; each split is scored once and cached with the judge, and only
     when asked for (monitoring asks for "val" alone: it never reads the test split).
     """
-    if dataset_name not in JUDGES:
-        raise ValueError(f"no judge for dataset {dataset_name!r}: judges exist for {', '.join(JUDGES)}")
-    spec = JUDGES[dataset_name]
+    spec = _spec_or_error(dataset_name, root, data_options)
     settings = {"heads": spec.heads, "dynamic": list(spec.dynamic), "steps": steps, "trained_on": "train (val held out)",
                 **{k: v for k, v in data_options.items() if k not in _FOLDER_OPTIONS}}
+    if dataset_name not in JUDGES:   # the user's data: its contents are part of the key
+        settings["data"] = getattr(get_dataset(dataset_name, "train", root, **data_options), "fingerprint", None)
     path = _cache_path(dataset_name, root, settings)
     if path.is_file():
         state = load_checkpoint(path, device)
