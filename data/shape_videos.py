@@ -49,15 +49,24 @@ def shape_frames(shape, colour, direction, n_frames, size=(96, 72), speed=None, 
 
 
 def write_video(path, frames, fps=30):
-    """Write uint8 frames [T, H, W, 3] as a video (.mp4 etc. through PyAV, .gif through Pillow)."""
-    import imageio.v3 as iio
+    """Write uint8 frames [T, H, W, 3] as a video (.mp4 etc.: H.264, yuv420p, through PyAV; .gif through
+    Pillow). Odd sizes are cropped by one pixel (yuv420p needs even ones)."""
+    from fractions import Fraction
+
+    import av
 
     path = Path(path)
     if path.suffix.lower() == ".gif":
-        iio.imwrite(path, frames, plugin="pillow", duration=1000.0 / fps, loop=0)
-    else:
-        iio.imwrite(path, frames, plugin="pyav", codec="libx264", fps=fps,
-                    out_pixel_format="yuv420p")
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=1000.0 / fps, loop=0)
+        return
+    frames = np.ascontiguousarray(frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2])
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
 
 
 def write_shape_videos(folder, n_videos, n_frames, *, size=(96, 72), fps=30, seed=0, extension=".mp4",

@@ -58,7 +58,11 @@ def bench_data(dataset="sprites", batch_size=20, num_workers=2, batches=100, spr
     next(it)  # start the workers
     started, n = time.perf_counter(), 0
     for _ in range(batches):
-        x, _ = next(it)
+        try:
+            x, _ = next(it)
+        except StopIteration:   # a dataset of fewer batches: the next epoch
+            it = iter(loader)
+            x, _ = next(it)
         n += x.shape[0]
     seconds = time.perf_counter() - started
     return {"dataset": dataset, "options": options, "num_workers": num_workers, "batch_size": batch_size,
@@ -193,7 +197,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--amp", action="store_true", help="bf16 autocast, as experiments.run --amp")
     p.add_argument("--sprites-layers", default=None)
-    p.add_argument("--bench-videos", type=int, default=200,
+    p.add_argument("--bench-videos", type=int, default=None,
                    help="--only data: generated videos of 10 s at 30 fps, 320 x 240, for the videos row (0: no row)")
     p.add_argument("--json", default="bench.json", help="where to write the results")
     q = p.add_argument_group("time to quality (--only quality)")
@@ -218,6 +222,9 @@ def main(argv=None):
     prediction = args.only == "prediction"
     if not prediction and any(v is not None for v in (args.models, args.dataset, args.samples, args.budget_minutes)):
         p.error("--models, --dataset, --samples and --budget-minutes belong to --only prediction")
+    if args.bench_videos is not None and args.only not in (None, "data"):
+        p.error("--bench-videos belongs to the data part (--only data, or no --only)")
+    args.bench_videos = 200 if args.bench_videos is None else args.bench_videos
     args.models, args.dataset = args.models or ["svg-lp", "srvp"], args.dataset or "smmnist"
     args.budget_minutes = args.budget_minutes or 30.0
     args.quality_out = args.quality_out or ("bench_prediction" if prediction else "bench_quality")

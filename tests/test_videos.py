@@ -200,7 +200,7 @@ def test_frame_folders_and_gifs_are_videos_too(tmp_path):
             Image.fromarray(frame).save(frames_dir / f"{t}.png")
     write_video(folder / "loop.gif", shape_frames("disc", "green", "left", 9))
     assert set(find_sources(folder)) == {"take0", "take1", "loop.gif"}
-    assert len(dataset(folder, "trainval", seq_len=9)) + len(dataset(folder, "test", seq_len=9)) == 3
+    assert len(dataset(folder, "trainval", seq_len=8)) + len(dataset(folder, "test", seq_len=8)) == 3
 
 
 # ---------------------------------------------------------------- the commands
@@ -312,3 +312,12 @@ def test_the_judge_protocols_score_kept_dynamics_above_chance(videos, root):
     sequences = get_dataset("videos", "trainval", root, **options)
     result = judge_protocol(KeepsEverything(), judge, sequences, batch_size=16, repeats=1)
     assert result["fix_dynamics"]["heads"]["direction"]["accuracy"]["mean"] > 0.5
+
+
+def test_the_data_bench_row(tmp_path):
+    from experiments.bench import bench_videos
+
+    row = bench_videos(tmp_path, n_videos=3, seconds=1.0, fps=10, size=(48, 32), seq_len=4, batch_size=2,
+                       workers=(0,), batches=2)
+    assert row["frames"] == 30 and row["decode_seconds"] > 0 and row["reopen_seconds"] > 0
+    assert row["cache_bytes"] >= 30 * 64 * 64 * 3 and row["loading"][0]["sequences_per_second"] > 0
