@@ -201,8 +201,9 @@ def _write_atomic(path, write):
 
 
 def decode_cached(path, cache_dir, channels=3, fit="crop"):
-    """(memory-mapped uint8 frames [T, 64, 64, C], frame rate or None, cache key) of the source at
-    ``path``, decoded into ``cache_dir`` the first time (and again when the file or the settings change)."""
+    """(cache file of its uint8 frames [T, 64, 64, C], frame count, frame rate or None, cache key) of
+    the source at ``path``, decoded into ``cache_dir`` the first time (and again when the file or the
+    settings change) and checked."""
     path = Path(path).resolve()
     key = hashlib.sha256(json.dumps([CACHE_VERSION, str(path), _stamp(path), channels, fit, IMAGE_SIZE])
                          .encode()).hexdigest()[:24]
@@ -217,7 +218,11 @@ def decode_cached(path, cache_dir, channels=3, fit="crop"):
         meta = {"source": str(path), "shape": list(video.shape), "fps": fps, "crc32": _crc(video)}
         _write_atomic(meta_path, lambda f: f.write(json.dumps(meta).encode()))   # written last: the entry is whole
         cached = _read_cache(npy, meta_path)
-    return cached[0], cached[1]["fps"], key
+    if cached is None:
+        raise OSError(f"the cache file {npy} just written does not read back: check the disk of the data root")
+    # only the frame count is kept: a memory map per video would exhaust the process's map count
+    # (vm.max_map_count) with tens of thousands of videos; items map their file when read
+    return npy, len(cached[0]), cached[1]["fps"], key
 
 
 # ---------------------------------------------------------------- splits and labels
@@ -345,10 +350,10 @@ class VideoFolder(Dataset):
         self.random_start = random_window or split in ("train", "trainval")
         self.pair_actions, self.seed, self.epoch = pair_actions, 0, 0
         cache = data_root(root) / "videos"
-        frames, rates, keys, self.skipped = {}, {}, [], []
+        frames, counts, rates, keys, self.skipped = {}, {}, {}, [], []
         for name, path in sources.items():
             try:
-                frames[name], rates[name], key = decode_cached(path, cache, channels, fit)
+                frames[name], counts[name], rates[name], key = decode_cached(path, cache, channels, fit)
                 keys.append(key)
             except Exception as err:   # any failure of a third-party decoder means this file cannot be read
                 if not skip_unreadable:
@@ -376,7 +381,7 @@ class VideoFolder(Dataset):
         self._positions = {}
         for n in self.names:
             step = (rates[n] / fps if fps else 1.0) * frame_stride
-            kept = np.floor(np.arange(0, len(frames[n]), step)).astype(int)
+            kept = np.floor(np.arange(0, counts[n], step)).astype(int)
             if len(kept) < seq_len:
                 raise DataError(f"video {sources[n]} has {len(kept)} frames after --fps/--frame-stride, fewer than "
                                 f"--seq-len {seq_len}: lower --seq-len or --frame-stride, or remove the video")
@@ -481,7 +486,7 @@ class VideoFolder(Dataset):
         positions = self._positions[name]
         if start is None:
             start = int(rng.integers(len(positions) - self.seq_len + 1))
-        return np.asarray(self._frames[name][positions[start:start + self.seq_len]])
+        return np.asarray(np.load(self._frames[name], mmap_mode="r")[positions[start:start + self.seq_len]])
 
     def __getitem__(self, i):
         if not 0 <= i < len(self):
