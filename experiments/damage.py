@@ -46,7 +46,7 @@ from torch import nn
 from tqdm import tqdm
 
 import data
-from models.registry import load_run
+from models.registry import MODELS, load_run
 from models.spec import JUDGE
 from vdsm.metrics.prediction import baseline_scores, psnr, ssim
 from vdsm.viz import save_gif
@@ -292,7 +292,8 @@ def damage(args):
 def _damage(args, run_dir, spec, config, folder, device, unfinished):
     model_name, judged = spec.name, JUDGE in spec.evaluations
     if not judged and args.judge_steps is not None:
-        raise UsageError(f"--judge-steps applies to runs the judge scores (VDSM, DSA), not to this {model_name} run: "
+        scored = ", ".join(s.name for s in MODELS if JUDGE in s.evaluations)
+        raise UsageError(f"--judge-steps applies to runs the judge scores ({scored}), not to this {model_name} run: "
                          f"drop it")
     if not judged:
         api = load_run(run_dir, device)

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 import data
-from models.registry import load_run
+from models.registry import MODELS, load_run
 from models.spec import JUDGE, PREDICTION
 from vdsm.checkpoint import write_text_atomic
 from vdsm.runfolder import RunLock, read_metrics
@@ -102,7 +102,8 @@ def evaluate(args):
 def _evaluate_judged(args, run_dir, config, device, spec):
     for name in ("samples", "max_sequences", "n_future", "protocol", "lpips_backbone", "fvd_model"):
         if getattr(args, name) is not None:
-            raise UsageError(f"--{name.replace('_', '-')} applies to prediction runs (SVG, SRVP), not to this "
+            predicting = ", ".join(s.name for s in MODELS if PREDICTION in s.evaluations)
+            raise UsageError(f"--{name.replace('_', '-')} applies to prediction runs ({predicting}), not to this "
                              f"{spec.name.upper()} run")
     args.repeats, args.judge_steps, args.batch_size = args.repeats or 5, args.judge_steps or 1500, args.batch_size or 128
     return evaluate_judge(args, run_dir, config, device, spec)

@@ -1,6 +1,6 @@
 """Train a model and write a run folder: ``python -m experiments.run --dataset sprites [--model vdsm]``.
 
-Any model of ``models.registry`` (``--model vdsm``, ``svg-lp``, ``svg-fp``, ``srvp``, ``dsa``) or one
+Any model of ``models.registry`` (``--model vdsm``, ``svg-lp``, ``svg-fp``, ``srvp``, ``dsa``, ``cdsvae``) or one
 defined outside the library (``--model my_package.my_module:SPEC``, a ``models.spec.ModelSpec``)
 trains the same way: its spec's stages in order (VDSM: stage 1, then stage 2), each from its newest
 checkpoint. The run folder holds config.json, checkpoints/, tensorboard/ and metrics.json, and the

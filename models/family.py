@@ -15,6 +15,8 @@ Generative process for a batch of sequences x[b, t]:
                                       prediction steps the same hook frame by frame)
     x ~ p(x | z, s, x_<t)           site "obs" (hook ``emit``; ``observed(x)`` picks the frames
                                     that are scored, e.g. all but the first for SVG)
+    + factors                       terms beyond the ELBO for an observed x (hook
+                                    ``objective_terms``: C-DSVAE's contrastive and MI terms)
 
 One batch plate ("sequences", dim -1) holds every site; time and pixels are event
 dimensions, so the number of sites never depends on the batch size. Each latent group's
@@ -106,7 +108,8 @@ class StateSpaceVideoModel(nn.Module):
     ``frame_site(t, loc, scale)`` (site "z_t" for a frame, "z" for a slice of frames) from the
     state, ``initial_state(b, d, x_like, x)`` being the state before the first frame;
     ``num_latent_frames(t)`` is T' (default T); ``emit(z, s, factors, x)`` returns the distribution of
-    ``observed(x)``, z being the outs stacked over time.
+    ``observed(x)``, z being the outs stacked over time; ``objective_terms(x, s, z, factors)`` adds
+    ``pyro.factor`` sites to an observed sequence's objective (default: none).
 
     As in ``pyro.contrib.epidemiology``, the same ``transition`` samples step by step (training,
     generation, prediction's future) and, where every input is known, scores a whole sequence at once
@@ -154,6 +157,11 @@ class StateSpaceVideoModel(nn.Module):
     def emit(self, z, s, factors, x=None):
         raise NotImplementedError
 
+    def objective_terms(self, x, s, z, factors):
+        """Terms of the objective beyond the ELBO, as ``pyro.factor`` sites in the batch plate (one
+        value per sequence), added when ``x`` is observed (C-DSVAE: its contrastive and MI terms); by
+        default none. Reads the frames, the static latent and the outs stacked over time."""
+
     def forward(self, x=None, *, factors, batch_size=None, seq_len=None, n_future=0):
         register_module(type(self).__name__, self)  # its networks are Pyro params: a plain pyro.infer.SVI trains them
         ref = x if x is not None else next(self.parameters())
@@ -171,7 +179,10 @@ class StateSpaceVideoModel(nn.Module):
             with poutine.scale(scale=factors["z"] * self.kl_scale):
                 z = self.frame_prior.sample(self, b, self.num_latent_frames(t), d, ref, x)
             obs = None if x is None or n_future else self.observed(x)
-            return pyro.sample("obs", self.emit(z, s, factors, x), obs=obs)
+            frames = pyro.sample("obs", self.emit(z, s, factors, x), obs=obs)
+            if obs is not None:
+                self.objective_terms(x, s, z, factors)
+            return frames
 
     @torch.no_grad()
     def predict(self, x_past, n_future, guide):

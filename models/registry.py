@@ -10,6 +10,7 @@ path, ``--model my_package.my_module:SPEC``, and works with every command the sa
 from vdsm.checkpoint import CheckpointError
 from vdsm.runfolder import read_config_json
 
+from .cdsvae import SPEC as CDSVAE
 from .dsa import SPEC as DSA
 from .spec import UNNAMED_RUNS, ModelSpec, import_object
 from .srvp import SPEC as SRVP
@@ -18,7 +19,7 @@ from .vdsm import SPEC as VDSM
 
 __all__ = ["MODELS", "NAMES", "get", "spec_of_config", "load_run"]
 
-MODELS = (VDSM, SVG, SRVP, DSA)
+MODELS = (VDSM, SVG, SRVP, DSA, CDSVAE)
 NAMES = {name: spec for spec in MODELS for name in spec.names}
 
 

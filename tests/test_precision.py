@@ -50,6 +50,13 @@ def dsa_pair(posterior):
     return api.model, api.guide, api.factors(), torch.rand(2, 4, 3, 64, 64), api.model.parameters()
 
 
+def cdsvae_pair():
+    from models.cdsvae import CDSVAEConfig, CDSVAERun
+
+    run = CDSVAERun(CDSVAEConfig(f_dim=4, z_dim=3, g_dim=8, nf=4, rnn_dim=8, mws_dataset_size=50))
+    return run.model, run.guide, run.factors(), torch.rand(3, 4, 3, 64, 64), run.model.parameters()
+
+
 def check_elbo_under_bf16_autocast(model, guide, x, factors, params):
     """--amp runs the networks in bf16: every site's log-prob and the ELBO must still be fp32, the
     ELBO within 2% of the fp32 one (same random numbers), and its gradients finite."""
@@ -80,6 +87,7 @@ PAIRS = {
     "srvp": srvp_pair,
     "dsa-full": lambda: dsa_pair("full"),
     "dsa-factorised": lambda: dsa_pair("factorised"),
+    "cdsvae": cdsvae_pair,   # its factor sites (InfoNCE, the MI penalty) too
 }
 
 

@@ -1,0 +1,263 @@
+"""C-DSVAE, the contrastively disentangled sequential VAE (Bai, Wang & Gomes, NeurIPS 2021), as a
+member of the state-space family.
+
+The generative model is DSA's (``models.dsa``): a static latent f ~ N(0, I) (site "identity"),
+per-frame latents z_1..z_T with a learned LSTM prior p(z_t | z_<t) (sites "z_1".."z_T") and frames
+x_t ~ p(x_t | z_t, f) from one decoder of [z_t, f]. The guide (``guides.cdsvae``) is the release's
+q(f | x_1:T) q(z_1:T | x_1:T): one bidirectional LSTM over the frame features, f from its two
+ends, z_t from a forward RNN over its outputs (z does not read f, unlike DSA's full posterior).
+
+The objective is the ELBO (every KL in closed form, ``TraceMeanField_ELBO``) plus three terms the
+model adds as ``pyro.factor`` sites inside the batch plate (``objective_terms``), so that they are
+part of the one SVI loss, scaled as the plate is, whatever guide is paired with the model:
+
+    "content_nce"  weight_content * InfoNCE(mean q(f | x), mean q(f | content_augmented(x)))
+    "motion_nce"   weight_motion  * InfoNCE(mean q(z | x), mean q(z | motion_augmented(x)))
+    "mi_fz"        weight_mi * ReLU(log q(f, z_t) - log q(f) - log q(z_t)), a minibatch estimate
+
+as the release's ``train_cdsvae.py`` computes them (its loss, per sequence: summed L2
+reconstruction + KL_f + KL_z + mi_fz + 10 con_c + 10 con_m): InfoNCE over the 2B means of a batch
+and its augmentation, cosine similarity at temperature 0.5, each mean's positive the other view of
+its own sequence and its negatives the 2B - 2 others; q(f), q(z_t), q(f, z_t) of each sample as the
+average density under the B posteriors of the batch, over ``mws_dataset_size`` x B. Each
+sequence's factor is its share: the two InfoNCE terms of its means, halved, and its mean over
+frames of the ReLU, so that the plate's sum is B times the release's batch means (the release
+divides reconstruction and KLs by B and not these). The terms read the posterior statistics
+through ``CDSVAENets.posterior`` (the default guide's networks; a custom guide that keeps
+``nets.posterior`` trains with them as they are) and the guide's own draws of f and z_t. Under
+DDP each process's InfoNCE negatives and MI estimate are its own share of the batch (the release's
+DataParallel gathers the whole batch first).
+
+Augmentations: the release reads them precomputed from a data file it does not publish, so they
+are built on the fly here, as the paper describes their purpose: ``shuffle_frames`` keeps the
+content (the same frames, an independent random order per sequence: the motion is destroyed),
+``recolour`` keeps the motion (per sequence, the colour channels permuted and each channel's
+gamma drawn in [1/2, 2], the same for every frame: appearance changes, the silhouette and its
+movement do not).
+
+Networks (release ``model.py``): SVG's DCGAN-64 encoder (tanh features) and decoder without skips,
+a two-layer LSTM prior from z_0 = 0, Gaussians as mean and log-variance; f's two heads are a
+Linear then LeakyReLU(0.2), as the release's ``LinearUnit``. The release's likelihood is the
+summed squared error, i.e. ``emission="normal"`` with ``emission_scale`` = sqrt(1/2).
+"""
+import math
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pyro.infer import TraceMeanField_ELBO
+
+from vdsm.nets import LSTM, RNN, DCGANDecoder, DCGANEncoder
+
+from .config import DictConfig, check_values
+from .family import StateSpaceVideoModel, Stepped, emission_distribution
+from .spec import JUDGE, ONE_STAGE_DEFAULTS, ModelSpec, Stage, StaticLatentRun, constant_schedule
+
+__all__ = ["CDSVAEConfig", "CDSVAENets", "CDSVAEModel", "CDSVAERun", "SPEC", "shuffle_frames", "recolour",
+           "info_nce", "mi_penalty"]
+
+
+@dataclass
+class CDSVAEConfig(DictConfig):
+    """C-DSVAE sizes and weights (defaults: the release's Sprites run, ``run_cdsvae.sh``)."""
+
+    nc: int = 3
+    f_dim: int = 256           # static latent ("identity")
+    z_dim: int = 32            # per-frame latent
+    g_dim: int = 128           # frame features of the encoder
+    nf: int = 64               # width of the first conv block of encoder and decoder
+    rnn_dim: int = 256         # the posterior's LSTM and RNN, each layer of the prior's LSTM
+    emission: str = "normal"
+    emission_scale: float = 0.7071067811865476   # sqrt(1/2): -log p is the summed squared error
+    weight_content: float = 10.0    # --weight_c_aug
+    weight_motion: float = 10.0     # --weight_m_aug
+    weight_mi: float = 1.0          # the release adds mi_fz unweighted
+    temperature: float = 0.5        # of both InfoNCE terms
+    mws_dataset_size: int = 8100    # N of the minibatch estimate of q(f), q(z), q(f, z): the train split
+
+    def check(self):
+        check_values(self, positive=("emission_scale", "temperature"),
+                     at_least_one=("nc", "f_dim", "z_dim", "g_dim", "nf", "rnn_dim", "mws_dataset_size"))
+        for name in ("weight_content", "weight_motion", "weight_mi"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 0")
+        if self.emission not in ("bernoulli", "normal", "laplace"):
+            raise ValueError(f"emission={self.emission!r}: use bernoulli, normal or laplace")
+
+
+def _gaussian(h):
+    """Mean and scale from [mean, log-variance] (the release's parameterisation)."""
+    loc, logvar = h.chunk(2, -1)
+    return loc, torch.exp(0.5 * logvar)
+
+
+class CDSVAENets(nn.Module):
+    """Every network of C-DSVAE, shared by model and guide."""
+
+    def __init__(self, c: CDSVAEConfig):
+        super().__init__()
+        self.config = c
+        self.encoder = DCGANEncoder(c.nc, c.g_dim, c.nf)
+        self.decoder = DCGANDecoder(c.nc, c.f_dim + c.z_dim, c.nf, skip=False)
+        self.prior_cells = nn.ModuleList([nn.LSTMCell(c.z_dim, c.rnn_dim), nn.LSTMCell(c.rnn_dim, c.rnn_dim)])
+        self.prior_out = nn.Linear(c.rnn_dim, 2 * c.z_dim)
+        self.birnn = LSTM(c.g_dim, c.rnn_dim, batch_first=True, bidirectional=True)
+        self.f_mean = nn.Sequential(nn.Linear(2 * c.rnn_dim, c.f_dim), nn.LeakyReLU(0.2))
+        self.f_logvar = nn.Sequential(nn.Linear(2 * c.rnn_dim, c.f_dim), nn.LeakyReLU(0.2))
+        self.z_rnn = RNN(2 * c.rnn_dim, c.rnn_dim, batch_first=True)
+        self.z_out = nn.Linear(c.rnn_dim, 2 * c.z_dim)
+
+    def posterior(self, x):
+        """Frames [B, T, C, 64, 64] -> (f loc, f scale) [B, f_dim] and (z loc, z scale) [B, T, z_dim]."""
+        b, t = x.shape[:2]
+        h, _ = self.encoder(x.reshape(b * t, *x.shape[2:]))
+        out, _ = self.birnn(h.reshape(b, t, -1))
+        half = self.config.rnn_dim
+        ends = torch.cat([out[:, -1, :half], out[:, 0, half:]], -1)   # forward's end, backward's end
+        f_loc, f_scale = self.f_mean(ends), torch.exp(0.5 * self.f_logvar(ends))
+        z_loc, z_scale = _gaussian(self.z_out(self.z_rnn(out)[0]))
+        return f_loc, f_scale, z_loc, z_scale
+
+    def prior_step(self, z_prev, state):
+        """One step of the two-layer LSTM prior: (loc, scale, state) of z_t given z_{t-1}."""
+        states = []
+        h = z_prev
+        for cell, s in zip(self.prior_cells, state or (None, None)):
+            h, c = cell(h, s)
+            states.append((h, c))
+        loc, scale = _gaussian(self.prior_out(h))
+        return loc, scale, tuple(states)
+
+    def decode_logits(self, z, f):
+        """z [B, T, z_dim], f [B, f_dim] -> logits [B, T, C, 64, 64]."""
+        b, t = z.shape[:2]
+        zf = torch.cat([z, f.unsqueeze(1).expand(b, t, f.shape[-1])], -1).reshape(b * t, -1)
+        return self.decoder(zf, logits=True).reshape(b, t, self.config.nc, 64, 64)
+
+
+# ------------------------------------------------------------ augmentations and the added terms
+
+
+def shuffle_frames(x):
+    """The content augmentation: each sequence's frames in an independent random order."""
+    order = torch.rand(x.shape[:2], device=x.device).argsort(1)
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], order]
+
+
+def recolour(x):
+    """The motion augmentation: per sequence, the channels permuted at random and each raised to a
+    gamma drawn log-uniformly in [1/2, 2], the same for every frame (0 and 1 stay where they are, so
+    the silhouette of every frame is kept)."""
+    b, c = x.shape[0], x.shape[2]
+    perm = torch.rand(b, c, device=x.device).argsort(1)
+    gamma = torch.exp((torch.rand(b, 1, c, 1, 1, device=x.device) * 2 - 1) * math.log(2.0))
+    picked = torch.gather(x, 2, perm[:, None, :, None, None].expand_as(x))
+    return picked.clamp(min=0).pow(gamma.to(x.dtype))
+
+
+def info_nce(a, b, temperature):
+    """Per-pair InfoNCE [B] of two views [B, D]: the mean over both directions of -log of the positive's
+    share among the 2B - 1 others (cosine similarity / temperature), as the release's
+    ``contrastive_loss(tau, normalize=True)``; its batch mean is ``info_nce(...).mean()``."""
+    both = F.normalize(torch.cat([a, b]).float(), dim=1)
+    with torch.autocast(both.device.type, enabled=False):   # --amp: the loss term in fp32, as every log-density
+        sim = both @ both.T / temperature
+    n = a.shape[0]
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=sim.device), -math.inf)
+    positive = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(sim.device)
+    terms = torch.logsumexp(sim, 1) - sim.gather(1, positive[:, None]).squeeze(1)
+    return (terms[:n] + terms[n:]) / 2
+
+
+def _log_density_matrix(value, loc, scale):
+    """[..., B, B]: log N(value_i; loc_j, scale_j) summed over the last dim, for samples i and posteriors j."""
+    return dist.Normal(loc.unsqueeze(-3), scale.unsqueeze(-3)).log_prob(value.unsqueeze(-2)).sum(-1)
+
+
+def mi_penalty(f, z, f_loc, f_scale, z_loc, z_scale, dataset_size):
+    """Per-sequence MI(f; z) penalty [B]: the mean over frames of ReLU(log q(f, z_t) - log q(f) -
+    log q(z_t)), each density the batch's average posterior density over ``dataset_size`` (the
+    release's estimate); f [B, f_dim], z [B, T, z_dim]."""
+    b = f.shape[0]
+    log_norm = math.log(b * dataset_size)
+    log_f = _log_density_matrix(f.float(), f_loc.float(), f_scale.float())            # [B, B]
+    zt = lambda v: v.float().transpose(0, 1)                                          # noqa: E731  [T, B, D]
+    log_z = _log_density_matrix(zt(z), zt(z_loc), zt(z_scale))                        # [T, B, B]
+    q_f = torch.logsumexp(log_f, -1) - log_norm
+    q_z = torch.logsumexp(log_z, -1) - log_norm
+    q_fz = torch.logsumexp(log_f + log_z, -1) - log_norm
+    return F.relu(q_fz - q_f - q_z).mean(0)
+
+
+# ------------------------------------------------------------ the model and its run
+
+
+class CDSVAEModel(StateSpaceVideoModel):
+    """p(f) prod_t p(z_t | z_<t) p(x_t | z_t, f) and C-DSVAE's added terms; sites "identity" [B, f_dim],
+    "z_1".."z_T" [B, z_dim], "obs" [B, T, C, 64, 64], factors "content_nce", "motion_nce", "mi_fz" [B]."""
+
+    frame_prior = Stepped()
+    elbo = TraceMeanField_ELBO   # every KL in closed form (f, and each z_t given the sampled z_<t)
+
+    def __init__(self, nets: CDSVAENets):
+        super().__init__()
+        self.nets, self.z_dim = nets, nets.config.z_dim
+
+    def static_prior(self, batch, ref):
+        return dist.Normal(ref.new_zeros(batch, self.nets.config.f_dim), 1.0).to_event(1)
+
+    def transition(self, state, t):
+        """z_t ~ N(the two-layer LSTM over z_{t-1}), from z_0 = 0 and zero states."""
+        if t == 1:
+            z_prev, cells = state["ref"].new_zeros(state["batch"], self.z_dim), None
+        else:
+            z_prev, cells = state
+        loc, scale, cells = self.nets.prior_step(z_prev, cells)
+        z = self.frame_site(t, loc, scale)
+        return (z, cells), z
+
+    def emit(self, z, s, factors, x=None):
+        c = self.nets.config
+        return emission_distribution(c.emission, self.nets.decode_logits(z, s), c.emission_scale)
+
+    def objective_terms(self, x, s, z, factors):
+        c, nets = self.nets.config, self.nets
+        if not (c.weight_content or c.weight_motion or c.weight_mi):
+            return
+        f_loc, f_scale, z_loc, z_scale = nets.posterior(x)
+        if c.weight_content:
+            f_content = nets.posterior(shuffle_frames(x))[0]
+            pyro.factor("content_nce", -c.weight_content * info_nce(f_loc, f_content, c.temperature))
+        if c.weight_motion:
+            z_motion = nets.posterior(recolour(x))[2]
+            pyro.factor("motion_nce", -c.weight_motion * info_nce(z_loc.flatten(1), z_motion.flatten(1), c.temperature))
+        if c.weight_mi:
+            pyro.factor("mi_fz", -c.weight_mi * mi_penalty(s, z, f_loc, f_scale, z_loc, z_scale, c.mws_dataset_size))
+
+
+class CDSVAERun(StaticLatentRun):
+    """A trained (or freshly built) C-DSVAE; as DSA's run, its dynamics are z_1..z_T, so
+    ``transfer_action`` equals ``swap_identity``.
+
+    Example::
+
+        run = CDSVAERun.load("runs/sprites-cdsvae-...")     # or models.registry.load_run(...)
+        moved = run.transfer_action(action_x, identity_x)
+    """
+
+    nets_cls, model_cls, guide_path = CDSVAENets, CDSVAEModel, "guides.cdsvae:CDSVAEGuide"
+
+    def dynamics_sites(self, t):
+        return {f"z_{k}" for k in range(1, t + 1)}
+
+
+SPEC = ModelSpec(
+    names=("cdsvae",), config_cls=CDSVAEConfig, presets="cdsvae.json", run_cls=CDSVAERun,
+    stages=(Stage("cdsvae", "train", pair=lambda run: (run.model, run.guide),
+                  schedule=constant_schedule(("identity", "z")), frames=lambda config: config["train"]["seq_len"],
+                  section_defaults=ONE_STAGE_DEFAULTS),),
+    evaluations=frozenset({JUDGE}), train_flags=("steps", "batch_size", "lr", "seq_len", "clip_norm"))
+CDSVAERun.spec = SPEC

@@ -1,0 +1,241 @@
+"""C-DSVAE (Bai, Wang & Gomes 2021) as a member of the family: sites, the objective written out as
+the release's train_cdsvae.py computes it, the augmentations against an oracle on Sprites, and
+``--model cdsvae`` through run, resume, evaluate and damage."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import TraceMeanField_ELBO
+
+import data
+from models.cdsvae import CDSVAEConfig, CDSVAERun, recolour, shuffle_frames
+from tests_helpers import run_main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"f_dim": 4, "z_dim": 3, "g_dim": 8, "nf": 4, "rnn_dim": 8, "mws_dataset_size": 50}
+TINY_FLAGS = ["--f-dim", "4", "--z-dim", "3", "--g-dim", "8", "--nf", "4", "--rnn-dim", "8", "--batch-size", "3",
+              "--eval-sequences", "4", "--num-workers", "0", "--no-progress"]
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return CDSVAERun(CDSVAEConfig(**{**TINY, **kw}))
+
+
+def frames(b, t):
+    return torch.rand(b, t, 3, 64, 64, generator=torch.Generator().manual_seed(b * 10 + t))
+
+
+def test_sites_and_shapes_do_not_depend_on_the_batch_size_and_one_svi_step_trains():
+    run = tiny()
+    names = {}
+    for b in (2, 5):
+        x = frames(b, 4)
+        guide_trace = poutine.trace(run.guide).get_trace(x, factors=run.factors())
+        trace = poutine.trace(poutine.replay(run.model, guide_trace)).get_trace(x, factors=run.factors())
+        sites = [(n, s["type"], s["is_observed"]) for n, s in trace.nodes.items()
+                 if s["type"] == "sample" and not poutine.util.site_is_subsample(s)]
+        names[b] = sites
+        assert trace.nodes["identity"]["value"].shape == (b, 4) and trace.nodes["z_3"]["value"].shape == (b, 3)
+        for factor in ("content_nce", "motion_nce", "mi_fz"):   # one value per sequence, in the plate
+            assert trace.nodes[factor]["fn"].batch_shape == (b,), factor
+            assert [f.name for f in trace.nodes[factor]["cond_indep_stack"]] == ["sequences"]
+    assert names[2] == names[5]
+    assert [n for n, kind, observed in names[2] if not observed] == ["identity", "z_1", "z_2", "z_3", "z_4"]
+    x = frames(3, 4)
+    svi = pyro.infer.SVI(run.model, run.guide, pyro.optim.Adam({"lr": 1e-3}), TraceMeanField_ELBO())
+    assert math.isfinite(svi.step(x, factors=run.factors()))
+
+
+def _release_loss(nets, x, f, z, views, c):
+    """The release's batch loss (train_cdsvae.py ``train``), written as it computes it, on the guide's
+    draws f, z and the augmented views: L2 recon / B + KL_f / B + KL_z / B + mi_fz + 10 con_c + 10 con_m."""
+    b, t = x.shape[:2]
+    f_mean, f_scale, z_mean, z_scale = nets.posterior(x)
+    f_logvar, z_logvar = 2 * f_scale.log(), 2 * z_scale.log()
+    recon = torch.sigmoid(nets.decode_logits(z, f))
+    l_recon = ((recon - x) ** 2).sum()
+    kld_f = -0.5 * torch.sum(1 + f_logvar - f_mean ** 2 - f_logvar.exp())
+    p_mean, p_logvar, z_prev, state = [], [], torch.zeros(b, c.z_dim), None
+    for k in range(t):   # the prior teacher-forced on the posterior's draws, from z_0 = 0
+        loc, scale, state = nets.prior_step(z_prev, state)
+        p_mean.append(loc)
+        p_logvar.append(2 * scale.log())
+        z_prev = z[:, k]
+    p_mean, p_logvar = torch.stack(p_mean, 1), torch.stack(p_logvar, 1)
+    kld_z = 0.5 * torch.sum(p_logvar - z_logvar + (z_logvar.exp() + (z_mean - p_mean) ** 2) / p_logvar.exp() - 1)
+
+    def contrastive(xi, xj, tau=c.temperature):   # contrastive_loss(tau=0.5, normalize=True)
+        both = torch.cat((xi, xj), 0)
+        norms = both.norm(dim=1)
+        sim = torch.exp(both @ both.T / (norms[:, None] * norms[None, :]) / tau)
+        match = torch.exp((xi * xj).sum(-1) / (xi.norm(dim=1) * xj.norm(dim=1)) / tau)
+        match = torch.cat((match, match), 0)
+        return torch.mean(-torch.log(match / (sim.sum(-1) - math.exp(1 / tau))))
+
+    con_c = contrastive(f_mean, nets.posterior(views["content"])[0])
+    con_m = contrastive(z_mean.reshape(b, -1), nets.posterior(views["motion"])[2].reshape(b, -1))
+
+    def log_density(sample, mu, logvar):
+        return -0.5 * ((sample - mu) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi))
+
+    n = c.mws_dataset_size
+    logq_f_tmp = log_density(f.unsqueeze(0).repeat(t, 1, 1).view(t, b, 1, -1), f_mean.unsqueeze(0).repeat(t, 1, 1).view(t, 1, b, -1),
+                             f_logvar.unsqueeze(0).repeat(t, 1, 1).view(t, 1, b, -1))
+    logq_z_tmp = log_density(z.transpose(0, 1).view(t, b, 1, -1), z_mean.transpose(0, 1).view(t, 1, b, -1),
+                             z_logvar.transpose(0, 1).view(t, 1, b, -1))
+    logq_fz_tmp = torch.cat((logq_f_tmp, logq_z_tmp), 3)
+    logq_f = torch.logsumexp(logq_f_tmp.sum(3), 2) - math.log(b * n)
+    logq_z = torch.logsumexp(logq_z_tmp.sum(3), 2) - math.log(b * n)
+    logq_fz = torch.logsumexp(logq_fz_tmp.sum(3), 2) - math.log(b * n)
+    mi_fz = torch.relu(logq_fz - logq_f - logq_z).mean()
+    terms = {"content_nce": c.weight_content * con_c, "motion_nce": c.weight_motion * con_m, "mi_fz": c.weight_mi * mi_fz}
+    return (l_recon + kld_f + kld_z) / b + sum(terms.values()), terms
+
+
+def test_the_objective_is_the_releases_loss_written_out():
+    """What training optimises (TraceMeanField_ELBO's loss of model and guide) is B times the release's
+    batch loss, plus the Gaussian's normalising constant (the release's L2 is -log N(x; mean, sqrt(1/2))
+    without it), for one fixed draw of the latents and the augmentations; each added term's factor
+    site holds B times the release's term."""
+    run = tiny()
+    c, x = run.nets.config, frames(4, 3)
+    b = x.shape[0]
+    pyro.set_rng_seed(1)
+    loss = TraceMeanField_ELBO().differentiable_loss(run.model, run.guide, x, factors=run.factors()).detach()
+    pyro.set_rng_seed(1)
+    guide_trace = poutine.trace(run.guide).get_trace(x, factors=run.factors())
+    views = {"content": shuffle_frames(x), "motion": recolour(x)}   # the model's draws, in its order
+    f = guide_trace.nodes["identity"]["value"]
+    z = torch.stack([guide_trace.nodes[f"z_{k}"]["value"] for k in (1, 2, 3)], 1)
+    constant = x.numel() * 0.5 * math.log(math.pi)   # per pixel: log sqrt(1/2) + log sqrt(2 pi)
+    with torch.no_grad():
+        expected, terms = _release_loss(run.nets, x, f, z, views, c)
+    assert float(loss - constant) == pytest.approx(float(b * expected), rel=1e-5)
+    pyro.set_rng_seed(1)
+    guide_trace = poutine.trace(run.guide).get_trace(x, factors=run.factors())
+    trace = poutine.trace(poutine.replay(run.model, guide_trace)).get_trace(x, factors=run.factors())
+    for name, value in terms.items():
+        assert float(-trace.nodes[name]["fn"].log_factor.sum().detach()) == pytest.approx(b * float(value), rel=1e-5), name
+        assert float(value) > 0.1, name   # each term is there to be checked
+    # without the added terms the loss is the plain ELBO's
+    plain = tiny(weight_content=0.0, weight_motion=0.0, weight_mi=0.0)
+    pyro.set_rng_seed(1)
+    elbo_only = TraceMeanField_ELBO().differentiable_loss(plain.model, plain.guide, x, factors=plain.factors()).detach()
+    assert not {"content_nce", "motion_nce", "mi_fz"} & set(poutine.trace(plain.model).get_trace(x, factors=plain.factors()).nodes)
+    assert float(elbo_only - constant) == pytest.approx(float(b * expected - b * sum(terms.values())), rel=1e-5)
+
+
+# ------------------------------------------------------------ the augmentations against an oracle
+
+
+def _palettes(x, levels=8):
+    """Order-free appearance of each sequence [B, levels^3]: the histogram of its non-background colours."""
+    q = (x.clamp(0, 0.999) * levels).long()
+    codes = (q[:, :, 0] * levels + q[:, :, 1]) * levels + q[:, :, 2]
+    seen = x.amax(2) > 0
+    hist = torch.zeros(x.shape[0], levels ** 3)
+    for i in range(x.shape[0]):   # a test oracle, not library code
+        hist[i] = torch.bincount(codes[i][seen[i]], minlength=levels ** 3).float()
+    return hist / hist.sum(1, keepdim=True)
+
+
+def _silhouettes(x):
+    """Colour-free motion of each sequence [B, T * H * W]: which pixels of each frame are the character's."""
+    return (x.amax(2) > 0).float().flatten(1)
+
+
+class SpritesOracle:
+    """Labels Sprites sequences from pixels by nearest neighbours in a labelled pool: the static
+    attributes from the colour histogram among the other actions of every character, the action from
+    the silhouettes among the sequences of the other characters."""
+
+    STATIC = ("body", "bottom", "top", "hair")
+
+    def __init__(self, x, labels):
+        self.palettes, self.silhouettes, self.labels = _palettes(x), _silhouettes(x), labels
+
+    def static(self, x, own):
+        d = torch.cdist(_palettes(x), self.palettes, p=1)
+        d[torch.arange(len(own)), own] = math.inf   # not the sequence itself
+        best = d.argmin(1)
+        return torch.stack([self.labels[k][best] for k in self.STATIC], 1)
+
+    def action(self, x, own):
+        d = torch.cdist(_silhouettes(x), self.silhouettes, p=1)
+        same = self.labels["character"][own][:, None] == self.labels["character"][None, :]
+        d[same] = math.inf   # only other characters
+        return self.labels["action"][d.argmin(1)]
+
+
+def test_each_augmentation_keeps_what_it_should_by_an_oracle_on_sprites(data_dirs, tmp_path):
+    """Content augmentation: the oracle's static attributes stay; motion augmentation: the oracle's
+    action stays and the static attributes change. The oracle itself is first checked on the
+    sequences as they are."""
+    ds = data.get_dataset("sprites", "test", tmp_path, sprites_layers=data_dirs.sprites)
+    items = [ds[i] for i in range(9 * 30)]   # every action of 30 test characters
+    x = torch.stack([frames for frames, _ in items])
+    labels = {k: torch.tensor([lab[k] for _, lab in items]) for k in ("body", "bottom", "top", "hair", "action", "character")}
+    assert len(set(labels["character"].tolist())) >= 25 and len(set(labels["action"].tolist())) == 9
+    oracle, own = SpritesOracle(x, labels), torch.arange(len(items))
+    true_static = torch.stack([labels[k] for k in SpritesOracle.STATIC], 1)
+    assert (oracle.static(x, own) == true_static).all(1).float().mean() > 0.9
+    assert (oracle.action(x, own) == labels["action"]).float().mean() > 0.9
+
+    torch.manual_seed(0)
+    content = shuffle_frames(x)
+    assert (content != x).flatten(1).any(1).float().mean() > 0.5   # the order changed
+    assert torch.equal(content.sum(1), x.sum(1))                    # the same frames
+    assert torch.equal(oracle.static(content, own), oracle.static(x, own))
+
+    motion = recolour(x)
+    assert torch.equal(_silhouettes(motion), _silhouettes(x))
+    assert (oracle.action(motion, own) == labels["action"]).float().mean() > 0.9
+    assert (oracle.static(motion, own) == true_static).all(1).float().mean() < 0.3
+    assert motion.min() >= 0 and motion.max() <= 1
+
+
+# ------------------------------------------------------------ through the commands
+
+
+def test_cdsvae_runs_resumes_evaluates_and_damages_from_the_command_line(tmp_path, data_dirs, judge_root):
+    run, root = tmp_path / "cdsvae", judge_root
+    common = ["--sprites-layers", data_dirs.sprites, "--data-root", root]
+    code, _, err = run_main("run", ["--dataset", "sprites", "--model", "cdsvae", *common, "--out", run, "--steps", "2",
+                                    *TINY_FLAGS])
+    assert code == 0, err
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_name"] == "cdsvae" and config["preset"] == "cpu" and config["model"]["weight_content"] == 10.0
+    assert any("augmentations built on the fly" in line for line in config["departs_from_paper"])
+    for picture in ("reconstructions.png", "identity_swap.png", "action_transfer.png", "samples.gif"):
+        assert (run / picture).stat().st_size > 0, picture
+    code, _, err = run_main("run", ["--dataset", "sprites", "--model", "cdsvae", *common, "--resume", run, "--steps", "4",
+                                    "--num-workers", "0", "--no-progress"])
+    assert code == 0, err
+    stats = json.loads((run / "metrics.json").read_text())["train"]
+    assert stats["steps"] == 4 and stats["resumed_at_step"] == 2, stats
+    code, _, err = run_main("evaluate", ["--run", run, "--judge-steps", "3", "--batch-size", "6", "--repeats", "1",
+                                         *common])
+    assert code == 0, err
+    protocol = json.loads((run / "metrics.json").read_text())["judge_protocol"]
+    assert protocol["model"] == "cdsvae" and set(protocol["fix_dynamics"]["prior_identity"]) == {"body", "bottom", "top", "hair"}
+    assert "pooled" in protocol["fix_dynamics"]
+    damage = subprocess.run([sys.executable, "-m", "experiments.damage", "--run", str(run), "--judge-steps", "3",
+                             "--iterations", "1", "--hits", "5", "--repeats", "1", "--sequences", "4", "--which",
+                             "decoder", "--data-root", str(root), "--sprites-layers", str(data_dirs.sprites),
+                             "--out", str(tmp_path / "damage"), "--no-progress"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert damage.returncode == 0, damage.stderr
+    assert "| decoder |" in (tmp_path / "damage" / "fragility.md").read_text()
+
+
+def test_its_weights_are_flags_refused_for_other_models(tmp_path):
+    code, _, err = run_main("run", ["--dataset", "sprites", "--model", "dsa", "--weight-motion", "3", "--out", tmp_path / "x"])
+    assert code == 2 and "--weight-motion only applies to --model cdsvae" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
