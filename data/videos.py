@@ -386,7 +386,7 @@ class VideoFolder(Dataset):
                 raise DataError(f"video {sources[n]} has {len(kept)} frames after --fps/--frame-stride, fewer than "
                                 f"--seq-len {seq_len}: lower --seq-len or --frame-stride, or remove the video")
             self._positions[n] = kept
-        self._frames = {n: frames[n] for n in self.names}
+        self._cache_files = {n: frames[n] for n in self.names}   # the .npy of each video's decoded frames
         self.clips = [(n, start) for n in self.names for start in range(0, len(self._positions[n]) - seq_len + 1,
                                                                             seq_len)]
         self.fps = {n: rates[n] for n in names}
@@ -486,7 +486,7 @@ class VideoFolder(Dataset):
         positions = self._positions[name]
         if start is None:
             start = int(rng.integers(len(positions) - self.seq_len + 1))
-        return np.asarray(np.load(self._frames[name], mmap_mode="r")[positions[start:start + self.seq_len]])
+        return np.asarray(np.load(self._cache_files[name], mmap_mode="r")[positions[start:start + self.seq_len]])
 
     def __getitem__(self, i):
         if not 0 <= i < len(self):
