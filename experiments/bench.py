@@ -48,7 +48,7 @@ def _registered_step_configs():
     """Every one-stage registered model the table above does not name: "<name>-reference" and
     "<name>-cpu", its paper and cpu presets for the first dataset of its presets file, at the frames
     its stage trains on (so a new model is benchmarked without an edit here)."""
-    from experiments.configs import _HERE, load_model_preset
+    from experiments.configs import load_model_preset, preset_datasets
     from models.registry import MODELS
 
     named = {entry[0] for entry in STEP_CONFIGS.values()}
@@ -56,8 +56,7 @@ def _registered_step_configs():
     for spec in MODELS:
         if spec.name in named or len(spec.stages) != 1 or "{dataset}" in str(spec.presets):
             continue
-        path = Path(spec.presets) if Path(spec.presets).is_absolute() else _HERE / spec.presets
-        dataset = next(d for d, presets in json.loads(path.read_text()).items() if isinstance(presets, dict))
+        dataset = preset_datasets(spec)[0]
         stage = spec.stages[0]
         for preset, suffix in (("paper", "reference"), ("cpu", "cpu")):
             config = spec.complete(load_model_preset(spec, dataset, preset))

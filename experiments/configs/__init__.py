@@ -7,10 +7,19 @@ or a path to a model's own presets file (a model defined outside the library).""
 import json
 from pathlib import Path
 
-__all__ = ["load_model_preset", "load_preset", "load_svg_preset", "load_judged_preset", "PRESETS"]
+__all__ = ["load_model_preset", "preset_datasets", "load_preset", "load_svg_preset", "load_judged_preset", "PRESETS"]
 
 PRESETS = ("cpu", "paper")
 _HERE = Path(__file__).parent
+
+
+def _presets_path(spec):
+    return Path(spec.presets) if Path(spec.presets).is_absolute() else _HERE / spec.presets
+
+
+def preset_datasets(spec):
+    """The datasets a single-file presets file has its own presets for (not those naming another's)."""
+    return [d for d, presets in json.loads(_presets_path(spec).read_text()).items() if isinstance(presets, dict)]
 
 
 def load_model_preset(spec, dataset, preset, name=None):
@@ -24,8 +33,7 @@ def load_model_preset(spec, dataset, preset, name=None):
             known = sorted(p.stem for p in _HERE.glob(spec.presets.format(dataset="*")))
             raise ValueError(f"no {name.upper()} config for dataset {dataset!r}: choose one of {', '.join(known)}")
         return json.loads(path.read_text())[preset]
-    path = Path(spec.presets) if Path(spec.presets).is_absolute() else _HERE / spec.presets
-    configs = json.loads(path.read_text())
+    configs = json.loads(_presets_path(spec).read_text())
     if isinstance(configs.get(dataset), str):  # another dataset's presets ("smmnist-svg": "smmnist")
         dataset = configs[dataset]
     if dataset not in configs or preset not in configs[dataset]:
