@@ -116,9 +116,11 @@ class RunLock:
         key = self.folder.resolve()
         if key in _HELD:   # this process holds it already (a benchmark that runs experiments.run)
             return self
-        if not self.folder.exists():
+        try:
             self.folder.mkdir(parents=True)
             self.created = True
+        except FileExistsError:   # there already, or made by another process between its check and ours
+            pass
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
