@@ -35,9 +35,13 @@ class VDSMStage2Guide(nn.Module):
     """q(identity | x) q(d | x) prod_t q(z_t | z_{t-1}, h_t, d).
 
     The (frozen) frame encoder gives pose means; a bidirectional LSTM over them gives d.
-    d sets the initial state of a unidirectional LSTM run over T steps from a learned
-    input (one ``nn.LSTM`` call, since its inputs do not depend on samples); the DMM
-    combiner then samples z_t step by step from (z_{t-1}, h_t, d).
+    d sets the initial state (h_0, c_0) of a unidirectional LSTM run over T steps; the DMM
+    combiner then samples z_t step by step from (z_{t-1}, h_t, d). With
+    ``config.guide_release_lstm`` this LSTM is the release's (``VDSM_Seq.guide``): each step's
+    output is the next step's input (the first input learned), h_0 and c_0 are linear in d, it has
+    no dropout, and q(d)'s mean passes a LeakyReLU of slope 0.01. Without it (run folders written
+    before 2026-12-04) every step reads one learned input (one ``nn.LSTM`` call), (h_0, c_0) =
+    tanh(linear(d)), the LSTM has ``rnn_dropout`` and the slope is 0.2.
 
     With ``config.guide_pose_input`` = p > 0 the combiner also sees frame t's encoder pose
     mean and a flag saying whether it is shown. In training it is shown for a random share p
@@ -64,7 +68,8 @@ class VDSMStage2Guide(nn.Module):
         self.d_loc = nn.Linear(2 * c.rnn_layers * c.rnn_dim, c.dynamics_dim)
         self.d_scale = nn.Linear(2 * c.rnn_layers * c.rnn_dim, c.dynamics_dim)
         self.d_to_state = nn.Linear(c.dynamics_dim, 2 * c.rnn_layers * c.rnn_dim)
-        self.rnn = LSTM(c.rnn_dim, c.rnn_dim, c.rnn_layers, batch_first=True, dropout=dropout)
+        self.rnn = LSTM(c.rnn_dim, c.rnn_dim, c.rnn_layers, batch_first=True,
+                        dropout=0.0 if c.guide_release_lstm else dropout)
         self.rnn_input = nn.Parameter(torch.zeros(c.rnn_dim))
         self.z_q_0 = nn.Parameter(torch.zeros(c.z_dim))
         pose_input = c.z_dim + 1 if c.guide_pose_input > 0 else 0  # pose mean and its shown flag
@@ -73,14 +78,24 @@ class VDSMStage2Guide(nn.Module):
     def dynamics_params(self, z_means):
         _, (h_n, _) = self.birnn(z_means)
         h = h_n.transpose(0, 1).flatten(1)                        # [B, layers * 2 * rnn_dim]
-        return F.leaky_relu(self.d_loc(h), 0.2), F.softplus(self.d_scale(h)) + 1e-4
+        slope = 0.01 if self.config.guide_release_lstm else 0.2
+        return F.leaky_relu(self.d_loc(h), slope), F.softplus(self.d_scale(h)) + 1e-4
 
     def frame_states(self, d, t):
-        """[B, T, rnn_dim]: the LSTM's outputs over T steps from its learned input, started from d."""
+        """[B, T, rnn_dim]: the LSTM's outputs over T steps, started from d (see the class docstring)."""
         c, b = self.config, d.shape[0]
-        h0, c0 = torch.tanh(self.d_to_state(d)).reshape(b, 2, c.rnn_layers, c.rnn_dim).permute(1, 2, 0, 3)
-        h_seq, _ = self.rnn(self.rnn_input.expand(b, t, c.rnn_dim), (h0.contiguous(), c0.contiguous()))
-        return h_seq
+        state = self.d_to_state(d)                                # h_0 then c_0: two linear maps of d in one
+        if not c.guide_release_lstm:
+            state = torch.tanh(state)
+        h0, c0 = state.reshape(b, 2, c.rnn_layers, c.rnn_dim).permute(1, 2, 0, 3)
+        state = (h0.contiguous(), c0.contiguous())
+        if not c.guide_release_lstm:
+            return self.rnn(self.rnn_input.expand(b, t, c.rnn_dim), state)[0]
+        step_input, outputs = self.rnn_input.expand(b, 1, c.rnn_dim), []
+        for _ in range(t):  # the release feeds each output back: T calls of one step
+            step_input, state = self.rnn(step_input, state)
+            outputs.append(step_input)
+        return torch.cat(outputs, 1)
 
     def combiner_context(self, d, z_means):
         """[B, T, ...]: what the combiner sees besides z_{t-1} and h_t (d, and the shown poses)."""

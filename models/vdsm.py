@@ -90,6 +90,9 @@ class VDSMConfig:
     guide_pose_input: float = 0.0  # share of training sequences whose stage-2 combiner sees the frame poses (0: reference)
     # with guide_pose_input > 0: a shown pose is added to the combiner's mean (the combiner learns a correction)
     guide_pose_residual: bool = False
+    # the stage-2 guide's LSTM as the release's (output fed back, h_0 and c_0 linear in d, no dropout,
+    # q(d)'s mean under LeakyReLU 0.01); False: run folders written before 2026-12-04 (guides.vdsm)
+    guide_release_lstm: bool = False
     # 0: identities drawn from the Gaussian prior (reference); N > 0: after training, from a mixture of at
     # most N components fitted to the training identities (vdsm.fitted_prior); training is unchanged
     identity_prior_components: int = 0

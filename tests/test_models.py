@@ -149,6 +149,47 @@ def test_stage2_guide_shows_frame_poses_to_the_combiner_only_with_guide_pose_inp
     assert moved.all()  # evaluation: always shown
 
 
+def _lstm_cell_by_hand(x, h, c, rnn, layer):
+    """One step of layer ``layer`` of ``rnn`` written out (PyTorch's gate order i, f, g, o)."""
+    w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
+    b = getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")
+    i, f, g, o = (x @ w_ih.T + h @ w_hh.T + b).chunk(4, -1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def test_release_stage2_guide_lstm_feeds_each_output_back_from_states_linear_in_d():
+    """The release's VDSM_Seq.guide: dec_inp_0 learned, dec_inp <- LSTM(dec_inp, (h, c)) at every step,
+    h_0 = linear(d) and c_0 = linear(d) without tanh, no dropout, q(d)'s mean under LeakyReLU(0.01)."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(TINY, guide_release_lstm=True)
+    guide = VDSMStage2Guide(config)  # in training mode: dropout, were there any, would act
+    assert guide.rnn.dropout == 0 and VDSMStage2Guide(TINY).rnn.dropout == TINY.rnn_dropout
+    with torch.no_grad():
+        guide.rnn_input.normal_()
+    b, t, n, layers = 3, 4, config.rnn_dim, config.rnn_layers
+    d = torch.randn(b, config.dynamics_dim)
+    state = guide.d_to_state(d)
+    h, c = list(state[:, :layers * n].reshape(b, layers, n).unbind(1)), list(state[:, layers * n:].reshape(b, layers, n).unbind(1))
+    step_input, outputs = guide.rnn_input.expand(b, n), []
+    for _ in range(t):
+        for layer in range(layers):
+            h[layer], c[layer] = _lstm_cell_by_hand(step_input if layer == 0 else h[layer - 1], h[layer], c[layer],
+                                                    guide.rnn, layer)
+        step_input = h[-1]
+        outputs.append(step_input)
+    assert torch.allclose(guide.frame_states(d, t), torch.stack(outputs, 1), atol=1e-6)
+    library = VDSMStage2Guide(TINY)
+    library.load_state_dict(guide.state_dict())  # the same weights: the form of the LSTM's inputs differs
+    assert not torch.allclose(library.frame_states(d, t), guide.frame_states(d, t), atol=1e-3)
+    for g, slope in ((guide, 0.01), (library, 0.2)):
+        with torch.no_grad():
+            g.d_loc.weight.zero_()
+            g.d_loc.bias.fill_(-1.0)
+        loc, _ = g.dynamics_params(torch.randn(b, t, config.z_dim))
+        assert torch.allclose(loc, torch.full_like(loc, -slope))
+
+
 def test_residual_stage2_guide_centres_q_z_on_the_shown_pose():
     torch.manual_seed(0)
     x, d = frames(4, 3), torch.randn(4, TINY.dynamics_dim)
