@@ -20,6 +20,7 @@ import json
 import resource
 import sys
 import time
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -78,6 +79,9 @@ def build_parser():
     pred.add_argument("--n-future", type=int, default=None, help="frames to predict (default per dataset)")
     pred.add_argument("--lpips-backbone", default=None, metavar="PATH",
                       help="torchvision AlexNet state dict for LPIPS (default: torchvision's download, cached)")
+    pred.add_argument("--batchnorm", choices=("running", "batch"), default=None,
+                      help="statistics the BatchNorm layers use in prediction: running (default; the run in eval "
+                           "mode, as SRVP's test.py) or batch (each call's own batch, as SVG's generation scripts)")
     pred.add_argument("--fvd-model", default=None, metavar="PATH",
                       help="TorchScript I3D: adds FVD (first sample per video, conditioning frames prepended)")
     return p
@@ -100,7 +104,7 @@ def evaluate(args):
 
 
 def _evaluate_judged(args, run_dir, config, device, spec):
-    for name in ("samples", "max_sequences", "n_future", "protocol", "lpips_backbone", "fvd_model"):
+    for name in ("samples", "max_sequences", "n_future", "protocol", "lpips_backbone", "fvd_model", "batchnorm"):
         if getattr(args, name) is not None:
             predicting = ", ".join(s.name for s in MODELS if PREDICTION in s.evaluations)
             raise UsageError(f"--{name.replace('_', '-')} applies to prediction runs ({predicting}), not to this "
@@ -321,6 +325,33 @@ def prediction_plan(args, config, n_available, device, data_departure=None):
             "n_future": n_future, "departures": departures}
 
 
+def batchnorm_mode(mode, run):
+    """``--batchnorm``: the context the prediction loop runs in, and what metrics.json says about it."""
+    from vdsm.nets import batch_statistics, batchnorm_layers
+
+    layers = sum(len(batchnorm_layers(m)) for m in run.modules())
+    if mode == "batch" and not layers:
+        raise UsageError(f"--batchnorm batch: this {run.spec.name} run has no BatchNorm layer; drop the flag")
+    if mode != "batch":
+        return {"context": nullcontext,
+                "what": "running statistics (the run in eval mode, as SRVP's test.py); SVG's generation scripts "
+                        "use each call's batch statistics (--batchnorm batch)" if layers
+                        else "none: the run has no BatchNorm layer"}
+
+    @contextmanager
+    def every_module_on_batch_statistics():
+        with ExitStack() as stack:
+            for module in run.modules():
+                stack.enter_context(batch_statistics(module))
+            yield
+
+    return {"context": every_module_on_batch_statistics,
+            "what": f"batch statistics (--batchnorm batch, as SVG's generate_svg_lp.py: encoder.train(), "
+                    f"decoder.train()): each of the run's {layers} BatchNorm layers normalises with the statistics "
+                    f"of its own call; here a call holds --batch-size sequences (the encoder and decoder take whole "
+                    f"time steps, about 64 frames per call), in the release one time step of its batch of 100"}
+
+
 @torch.no_grad()
 def evaluate_prediction(args, run_dir, config, device, spec):
     """REFERENCE section 5: condition on n_past frames, N sampled futures per sequence, best per
@@ -350,6 +381,7 @@ def evaluate_prediction(args, run_dir, config, device, spec):
           + (f"; departs from the published protocol: {'; '.join(plan['departures'])}" if plan["departures"] else ""),
           flush=True)
     predictor = load_run(run_dir, device)
+    batchnorm = batchnorm_mode(args.batchnorm, predictor)
     curves = {"psnr": [], "ssim": [], **({"lpips": []} if lpips is not None else {})}
     baseline_curves = {name: {k: [] for k in curves} for name in BASELINES}  # the same sequences and frames
     fvd_features = {"real": [], "fake": []}
@@ -369,7 +401,9 @@ def evaluate_prediction(args, run_dir, config, device, spec):
     for start in batches:
         x = torch.stack([sequences[i][0] for i in range(start, min(n, start + args.batch_size))]).to(device)
         first = []
-        best = running_best_of_n(samples_of(x, first), x[:, n_past:], keep_rows=8 if start == 0 else 0, lpips=lpips)
+        with batchnorm["context"]():
+            best = running_best_of_n(samples_of(x, first), x[:, n_past:], keep_rows=8 if start == 0 else 0,
+                                     lpips=lpips)
         for k in curves:
             curves[k].append(best[k].cpu())
         for name, scores in baseline_scores(x[:, :n_past], x[:, n_past:], lpips).items():
@@ -400,8 +434,7 @@ def evaluate_prediction(args, run_dir, config, device, spec):
             baseline_frames[name][k] = values.float().mean(0)
             mean, half = mean_with_interval(values.mean(1))
             summary["baselines"][name][k], summary["baselines"][name][f"{k}_ci95"] = float(mean), float(half)
-    summary["batchnorm"] = ("running statistics (the run in eval mode); the SVG release's generation script runs "
-                            "its networks on batch statistics (encoder.train())")
+    summary["batchnorm"] = batchnorm["what"]
     summary["baselines_protocol"] = ("the same sequences and predicted frames, one deterministic guess each: blank = "
                                      "all-black frames, last = the last conditioning frame repeated, mean = the mean "
                                      "conditioning frame repeated")

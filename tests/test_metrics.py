@@ -103,8 +103,9 @@ def test_evaluate_cli_on_a_tiny_run(vdsm_run, judge_root, tmp_path, data_dirs):
     assert "99.53%" not in (run / "disentanglement_val.md").read_text()  # published numbers beside test rows only
     code, _, err = run_main("evaluate", ["--run", tmp_path / "none"])
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    code, _, err = _evaluate(run, judge_root, "--samples", "3")
-    assert code == 2 and "--samples applies to prediction runs" in err
+    for flag in (["--samples", "3"], ["--batchnorm", "batch"]):
+        code, _, err = _evaluate(run, judge_root, *flag)
+        assert code == 2 and f"{flag[0]} applies to prediction runs" in err
 
 
 def test_evaluate_flags_a_stage1_only_run_and_runs_the_pendulum_judge(tmp_path, data_dirs):

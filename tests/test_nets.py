@@ -1,5 +1,5 @@
-"""The fused BatchNorm + LeakyReLU layer: same values, statistics and gradients as the two
-standard layers, with one saved tensor instead of two."""
+"""The fused BatchNorm + LeakyReLU layer (same values, statistics and gradients as the two
+standard layers, with one saved tensor instead of two) and evaluation on batch statistics."""
 import pytest
 import torch
 from torch import nn
@@ -61,3 +61,27 @@ def test_fused_block_saves_half_the_activations():
     activation = 8 * 16 * 32 * 32 * 4
     plain, saving = saved_bytes(nn.Sequential(conv, ref), x), saved_bytes(nn.Sequential(conv, fused), x)
     assert plain - saving >= activation and saving < 0.6 * plain
+
+
+def test_batch_statistics_normalises_each_call_by_its_own_batch_and_leaves_the_buffers():
+    from vdsm.nets import batch_statistics
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3), BatchNormLeakyReLU(3)).eval()
+    for bn in (net[1], net[2]):
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
+    buffers = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(5, 2, 4, 4) * 3 + 1
+    with torch.no_grad():
+        on_running = net(x)
+        with batch_statistics(net) as layers:
+            on_batch = net(x)
+        after = net(x)
+    assert len(layers) == 2 and not any(m.training for m in net.modules())
+    assert all(torch.equal(v, buffers[k]) for k, v in net.state_dict().items())  # running stats untouched
+    assert torch.equal(after, on_running) and not torch.allclose(on_batch, on_running, atol=1e-3)
+    copy = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3), BatchNormLeakyReLU(3))  # training updates buffers
+    copy.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(copy.train()(x), on_batch, atol=1e-6)  # training mode: the batch's statistics

@@ -105,6 +105,38 @@ def test_svg_cli_run_and_evaluation(svg_run, data_dirs, alexnet_features, tmp_pa
     assert (out / "prediction_per_frame.png").is_file() and (out / "prediction.gif").is_file()
 
 
+def test_evaluate_batchnorm_batch_runs_prediction_on_batch_statistics_and_says_so(svg_run, data_dirs):
+    out, root = svg_run
+    common = ["--run", out, "--mnist", data_dirs.mnist, "--data-root", root, "--samples", "1", "--max-sequences", "4",
+              "--split", "val", "--no-progress"]
+    scores = {}
+    for mode in ("running", "batch", "batch"):  # the same random numbers: only the statistics differ
+        torch.manual_seed(0)
+        code, _, err = run_main("evaluate", [*common, "--batchnorm", mode])
+        assert code == 0, err
+        summary = json.loads((out / "metrics.json").read_text())["prediction_val"]
+        scores.setdefault(mode, []).append(summary["psnr"])
+        assert summary["batchnorm"].startswith({"running": "running statistics", "batch": "batch statistics"}[mode])
+    assert scores["batch"][0] == scores["batch"][1] and scores["batch"][0] != scores["running"][0]
+    assert "--batchnorm batch" in summary["batchnorm"] and "batch of 100" in summary["batchnorm"]
+
+
+class _RunWithoutBatchNorm:
+    spec = type("Spec", (), {"name": "toy"})
+
+    def modules(self):
+        return [torch.nn.Linear(2, 2)]
+
+
+def test_batchnorm_batch_is_refused_for_a_run_without_batchnorm():
+    from experiments.cli import UsageError
+    from experiments.evaluate import batchnorm_mode
+
+    with pytest.raises(UsageError, match="no BatchNorm layer; drop the flag"):
+        batchnorm_mode("batch", _RunWithoutBatchNorm())
+    assert batchnorm_mode(None, _RunWithoutBatchNorm())["what"].startswith("none")
+
+
 def test_svg_fp_trains_through_the_runner(tmp_path, data_dirs):
     from experiments.run import main
     out = tmp_path / "fp"
