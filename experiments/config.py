@@ -15,7 +15,7 @@ from vdsm.runfolder import read_config_json
 from .cli import UsageError, choose_preset
 from .configs import load_model_preset
 
-__all__ = ["TRAIN_FLAGS", "RECORDED_DEFAULTS", "resolve", "new_config", "resume_config", "resume_changes",
+__all__ = ["TRAIN_FLAGS", "RECORDED_DEFAULTS", "trained_as", "resolve", "new_config", "resume_config", "resume_changes",
            "apply_extension", "prepare"]
 
 # training flags a spec may take (``ModelSpec.train_flags``): each sets that key of every stage section
@@ -23,6 +23,11 @@ TRAIN_FLAGS = {"steps": int, "batch_size": int, "lr": float, "seq_len": int, "n_
 COUNTS = ("steps", "batch_size", "seq_len", "n_future")
 # flags recorded in config.json (a different value on --resume is refused), with their defaults
 RECORDED_DEFAULTS = {"seed": 0, "train_split": "train", "max_bad_steps": 5, "lr_drop": 0.5}
+
+
+def trained_as(saved):
+    """The ``--model`` a saved config.json was trained as (an import path for a model outside the registry)."""
+    return saved.get("model_spec") or saved.get("model_name", UNNAMED_RUNS)
 
 
 def _flag(dest):
@@ -150,9 +155,8 @@ def resume_config(args, run_dir, spec):
         raise UsageError(f"--resume {run_dir}: that run trained on {saved['dataset']!r}, not {args.dataset!r}")
     # a run of before a dataset's generator changed resumes on the data it trained on (its new name)
     args.dataset = data.current_dataset_name(saved["dataset"], saved.get("dataset_version"))
-    trained_as = saved.get("model_spec") or saved.get("model_name", UNNAMED_RUNS)
-    if trained_as != args.model:
-        raise UsageError(f"--resume {run_dir}: that run is --model {trained_as}, not {args.model}")
+    if trained_as(saved) != args.model:
+        raise UsageError(f"--resume {run_dir}: that run is --model {trained_as(saved)}, not {args.model}")
     if args.preset and args.preset != saved.get("preset"):
         raise UsageError(f"--resume {run_dir}: that run used --preset {saved.get('preset')}, not {args.preset}")
     saved = spec.complete(saved, where=f"{run_dir}/config.json")

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import data
 from models import registry
+from vdsm.runfolder import RunFolderError, read_config_json
 
 from .cli import UsageError
-from .config import RECORDED_DEFAULTS, TRAIN_FLAGS
+from .config import RECORDED_DEFAULTS, TRAIN_FLAGS, trained_as
 
 __all__ = ["build_parser", "own_flags", "given_flags", "check_flags", "model_of_argv"]
 
@@ -30,7 +31,21 @@ def model_of_argv(argv):
     """The ``--model`` of a command line (before the parser, whose flags depend on it)."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--model")
-    return pre.parse_known_args(argv)[0].model or RUNTIME_DEFAULTS["model"]
+    pre.add_argument("--resume")
+    known = pre.parse_known_args(argv)[0]
+    return known.model or default_model(known.resume)
+
+
+def default_model(resume):
+    """The model of a command line without ``--model``: the one ``--resume DIR`` was trained as (so
+    that a resumed run needs no ``--model``), else the first model."""
+    if resume:
+        try:
+            saved = read_config_json(resume, "--resume")
+        except RunFolderError:
+            return RUNTIME_DEFAULTS["model"]   # the runner refuses the folder later, with its one-line error
+        return trained_as(saved)
+    return RUNTIME_DEFAULTS["model"]
 
 
 def specs_for(model=None):
@@ -149,7 +164,7 @@ def given_flags(args):
 def check_flags(args, given):
     """One-line UsageErrors for flags that would not apply; then fills the defaults of the others and
     sets ``args.spec`` (and ``args.external``: the model is an import path)."""
-    args.model = args.model or RUNTIME_DEFAULTS["model"]
+    args.model = args.model or default_model(args.resume)
     try:
         spec = registry.get(args.model)
     except ValueError as err:

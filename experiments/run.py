@@ -10,7 +10,8 @@ models). The test split is for ``experiments.evaluate``'s final report.
 
 Every flag either changes what runs or is refused with a one-line error (exit 2) before
 anything is written: a flag of another model, a data folder of another dataset, and with
-``--resume`` any flag that contradicts the saved run. ``--resume DIR --steps N`` (or
+``--resume`` any flag that contradicts the saved run (``--resume DIR`` alone takes the model the run
+was trained as; a different ``--model`` is refused). ``--resume DIR --steps N`` (or
 ``--stageN-steps N``) beyond the saved count extends the run: the annealing schedules and the
 learning-rate decay keep their original length, so the added steps use their final values.
 """
