@@ -16,6 +16,8 @@ from pyro.infer import TraceMeanField_ELBO
 import data
 from models.cdsvae import CDSVAEConfig, CDSVAERun, recolour, shuffle_frames
 from tests_helpers import run_main
+from vdsm.annealing import ConstantFactors
+from vdsm.train import ELBOLoss, TrainOptions, train_stage
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"f_dim": 4, "z_dim": 3, "g_dim": 8, "nf": 4, "rnn_dim": 8, "mws_dataset_size": 50}
@@ -130,6 +132,47 @@ def test_the_objective_is_the_releases_loss_written_out():
     elbo_only = TraceMeanField_ELBO().differentiable_loss(plain.model, plain.guide, x, factors=plain.factors()).detach()
     assert not {"content_nce", "motion_nce", "mi_fz"} & set(poutine.trace(plain.model).get_trace(x, factors=plain.factors()).nodes)
     assert float(elbo_only - constant) == pytest.approx(float(b * expected - b * sum(terms.values())), rel=1e-5)
+
+
+class ScalarRecorder:
+    """A stand-in for TensorBoard's SummaryWriter: keeps every scalar."""
+
+    def __init__(self):
+        self.scalars = {}
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.setdefault(tag, []).append((step, value))
+
+
+def test_training_records_each_added_term_beside_the_loss():
+    """The loss module records each factor site's share of the loss (the value the site adds to the
+    negative ELBO, for the same draw), and the training loop logs it per frame and reports it."""
+    run, x = tiny(), frames(4, 3)
+    loss_module = ELBOLoss(run.model, run.guide, TraceMeanField_ELBO())
+    pyro.set_rng_seed(1)
+    loss_module(x, run.factors())
+    pyro.set_rng_seed(1)
+    guide_trace = poutine.trace(run.guide).get_trace(x, factors=run.factors())
+    trace = poutine.trace(poutine.replay(run.model, guide_trace)).get_trace(x, factors=run.factors())
+    assert set(loss_module.last_terms) == {"content_nce", "motion_nce", "mi_fz"}
+    for name, value in loss_module.last_terms.items():
+        assert float(value) == pytest.approx(float(-trace.nodes[name]["fn"].log_factor.detach().sum()), rel=1e-5), name
+    writer = ScalarRecorder()
+    pyro.set_rng_seed(1)   # the first step draws as above, from the same weights
+    stats = train_stage(run.model, run.guide, iter([x] * 3), schedule=ConstantFactors(0.0, groups=("identity", "z")),
+                        device="cpu", writer=writer, tag="cdsvae", options=TrainOptions(steps=3, progress=False))
+    for name in ("content_nce", "motion_nce", "mi_fz"):
+        logged = writer.scalars[f"cdsvae/term_{name}"]
+        assert [step for step, _ in logged] == [1, 2, 3], name
+        assert stats["final_terms_per_frame"][name] == pytest.approx(logged[-1][1]), name   # the last tenth: one step
+        first = float(loss_module.last_terms[name]) / (4 * 3)   # per frame: batch 4 x 3 frames
+        assert logged[0][1] == pytest.approx(first, rel=1e-5), name
+    # a model without factor sites has none to log
+    plain = tiny(weight_content=0.0, weight_motion=0.0, weight_mi=0.0)
+    writer = ScalarRecorder()
+    stats = train_stage(plain.model, plain.guide, iter([x]), schedule=ConstantFactors(0.0, groups=("identity", "z")),
+                        device="cpu", writer=writer, tag="cdsvae", options=TrainOptions(steps=1, progress=False))
+    assert stats["final_terms_per_frame"] == {} and not any("term_" in tag for tag in writer.scalars)
 
 
 # ------------------------------------------------------------ the augmentations against an oracle

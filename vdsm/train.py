@@ -17,6 +17,11 @@ larger; the summed loss's gradient is what is actually applied, scaled by the sa
 step logs that per-frame norm and whether it was clipped; the stage's statistics count the
 clipped steps. ``clip_norm`` 0 turns clipping off.
 
+Terms beyond the ELBO: each ``pyro.factor`` site of the model (C-DSVAE's contrastive and MI terms)
+is recorded as its contribution to the loss per frame (minus the factor's value, scaled as the ELBO
+scores it, over batch x frames): logged every step beside the loss (``<tag>/term_<site>``), its mean
+over the last tenth of the steps in the statistics (``final_terms_per_frame``).
+
 Faults: a non-finite loss or gradient skips the step (weights untouched). After
 ``max_bad_steps`` such steps in a row the run rolls back to its newest checkpoint and
 multiplies the learning rate by ``lr_drop``; every event is logged and returned.
@@ -36,6 +41,7 @@ import logging
 import math
 import random
 import signal
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -46,13 +52,14 @@ import torch.distributed as dist
 import torch.nn as nn
 from pyro import poutine
 from pyro.infer import Trace_ELBO
+from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
 from . import stopping
 from .checkpoint import CheckpointError
 from .handlers import MODULE_SEPARATOR
 
-__all__ = ["TrainOptions", "train_stage", "ELBOLoss", "rng_state", "set_rng_state", "param_store_state",
+__all__ = ["TrainOptions", "train_stage", "ELBOLoss", "FactorTerms", "rng_state", "set_rng_state", "param_store_state",
            "load_param_store_state", "forked_rng"]
 
 log = logging.getLogger(__name__)
@@ -87,7 +94,25 @@ class ELBOLoss(nn.Module):
         self.elbo = elbo or getattr(model, "elbo", Trace_ELBO)()
 
     def forward(self, x, factors):
-        return self.elbo.differentiable_loss(self.model, self.guide, x, factors=factors)
+        terms = FactorTerms()
+        with terms:
+            loss = self.elbo.differentiable_loss(self.model, self.guide, x, factors=factors)
+        self.last_terms = terms.values   # {factor site: its contribution to this loss}, detached
+        return loss
+
+
+class FactorTerms(Messenger):
+    """Records, for every ``pyro.factor`` site run inside it, the site's contribution to the negative
+    ELBO: minus its log factor times the site's scale, summed (``values``: name -> detached tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.values = {}
+
+    def _postprocess_message(self, msg):
+        log_factor = getattr(msg["fn"], "log_factor", None)   # pyro.factor samples a dist.Unit
+        if msg["type"] == "sample" and msg["infer"].get("is_auxiliary") and log_factor is not None:
+            self.values[msg["name"]] = -(log_factor.detach() * msg["scale"]).sum()
 
 
 def rng_state():
@@ -167,7 +192,7 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
     device = torch.device(device)
     world = dist.get_world_size() if _distributed() else 1
     rank = dist.get_rank() if _distributed() else 0
-    loss_module = ELBOLoss(model, guide)
+    loss_module = elbo_loss = ELBOLoss(model, guide)
     # One call on zeros creates lazily built parameters (e.g. of a Pyro autoguide) without
     # consuming data or the global RNG, so a resumed run sees the same random numbers.
     if hasattr(batches, "dataset"):
@@ -214,6 +239,7 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
         set_rng_state(resume["rng"])
 
     events, losses, grad_norms, bad, rollbacks, clipped_steps = [], [], [], 0, 0, 0
+    terms = {}   # factor site -> its per-frame contribution to the loss at each step
     if resume is not None:   # the events of the stage's earlier calls
         events = list(resume.get("events", []))
         rollbacks, clipped_steps = int(resume.get("rollbacks", 0)), int(resume.get("clipped_steps", 0))
@@ -265,6 +291,9 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
             per_frame = loss.item() / (x.shape[0] * x.shape[1])
             smoothed = per_frame if smoothed is None else 0.98 * smoothed + 0.02 * per_frame
             losses.append(per_frame)
+            step_terms = {name: value.item() / (x.shape[0] * x.shape[1]) for name, value in elbo_loss.last_terms.items()}
+            for name, value in step_terms.items():
+                terms.setdefault(name, []).append(value)
             step += 1
             bar.update(1)
             if rank == 0 and step - start == options.report_after and step < options.steps:
@@ -278,6 +307,8 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
                     writer.add_scalar(f"{tag}/lr", optimizer.param_groups[0]["lr"], step)
                     for k, v in factors.items():
                         writer.add_scalar(f"{tag}/factor_{k}", v, step)
+                    for name, value in step_terms.items():
+                        writer.add_scalar(f"{tag}/term_{name}", value, step)
                 if checkpoints is not None and step < options.steps and checkpoints.due(step, time.monotonic()):
                     checkpoints.save(step, state(step), smoothed)
             if on_step is not None:
@@ -291,12 +322,14 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
     bar.close()
     seconds = time.perf_counter() - started
     tail = losses[-max(1, len(losses) // 10):] if losses else [smoothed if smoothed is not None else math.nan]
+    final_terms = {name: statistics.fmean(values[-max(1, len(values) // 10):]) for name, values in terms.items()}
     stats = {"steps": options.steps, "seconds": seconds_before + seconds, "seconds_this_call": seconds,
              "resumed_at_step": start if resume is not None else None,
              "seconds_per_step": seconds / max(1, len(losses)),
              "skipped_steps": sum(e["event"].endswith("skipped") for e in events), "rollbacks": rollbacks,
              "clip_norm_per_frame": options.clip_norm, "clipped_steps": clipped_steps,
-             "events": events, "final_loss_per_frame": sum(tail) / len(tail), "lr_scale": lr_scale,
+             "events": events, "final_loss_per_frame": sum(tail) / len(tail), "final_terms_per_frame": final_terms,
+             "lr_scale": lr_scale,
              "last_lr": optimizer.param_groups[0]["lr"], "trained_tensors": len(params)}
     if rank == 0 and checkpoints is not None:   # the stage's statistics travel with its last checkpoint
         checkpoints.save(options.steps, state(options.steps, stats=stats), smoothed)
