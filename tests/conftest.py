@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pyro
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -66,6 +67,17 @@ def judge_root(tmp_path_factory):
     """A data root whose judge cache (``judges/``) every test that scores a Sprites run with
     ``--judge-steps 3`` shares: the judge is trained and scored on val and test once per session."""
     return tmp_path_factory.mktemp("judge_root")
+
+
+@pytest.fixture(autouse=True)
+def no_downloads(monkeypatch):
+    """Tests never download: torch.hub's weight downloads fail as they do offline (an evaluation then
+    skips LPIPS with its one-line note; tests that score LPIPS pass ``--lpips-backbone``), so a clone
+    on a machine with internet does not fetch AlexNet's 233 MB from the test suite."""
+    def offline(url, *args, **kwargs):
+        raise OSError(f"the tests do not download ({url})")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
 
 
 @pytest.fixture(autouse=True)
