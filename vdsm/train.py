@@ -291,7 +291,9 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
             per_frame = loss.item() / (x.shape[0] * x.shape[1])
             smoothed = per_frame if smoothed is None else 0.98 * smoothed + 0.02 * per_frame
             losses.append(per_frame)
-            step_terms = {name: value.item() / (x.shape[0] * x.shape[1]) for name, value in elbo_loss.last_terms.items()}
+            # one transfer for all terms (the loss's .item() above already waited for the step)
+            values = torch.stack(list(elbo_loss.last_terms.values())).tolist() if elbo_loss.last_terms else []
+            step_terms = {name: value / (x.shape[0] * x.shape[1]) for name, value in zip(elbo_loss.last_terms, values)}
             for name, value in step_terms.items():
                 terms.setdefault(name, []).append(value)
             step += 1
@@ -321,19 +323,23 @@ def train_stage(model, guide, batches, *, options, schedule, device, checkpoints
                 raise stopping.Interrupted(stopping.requested() or signal.SIGTERM, path, step)
     bar.close()
     seconds = time.perf_counter() - started
-    tail = losses[-max(1, len(losses) // 10):] if losses else [smoothed if smoothed is not None else math.nan]
-    final_terms = {name: statistics.fmean(values[-max(1, len(values) // 10):]) for name, values in terms.items()}
+    tail = _last_tenth(losses) if losses else [smoothed if smoothed is not None else math.nan]
+    final_terms = {name: statistics.fmean(_last_tenth(values)) for name, values in terms.items()}
     stats = {"steps": options.steps, "seconds": seconds_before + seconds, "seconds_this_call": seconds,
              "resumed_at_step": start if resume is not None else None,
              "seconds_per_step": seconds / max(1, len(losses)),
              "skipped_steps": sum(e["event"].endswith("skipped") for e in events), "rollbacks": rollbacks,
              "clip_norm_per_frame": options.clip_norm, "clipped_steps": clipped_steps,
              "events": events, "final_loss_per_frame": sum(tail) / len(tail), "final_terms_per_frame": final_terms,
-             "lr_scale": lr_scale,
-             "last_lr": optimizer.param_groups[0]["lr"], "trained_tensors": len(params)}
+             "lr_scale": lr_scale, "last_lr": optimizer.param_groups[0]["lr"], "trained_tensors": len(params)}
     if rank == 0 and checkpoints is not None:   # the stage's statistics travel with its last checkpoint
         checkpoints.save(options.steps, state(options.steps, stats=stats), smoothed)
     return {**stats, "losses": losses, "grad_norms_per_frame": grad_norms}
+
+
+def _last_tenth(values):
+    """The last tenth of a per-step series (at least one value): what the final statistics average."""
+    return values[-max(1, len(values) // 10):]
 
 
 def _stop_requested(world, device):
