@@ -1,9 +1,14 @@
+import re
+from pathlib import Path
+
 from setuptools import setup
+
+VERSION = re.search(r'__version__ = "(.+)"', (Path(__file__).parent / "vdsm" / "__init__.py").read_text()).group(1)
 
 setup(
     name="vdsm",
-    version="0.1.0",
-    description="Disentangled sequential generative models of video (VDSM, SVG) on Pyro",
+    version=VERSION,
+    description="Disentangled sequential generative models of video (VDSM, SVG, SRVP, DSA, C-DSVAE) on Pyro",
     python_requires=">=3.9",
     packages=["vdsm", "vdsm.nets", "vdsm.metrics", "models", "guides", "data", "experiments", "experiments.configs"],
     package_data={"experiments.configs": ["*.json"]},
@@ -14,7 +19,7 @@ setup(
         "numpy>=1.24,<3",
         "natsort>=8,<9",
         "imageio>=2.28,<3",
-        "av>=12,<20",   # imageio's PyAV plugin: decodes the user's videos (--dataset videos)
+        "av>=12,<20",   # decodes and writes the user's videos (--dataset videos), through PyAV directly
         "antialiased-cnns>=0.3,<1",
         "tqdm>=4.60,<5",
         "pillow>=10.1,<14",
@@ -22,6 +27,7 @@ setup(
         "matplotlib>=3.6,<4",
         "scipy>=1.10,<2",
         "lpips>=0.1.4,<0.2",
+        "simple-parsing>=0.1.5,<0.2",   # the help line of each config field, read from its comment
     ],
     extras_require={
         "test": ["pytest>=7", "scikit-image>=0.21", "nbclient>=0.8", "nbformat>=5.9", "ipykernel>=6"],

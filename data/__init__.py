@@ -14,8 +14,8 @@ from .sprites_dsa import SpritesDSA
 from .videos import VideoFolder
 from . import videos as _videos
 
-__all__ = ["get_dataset", "DATASETS", "FOLDER_OPTIONS", "SPLITS", "DataError", "data_root", "DATASET_VERSIONS",
-           "current_dataset_name", "DATASET_OPTIONS", "model_fields"]
+__all__ = ["get_dataset", "DATASETS", "FOLDER_OPTIONS", "SPLITS", "DataError", "data_root", "DATASET_OPTIONS",
+           "model_fields"]
 
 
 DATASETS = {
@@ -51,17 +51,6 @@ _MODEL_FIELDS = {"videos": _videos.model_fields}
 def model_fields(name, options):
     """The model config fields dataset ``name`` sets from its ``options`` ({} for the benchmarks)."""
     return _MODEL_FIELDS[name](options) if name in _MODEL_FIELDS else {}
-
-# Datasets whose generator changed, with the version a new run's config.json records; a config.json
-# without "dataset_version" was written before and trained on the generator now named LEGACY_NAMES[name].
-DATASET_VERSIONS = {"smmnist": 2, "mmnist": 2}   # 2: SRVP's Moving MNIST (2026-12-03); 1: SVG's
-LEGACY_NAMES = {"smmnist": "smmnist-svg", "mmnist": "mmnist-svg"}
-
-
-def current_dataset_name(name, version):
-    """Today's name of the dataset a run folder recorded as ``name`` (``version`` None: before versions)."""
-    return LEGACY_NAMES.get(name, name) if version is None else name
-
 
 def get_dataset(name, split="train", root=None, **options):
     """Build dataset ``name`` (one of ``DATASETS``) for ``split``.

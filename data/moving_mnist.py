@@ -10,9 +10,8 @@ Two generators, each under its own dataset name:
   test digits used once; 5,000 sequences; 25 frames stochastic, 100 deterministic, whose first T
   frames are the T-frame set as no random number is drawn at a bounce).
 - ``smmnist-svg`` / ``mmnist-svg`` (``rules="clamp"``): SVG's generator (Denton & Fergus 2018), as this
-  library had it before 2026-12-03: digits resized to 32 x 32, positions in [0, 32), clamp and
-  bounce; a test set of 5,000 sequences whose digits are drawn with replacement (seed 0). Run folders
-  trained before then on "smmnist"/"mmnist" used it, and read it under these names (``LEGACY_NAMES``).
+  the SVG release has it: digits resized to 32 x 32, positions in [0, 32), clamp and bounce; a test
+  set of 5,000 sequences whose digits are drawn with replacement (seed 0).
 
 Training items are drawn fresh on every access. The val and test sets are fixed: built once and
 stored in the data root as an ``.npz`` of their exact ingredients (digit indices or images and every

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import data
-from models.spec import UNNAMED_RUNS
+from vdsm import __version__
 from vdsm.checkpoint import CheckpointManager
 from vdsm.runfolder import read_config_json
 
@@ -27,7 +27,7 @@ RECORDED_DEFAULTS = {"seed": 0, "train_split": "train", "max_bad_steps": 5, "lr_
 
 def trained_as(saved):
     """The ``--model`` a saved config.json was trained as (an import path for a model outside the registry)."""
-    return saved.get("model_spec") or saved.get("model_name", UNNAMED_RUNS)
+    return saved.get("model_spec") or saved.get("model_name")
 
 
 def _flag(dest):
@@ -86,8 +86,8 @@ def new_config(args, device, spec):
     options = data_options_of(args)
     sized = copy.deepcopy(base)
     sized["model"].update(data.model_fields(args.dataset, options))   # e.g. the channels of the user's videos
-    config = resolve(args, {"preset": preset, "preset_reason": reason, "dataset": args.dataset,
-                            "dataset_version": data.DATASET_VERSIONS.get(args.dataset, 1), **sized}, spec)
+    config = resolve(args, {"vdsm_version": __version__, "preset": preset, "preset_reason": reason,
+                            "dataset": args.dataset, **sized}, spec)
     if options:
         config["data_options"] = options
     # the preset's departures list describes the preset: what the command line changed in it is listed too
@@ -153,8 +153,6 @@ def resume_config(args, run_dir, spec):
     saved = read_config_json(run_dir, "--resume", need_dataset=True)
     if saved.get("dataset") != args.dataset:
         raise UsageError(f"--resume {run_dir}: that run trained on {saved['dataset']!r}, not {args.dataset!r}")
-    # a run of before a dataset's generator changed resumes on the data it trained on (its new name)
-    args.dataset = data.current_dataset_name(saved["dataset"], saved.get("dataset_version"))
     if trained_as(saved) != args.model:
         raise UsageError(f"--resume {run_dir}: that run is --model {trained_as(saved)}, not {args.model}")
     if args.preset and args.preset != saved.get("preset"):

@@ -213,17 +213,15 @@ def _judge_table(title, section, published):
         lines.append(f"| this run: {head}, per batch | {_fmt(r['accuracy'], True)} | {_fmt(r['IS'])} | "
                      f"{_fmt(r['H(y|x)'])} | {_fmt(r['H(y)'])} |")
         for key, label in (("pooled", "pooled"), ("class_balanced", "pooled, class-balanced")):
-            if key in section:   # results written before 2026-12-03 have per-batch numbers only
-                p = section[key][head]
-                lines.append(f"| this run: {head}, {label} ({p['sequences']}) | {100 * p['accuracy']:.2f}% | "
-                             f"{p['IS']:.3f} | {p['H(y|x)']:.3f} | {p['H(y)']:.3f} |")
+            p = section[key][head]
+            lines.append(f"| this run: {head}, {label} ({p['sequences']}) | {100 * p['accuracy']:.2f}% | "
+                         f"{p['IS']:.3f} | {p['H(y|x)']:.3f} | {p['H(y)']:.3f} |")
     if section["protocol"]:
         lines += ["| " + " | ".join(row) + " |" for row in published]
     lines.append("")
-    if "pooled" in section:
-        lines += ["Per batch: mean ± std over the repeats' batches (H(y) of a batch is biased low); pooled: "
-                  "every repeat's predictions at once; class-balanced: for each true class its first m, m the "
-                  "smallest class count, as the C-DSVAE and DBSE test scripts report.", ""]
+    lines += ["Per batch: mean ± std over the repeats' batches (H(y) of a batch is biased low); pooled: "
+              "every repeat's predictions at once; class-balanced: for each true class its first m, m the "
+              "smallest class count, as the C-DSVAE and DBSE test scripts report.", ""]
     for key, what in (("prior_identity", "identities drawn from the prior"),
                       ("prior_dynamics", "dynamics drawn from the prior")):
         if key in section:
@@ -242,7 +240,7 @@ def _judge_table(title, section, published):
 
 
 def markdown(dataset, result):
-    kind = result.get("model_kind") or f"stage-{result['stage']} model"   # results written before 0.2: VDSM's
+    kind = result["model_kind"]
     lines = [f"# Disentanglement evaluation ({dataset}, {result['split']} split, {kind})", "",
              "Judge accuracy per head on real " + result["split"] + " sequences: "
              + ", ".join(f"{k} {100 * v:.2f}%" for k, v in result["judge_accuracy"].items()), "",

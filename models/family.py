@@ -30,17 +30,11 @@ import torch
 import torch.nn as nn
 from pyro import poutine
 
-from vdsm.deprecated import moved_names
 from vdsm.handlers import register_module
 from vdsm.precision import Normal, full_precision
 
 __all__ = ["StateSpaceVideoModel", "emission_distribution", "FramePrior", "IndependentNormal", "Stepped",
            "TeacherForced"]
-
-# the frame priors of before the one transition hook, for one release (they call the old hooks)
-__getattr__ = moved_names(__name__, {name: f"models.legacy_priors:{name}" for name in (
-    "LearnedFromFrames", "MarkovTransition", "RecurrentPrior", "ResidualState")})
-
 
 def emission_distribution(kind, logits, scale=0.1):
     """Pixel likelihood over frames [B, T, C, H, W] (4 event dims), always in fp32.
@@ -126,7 +120,6 @@ class StateSpaceVideoModel(nn.Module):
     z_dim = None
     frame_prior = IndependentNormal()
     kl_scale = 1.0  # a constant factor on the per-frame KL (SVG's beta * C * H * W)
-    overshooting = 0.0  # read by the deprecated MarkovTransition only (VDSM's is its own frame prior)
 
     def static_prior(self, batch, ref):
         return None

@@ -12,7 +12,7 @@ from vdsm.runfolder import read_config_json
 
 from .cdsvae import SPEC as CDSVAE
 from .dsa import SPEC as DSA
-from .spec import UNNAMED_RUNS, ModelSpec, import_object
+from .spec import ModelSpec, import_object
 from .srvp import SPEC as SRVP
 from .svg import SPEC as SVG
 from .vdsm import SPEC as VDSM
@@ -37,8 +37,11 @@ def get(name):
 
 def spec_of_config(config):
     """The spec a run's config.json was trained with (its ``model_spec`` import path for a model
-    defined outside the library; runs written before ``model_name`` existed are VDSM's)."""
-    return get(config.get("model_spec") or config.get("model_name", UNNAMED_RUNS))
+    defined outside the library, else its ``model_name``)."""
+    name = config.get("model_spec") or config.get("model_name")
+    if name is None:
+        raise ValueError("config.json names no model (model_name): it was edited or damaged")
+    return get(name)
 
 
 def load_run(run_dir, device="cpu"):

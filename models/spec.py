@@ -20,20 +20,18 @@ import torch
 from torch import nn
 from pyro import poutine
 
-from data import DATASET_VERSIONS, current_dataset_name
 from vdsm.annealing import ConstantFactors
 from vdsm.checkpoint import CheckpointError, CheckpointManager
 from vdsm.handlers import use_means
 from vdsm.runfolder import read_config_json
-from vdsm.train import load_param_store_state
+from vdsm.train_state import load_param_store_state
 
 from .config import check_types
 
 __all__ = ["Stage", "ModelSpec", "VideoRun", "StaticLatentRun", "PredictionFlags", "import_object", "constant_schedule",
-           "legacy_clip_norm", "ONE_STAGE_DEFAULTS", "JUDGE", "PREDICTION", "UNNAMED_RUNS"]
+           "ONE_STAGE_DEFAULTS", "JUDGE", "PREDICTION"]
 
 JUDGE, PREDICTION = "judge", "prediction"   # the evaluations a spec may name (experiments.evaluate)
-UNNAMED_RUNS = "vdsm"   # the model of a config.json written before model_name existed (the first model)
 
 
 def import_object(path, what="object"):
@@ -54,19 +52,16 @@ def constant_schedule(groups):
     return lambda section: ConstantFactors(section.get("lr_decay_frac", 0.0), groups=groups)
 
 
-def legacy_clip_norm(batch_size, frames):
-    """Runs written before per-frame clipping clipped the summed loss's gradient at norm 10: the same
-    bound per frame (one process)."""
-    return 10.0 / (batch_size * frames)
-
-
 class PredictionFlags:
     """The ``cli`` of the prediction models: ``--eval-samples``, futures sampled per val sequence for
     metrics.json (the config's "eval" section)."""
 
     def add_flags(self, group):
-        group.add_argument("--eval-samples", type=int, help="futures sampled per sequence for metrics.json")
+        group.add_argument("--eval-samples", type=int, help="futures sampled per val sequence for metrics.json")
         return {"eval_samples"}
+
+    def defaults(self, preset):
+        return {"eval_samples": preset["eval"]["samples"] if preset is not None else "the preset's"}
 
     def resolve(self, args, config):
         if getattr(args, "eval_samples", None) is not None:
@@ -124,7 +119,6 @@ class ModelSpec:
     sets} (SVG-LP / SVG-FP); ``train_flags``: the training flags that set every stage section's key
     of the same name; ``cli``: optional object with ``add_flags(group)`` -> set of dests,
     ``resolve(args, config)`` -> config (raising ValueError), ``stages(args)`` -> tags to train;
-    ``upgrade(config)``: a saved config.json of any age with every key this version reads;
     ``after_training(run, context)``: work after the stages (VDSM: its fitted priors), returning
     entries for metrics.json.
     """
@@ -138,9 +132,7 @@ class ModelSpec:
     fixed: dict = field(default_factory=dict)
     train_flags: tuple = ("steps", "batch_size", "lr", "clip_norm")
     cli: object = None
-    upgrade: Callable = None
     after_training: Callable = None
-    default_train_split: str = "train"   # what a config.json without train_split meant
 
     @property
     def name(self):
@@ -154,12 +146,12 @@ class ModelSpec:
         return {f.name for f in dataclasses.fields(self.config_cls)} - set(self.fixed.get(name or self.name, {}))
 
     def complete_model(self, model):
-        """Every config field, as JSON data (a saved config written before a field existed: its default)."""
+        """Every config field, as JSON data (a field the section leaves out: its default)."""
         return json.loads(json.dumps(dataclasses.asdict(self.config_cls.from_dict(model))))
 
     def complete(self, config, where="config.json"):
-        """A saved config.json with every key this version reads (older runs: their behaviour);
-        CheckpointError naming ``where`` and the key when the file was damaged or edited by hand
+        """A saved config.json with every key the commands read (a hand-made one may leave out the
+        defaults); CheckpointError naming ``where`` and the key when the file was damaged or edited by hand
         (a key missing, of the wrong type, or unknown)."""
         try:
             check_types(self.config_cls, config["model"])
@@ -173,15 +165,11 @@ class ModelSpec:
 
     def _complete(self, config):
         config = json.loads(json.dumps(config))
-        if "dataset" in config:
-            config["dataset"] = current_dataset_name(config["dataset"], config.get("dataset_version"))
-            config.setdefault("dataset_version", DATASET_VERSIONS.get(config["dataset"], 1))
         config.setdefault("model_name", self.name)
         config.setdefault("seed", 0)
-        config.setdefault("train_split", self.default_train_split)
+        config.setdefault("train_split", "train")
         config.setdefault("safety", {"max_bad_steps": 5, "lr_drop": 0.5})
         config["model"] = self.complete_model(config["model"])
-        config = self.upgrade(config) if self.upgrade else config
         for stage in (stage for stage in self.stages if stage.section in config):
             for key, value in stage.section_defaults.items():
                 config[stage.section].setdefault(key, value)
@@ -226,8 +214,8 @@ class VideoRun:
     @classmethod
     def read_config(cls, run_dir):
         config = read_config_json(run_dir, "run folder")
-        if config.get("model_name", UNNAMED_RUNS) not in cls.spec.names:
-            raise CheckpointError(f"{run_dir} holds a {config.get('model_name', UNNAMED_RUNS)} run, not {cls.spec.name}: "
+        if config.get("model_name", cls.spec.name) not in cls.spec.names:
+            raise CheckpointError(f"{run_dir} holds a {config['model_name']} run, not {cls.spec.name}: "
                                   f"load it with models.registry.load_run")
         return cls.spec.complete(config, where=f"{run_dir}/config.json")
 

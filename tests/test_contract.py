@@ -3,7 +3,6 @@ SVI for every pair, old import paths that still work, and a model defined outsid
 through every command."""
 import ast
 import json
-import warnings
 from pathlib import Path
 
 import pyro
@@ -112,7 +111,7 @@ def test_importing_the_core_imports_no_model():
     import subprocess
     import sys
 
-    code = ("import sys, vdsm.api, vdsm.svg_api, vdsm.train, vdsm.metrics.frechet; "
+    code = ("import sys, vdsm.train, vdsm.checkpoint, vdsm.metrics.frechet, vdsm.metrics.protocol; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('models', 'guides', 'experiments')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
@@ -133,9 +132,9 @@ def _tiny_runs():
     return {
         "vdsm stage1": (lambda: VDSMRun(VDSMConfig(**vdsm)).use_stage("stage1"), 3),
         "vdsm stage2": (lambda: VDSMRun(VDSMConfig(**vdsm)).use_stage("stage2"), 3),
-        "svg-lp": (lambda: SVGRun(SVGConfig(nf=4, g_dim=8, z_dim=2, rnn_size=8, n_past=2)), 1),
-        "svg-fp": (lambda: SVGRun(SVGConfig(nf=4, g_dim=8, z_dim=2, rnn_size=8, n_past=2, learned_prior=False)), 1),
-        "srvp": (lambda: SRVPRun(SRVPConfig(nf=4, nh=8, ny=3, nz=2, content_dim=6, rnn_size=5, y_hidden=7,
+        "svg-lp": (lambda: SVGRun(SVGConfig(nf=4, g_dim=8, z_dim=2, rnn_dim=8, n_past=2)), 1),
+        "svg-fp": (lambda: SVGRun(SVGConfig(nf=4, g_dim=8, z_dim=2, rnn_dim=8, n_past=2, learned_prior=False)), 1),
+        "srvp": (lambda: SRVPRun(SRVPConfig(nf=4, nh=8, ny=3, z_dim=2, content_dim=6, rnn_dim=5, y_hidden=7,
                                             mlp_hidden=9, nt_inf=2, n_past=2)), 1),
         "dsa": (lambda: DSARun(DSAConfig(f_dim=4, z_dim=3, g_dim=8, nf=4, rnn_dim=8)), 3),
         "cdsvae": (lambda: CDSVAERun(CDSVAEConfig(f_dim=4, z_dim=3, g_dim=8, nf=4, rnn_dim=8)), 3),
@@ -212,88 +211,6 @@ def test_every_per_frame_prior_is_the_one_transition_hook():
             assert member.transition is not StateSpaceVideoModel.transition, member.__name__
         else:
             assert isinstance(member.frame_prior, IndependentNormal), member.__name__
-
-
-# ---------------------------------------------------------------- old import paths
-
-
-@pytest.mark.parametrize("old,name,new", [
-    ("vdsm.api", "VDSM", "models.vdsm:VDSMRun"),
-    ("vdsm.api", "LatentVideoAPI", "models.spec:StaticLatentRun"),
-    ("vdsm.api", "use_means", "vdsm.handlers:use_means"),
-    ("vdsm.svg_api", "SVG", "models.svg:SVGRun"),
-    ("vdsm.svg_api", "ConstantFactors", "vdsm.annealing:ConstantFactors"),
-    ("vdsm.srvp_api", "SRVP", "models.srvp:SRVPRun"),
-    ("vdsm.dsa_api", "DSA", "models.dsa:DSARun"),
-    ("vdsm.prediction_api", "PredictionModelAPI", "models.spec:VideoRun"),
-    ("models.family", "MarkovTransition", "models.legacy_priors:MarkovTransition"),
-    ("models.family", "RecurrentPrior", "models.legacy_priors:RecurrentPrior"),
-    ("models.family", "ResidualState", "models.legacy_priors:ResidualState"),
-    ("models.family", "LearnedFromFrames", "models.legacy_priors:LearnedFromFrames"),
-])
-def test_old_public_names_still_import_with_a_warning_naming_the_new_place(old, name, new):
-    import importlib
-
-    from models.spec import import_object
-
-    with pytest.warns(DeprecationWarning, match=new.replace(":", ".")):
-        value = getattr(importlib.import_module(old), name)
-    assert value is import_object(new)
-
-
-def test_the_old_experiments_registry_still_answers():
-    import experiments.registry as old
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        assert set(old.PREDICTION_MODELS) == {"svg-lp", "svg-fp", "srvp"} and set(old.JUDGED_MODELS) == {"dsa", "cdsvae"}
-        assert old.api_class("srvp") is registry.get("srvp").run_cls
-        assert old.judged_seq_len({"model_name": "dsa", "model": {}, "train": {"seq_len": 7, "batch_size": 2}}) == 7
-
-
-@pytest.mark.parametrize("model", ["vdsm", "svg-lp"])
-def test_a_run_folder_without_the_keys_added_since_loads_through_the_registry(model, tmp_path, vdsm_run, svg_run):
-    """config.json of older runs lacks keys written since (lr_decay_frac, world_size): such a folder
-    loads through the registry, as its own model, and reconstructs deterministically."""
-    from tests_helpers import copy_run
-
-    run_dir = copy_run({"vdsm": vdsm_run.path, "svg-lp": svg_run[0]}[model], tmp_path / "old")
-    config = json.loads((run_dir / "config.json").read_text())
-    for section in ("train", "stage1", "stage2"):
-        config.get(section, {}).pop("lr_decay_frac", None)
-    (run_dir / "config.json").write_text(json.dumps(config))
-    loaded = registry.load_run(run_dir)
-    assert loaded.spec is registry.get(model) and type(loaded).__name__ == {"vdsm": "VDSMRun", "svg-lp": "SVGRun"}[model]
-    x = torch.rand(2, loaded.spec.stages[-1].frames(loaded.spec.complete(config)), config["model"]["nc"], 64, 64)
-    torch.manual_seed(0)
-    first = loaded.reconstruct(x)
-    torch.manual_seed(0)
-    assert torch.equal(first, registry.load_run(run_dir).reconstruct(x))
-
-
-def test_a_moving_mnist_run_of_before_the_srvp_generator_reads_the_svg_style_data(svg_run):
-    """A config.json without "dataset_version" on smmnist/mmnist trained on SVG's generator: it keeps
-    that data under its new name; a new run records the version of today's generator."""
-    config = json.loads((svg_run[0] / "config.json").read_text())
-    assert config["dataset"] == "smmnist" and config["dataset_version"] == 2
-    spec = registry.get("svg-lp")
-    assert spec.complete(config)["dataset"] == "smmnist"
-    del config["dataset_version"]
-    old = spec.complete(config)
-    assert old["dataset"] == "smmnist-svg" and old["dataset_version"] == 1
-    assert spec.complete(old)["dataset"] == "smmnist-svg"     # completing twice changes nothing
-
-
-def test_module_parameters_of_an_old_param_store_load_with_the_state_dicts():
-    """SRVP's checkpoints before 0.2 held its networks in the param store too ("srvp$$$..."): loading
-    skips them (they come with the state dicts), and the param store a checkpoint holds leaves them out."""
-    from vdsm.handlers import register_module
-    from vdsm.train import load_param_store_state, param_store_state
-
-    load_param_store_state({"srvp$$$encoder.weight": torch.zeros(2)})   # no CheckpointError
-    register_module("m", torch.nn.Linear(2, 2))
-    pyro.param("free", torch.ones(3))
-    assert set(param_store_state()) == {"free"}
 
 
 # ---------------------------------------------------------------- a model defined outside the library

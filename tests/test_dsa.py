@@ -148,23 +148,3 @@ def test_flags_that_do_not_apply_are_refused(argv, message, tmp_path):
     assert code == 2 and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert not (tmp_path / "x").exists()
-
-
-def test_a_model_on_the_old_recurrent_hook_keeps_its_sites_and_numbers():
-    """The deprecated RecurrentPrior with the old prior_step hook gives DSA's sites and log-density."""
-    from models.dsa import DSAModel
-    from models.legacy_priors import RecurrentPrior
-
-    class OldDSA(DSAModel):
-        frame_prior = RecurrentPrior()
-
-        def prior_step(self, z_prev, state):
-            return self.nets.prior_step(z_prev, state)
-
-    api = tiny()
-    x = frames(2, 4)
-    guide_trace = poutine.trace(api.guide).get_trace(x, factors=api.factors())
-    traces = [poutine.trace(poutine.replay(m, trace=guide_trace)).get_trace(x, factors=api.factors())
-              for m in (api.model, OldDSA(api.nets))]
-    assert [n for n in traces[0].nodes if n.startswith("z_")] == [n for n in traces[1].nodes if n.startswith("z_")]
-    assert torch.allclose(traces[0].log_prob_sum(), traces[1].log_prob_sum(), rtol=1e-6)

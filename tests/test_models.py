@@ -226,32 +226,6 @@ def test_overshooting_scores_each_later_pose_under_the_open_loop_rollout():
     assert model.trans.proposal[0].weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("overshooting", [0.0, 2.0])
-def test_a_model_on_the_old_markov_hook_keeps_its_sites_and_numbers(overshooting):
-    """The deprecated MarkovTransition with the old transition(z_prev, d) hook: the same sites and
-    log-density as stage 2 on the one hook (overshooting included), and a warning on import."""
-    with pytest.warns(DeprecationWarning, match="models.legacy_priors.MarkovTransition"):
-        from models.family import MarkovTransition
-
-    class OldStage2(VDSMStage2Model):
-        frame_prior = MarkovTransition()
-
-        def transition(self, z_prev, d):
-            return self.trans(z_prev, d)
-
-    torch.manual_seed(0)
-    config = dataclasses.replace(TINY, overshooting=overshooting)
-    new, old, guide = VDSMStage2Model(config), OldStage2(config), VDSMStage2Guide(config)
-    old.load_state_dict(new.state_dict())
-    x = frames(2, 4)
-    guide_trace = poutine.trace(guide).get_trace(x, factors=FACTORS)
-    traces = [poutine.trace(poutine.replay(m, trace=guide_trace)).get_trace(x, factors=FACTORS) for m in (new, old)]
-    sites = [[name for name, node in trace.nodes.items() if node["type"] == "sample"] for trace in traces]
-    assert sites[0] == sites[1] and "z_4" in sites[0]
-    assert ("overshooting" in traces[0].nodes) == (overshooting > 0)
-    assert torch.allclose(traces[0].log_prob_sum(), traces[1].log_prob_sum(), rtol=1e-6)
-
-
 def test_overshooting_adds_its_weighted_term_to_the_stage2_elbo():
     torch.manual_seed(0)
     x = frames(2, 4)
@@ -466,7 +440,9 @@ def test_loaded_runs_are_in_eval_mode_and_seeded_calls_repeat_exactly(tmp_path):
     vdsm = VDSM(config)
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"model": config.to_dict(), "stage2": {
+    from vdsm import __version__
+
+    (run / "config.json").write_text(json.dumps({"vdsm_version": __version__, "model": config.to_dict(), "stage2": {
         "schedule": dataclasses.asdict(Schedule()), "batch_size": 2, "seq_len": 4}}))
     for stage, (model, guide) in (("stage1", (vdsm.model1, vdsm.guide1)), ("stage2", (vdsm.model2, vdsm.guide2))):
         torch.save({"model": model.state_dict(), "guide": guide.state_dict(), "step": 1}, run / "checkpoints" / f"{stage}.pt")

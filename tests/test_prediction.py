@@ -183,7 +183,7 @@ def test_svg_fp_with_vgg_on_kth_frame_folders(tmp_path):
     out = tmp_path / "run"
     assert main(["--dataset", "kth", "--model", "svg-fp", "--arch", "vgg", "--kth", str(tmp_path / "kth"),
                  "--out", str(out), "--n-past", "2", "--n-future", "2", "--z-dim", "2", "--g-dim", "8",
-                 "--rnn-size", "8", "--batch-size", "1", "--steps", "1", "--eval-samples", "1",
+                 "--rnn-dim", "8", "--batch-size", "1", "--steps", "1", "--eval-samples", "1",
                  "--eval-sequences", "1", "--num-workers", "0", "--no-progress"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["arch"] == "vgg" and config["model"]["nf"] == 32   # the cpu preset's width applies

@@ -208,6 +208,10 @@ def _edit(config, how):
         config["model"]["z_dimm"] = 4
     elif how == "string steps":
         config["stage1"]["steps"] = "2"
+    elif how == "older version":
+        config["vdsm_version"] = "0.1.9"
+    elif how == "no version":
+        config.pop("vdsm_version")
     return json.dumps(config)
 
 
@@ -216,7 +220,9 @@ def _edit(config, how):
                                          ("missing dataset", "key 'dataset' is missing or not a string"),
                                          ("string z_dim", "model key 'z_dim' is '4', not a int"),
                                          ("unknown key", "unknown model key 'z_dimm'"),
-                                         ("string steps", "stage1.steps is '2', not an int")])
+                                         ("string steps", "stage1.steps is '2', not an int"),
+                                         ("older version", "written by vdsm 0.1.9; this is vdsm"),
+                                         ("no version", "written by a vdsm before 0.2.0; this is vdsm")])
 def test_a_damaged_config_json_is_one_line_in_every_command(vdsm_run, tmp_path, data_dirs, how, message):
     run = copy_run(vdsm_run.path, tmp_path / "run")
     (run / "config.json").write_text(_edit(json.loads((run / "config.json").read_text()), how))
@@ -228,6 +234,12 @@ def test_a_damaged_config_json_is_one_line_in_every_command(vdsm_run, tmp_path, 
         line = one_error_line(err)
         assert code == 2 and message in line, (module, line)
     assert snapshot(run) == before
+    if how.endswith("version"):   # the library's loader refuses it too, with the same line
+        from models.registry import load_run
+        from vdsm.runfolder import RunFolderError
+
+        with pytest.raises(RunFolderError, match=message):
+            load_run(run)
 
 
 # ---------------------------------------------------------------- numbers, seeds, devices, batch sizes

@@ -1,6 +1,10 @@
 """A run folder held by one process at a time, its config.json read with one-line errors, and the
 temp files a killed process left behind.
 
+A config.json records the library version that wrote it (``vdsm_version``); the commands read run
+folders of this version only, and refuse an older one in one line (nothing is released yet, so no
+older format is carried along).
+
 ``RunLock(folder, what)`` takes an exclusive ``fcntl.flock`` on ``folder/.lock`` and writes the
 holder's pid, host, command and start time into it. The kernel releases the lock when its holder
 dies however it dies, so a lock left by a killed process is simply taken over (with a warning); a
@@ -17,9 +21,11 @@ import sys
 import time
 from pathlib import Path
 
+from . import __version__
 from .checkpoint import CheckpointError
 
-__all__ = ["RunFolderError", "RunLock", "read_config_json", "read_metrics", "holds_a_run", "remove_temp_files"]
+__all__ = ["RunFolderError", "RunLock", "read_config_json", "read_metrics", "holds_a_run", "remove_temp_files",
+           "check_folder_can_be_made"]
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +39,9 @@ class RunFolderError(CheckpointError):
 
 def read_config_json(run_dir, flag="--run", need_dataset=False):
     """The dict in ``run_dir/config.json``; RunFolderError (one line, with the fix) when it is missing,
-    not JSON, or not an object with a ``model`` section (and, with ``need_dataset``, a ``dataset`` name:
-    what the commands read; a folder saved through the API alone may lack it)."""
+    not JSON, not an object with a ``model`` section, written by another version of the library (its
+    ``vdsm_version``), or, with ``need_dataset``, without a ``dataset`` name (what the commands read; a
+    folder saved through the API alone may lack it)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise RunFolderError(f"{flag} {run_dir}: no config.json there; pass a run folder of experiments.run")
@@ -48,6 +55,10 @@ def read_config_json(run_dir, flag="--run", need_dataset=False):
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise RunFolderError(f"{path} has no \"model\" section: it is not a config.json of experiments.run; "
                              f"restore it from a copy of the run")
+    if config.get("vdsm_version") != __version__:
+        written = f"vdsm {config['vdsm_version']}" if "vdsm_version" in config else "a vdsm before 0.2.0"
+        raise RunFolderError(f"{run_dir} was written by {written}; this is vdsm {__version__}, which reads run folders "
+                             f"of its own version only: train the run again, or read it with the version that wrote it")
     if need_dataset and not isinstance(config.get("dataset"), str):
         raise RunFolderError(f"{path}: key 'dataset' is missing or not a string; it was edited or damaged: fix it, "
                              f"or restore it from a copy of the run")
@@ -83,6 +94,20 @@ def holds_a_run(folder):
     return None
 
 
+def check_folder_can_be_made(folder, flag="--out"):
+    """RunFolderError (one line) when ``folder`` is a file, lies below a file, or its nearest existing
+    parent cannot be written to; creates nothing (``RunLock.acquire`` makes the folder)."""
+    folder = Path(folder).absolute()
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"{flag} {folder} is a file, not a folder: name a folder for the run")
+    parent = next(p for p in folder.parents if p.exists()) if not folder.exists() else folder
+    if not parent.is_dir():
+        raise RunFolderError(f"{flag} {folder}: {parent} is a file, not a folder: name a folder for the run")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunFolderError(f"{flag} {folder}: {parent} cannot be written to (no permission): name a folder you "
+                             f"can write to")
+
+
 def remove_temp_files(folder):
     """Delete the ``*.tmp`` files a killed writer left in ``folder`` and below (call under the lock:
     no other process is writing there); returns their number."""
@@ -116,12 +141,21 @@ class RunLock:
         key = self.folder.resolve()
         if key in _HELD:   # this process holds it already (a benchmark that runs experiments.run)
             return self
+        if self.folder.exists() and not self.folder.is_dir():
+            raise RunFolderError(f"{self.folder} is a file, not a folder: name a folder for the run (--out)")
         try:
             self.folder.mkdir(parents=True)
             self.created = True
         except FileExistsError:   # there already, or made by another process between its check and ours
             pass
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:   # no permission, a read-only disk, a file on the way
+            raise RunFolderError(f"cannot make the folder {self.folder} ({err.strerror}): name a folder you can "
+                                 f"write to (--out)") from None
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise RunFolderError(f"cannot write into {self.folder} ({err.strerror}): name a folder you can write to "
+                                 f"(--out)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

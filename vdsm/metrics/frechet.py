@@ -1,30 +1,12 @@
 """Frechet distance between two image sets in the feature space of a given network (e.g. a trained
 run's frame encoder, ``VideoRun.frame_features``)."""
-import functools
-import importlib
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import linalg
 
-__all__ = ["frechet_distance", "frechet_from_features", "feature_network"]
-
-
-@functools.lru_cache(maxsize=4)
-def _run_features(run_dir, device):
-    # deprecated path argument: the run is loaded through the registry, imported only here
-    run = importlib.import_module("models.registry").load_run(run_dir, device)
-    return run.frame_features
-
-
-def feature_network(run_dir, device="cpu"):
-    """Deprecated: frames -> features of a run's frame encoder; use
-    ``models.registry.load_run(run_dir).frame_features``."""
-    warnings.warn("feature_network(run_dir) is deprecated: use models.registry.load_run(run_dir).frame_features",
-                  DeprecationWarning, stacklevel=2)
-    return _run_features(str(Path(run_dir).resolve()), str(device))
+__all__ = ["frechet_distance", "frechet_from_features"]
 
 
 def frechet_from_features(a, b):
@@ -45,12 +27,7 @@ def frechet_from_features(a, b):
 def frechet_distance(images_a, images_b, features, device="cpu", batch_size=256):
     """Frechet distance of two image sets [N, C, H, W] (or [N, T, C, H, W], frames pooled) in the space
     of ``features``: a callable frames [n, C, H, W] -> [n, D], e.g. a loaded run's
-    ``frame_features`` (``models.spec.VideoRun``). A run folder in its place still works for one
-    release, with a DeprecationWarning."""
-    if isinstance(features, (str, Path)):
-        warnings.warn("frechet_distance(a, b, run_dir) is deprecated: pass the run's features, "
-                      "models.registry.load_run(run_dir).frame_features", DeprecationWarning, stacklevel=2)
-        features = _run_features(str(Path(features).resolve()), str(device))
+    ``frame_features`` (``models.spec.VideoRun``)."""
 
     def embed(images):
         images = images.reshape(-1, *images.shape[-3:])
