@@ -10,8 +10,7 @@ from vdsm.checkpoint import CheckpointError
 from vdsm.stopping import Interrupted, signals_handled
 
 __all__ = ["UsageError", "cli_main", "choose_device", "choose_preset", "first_line", "refuse_other_data_folders",
-           "run_data_options",
-           "read_run_config"]
+           "given_data_folder", "recorded_data_options", "run_data_options", "read_run_config"]
 
 
 class UsageError(ValueError):
@@ -84,17 +83,25 @@ def refuse_other_data_folders(args, dataset):
     return {own: getattr(args, own)} if own and getattr(args, own, None) else {}
 
 
-def run_data_options(args, config, **options):
-    """The dataset options of a run's command: those config.json records ("data_options": the dataset's
-    own options, the split a run fixed, the data folder it used), the data folder flag of this command
-    line in place of the recorded one, then ``options`` (frames per sequence, ...)."""
+def given_data_folder(args, dataset):
+    """``{option: folder}`` of ``dataset``'s raw-data folder flag when this command line gives it, else {}."""
     from data import FOLDER_OPTIONS
 
-    recorded = dict(config.get("data_options", {}))
-    folder = FOLDER_OPTIONS.get(config["dataset"])
-    if folder and getattr(args, folder, None) is not None:
-        recorded[folder] = getattr(args, folder)
-    return {**recorded, **options}
+    folder = FOLDER_OPTIONS.get(dataset)
+    return {folder: getattr(args, folder)} if folder and getattr(args, folder, None) is not None else {}
+
+
+def recorded_data_options(config, data_folder, **options):
+    """The dataset options of a run's command: those config.json records ("data_options": the dataset's
+    own options, the split a run fixed, the data folder it used), ``data_folder`` (the command line's
+    folder flag, ``given_data_folder``) in place of the recorded one, then ``options`` (frames per
+    sequence, ...)."""
+    return {**config.get("data_options", {}), **data_folder, **options}
+
+
+def run_data_options(args, config, **options):
+    """``recorded_data_options`` with the data folder flag of ``args``."""
+    return recorded_data_options(config, given_data_folder(args, config["dataset"]), **options)
 
 
 def choose_device(name=None):
@@ -145,6 +152,6 @@ def unfinished_stages(run_dir, spec, config, allowed, offer=True):
     if short and not allowed:
         detail = ", ".join(f"{tag} at step {step} of {steps}" for tag, (step, steps) in short.items())
         raise UsageError(f"--run {run_dir}: its training has not finished ({detail}): continue it with python -m "
-                         f"experiments.run --dataset {config['dataset']} --resume {run_dir}"
+                         f"experiments.run --resume {run_dir}"
                          + (", or pass --unfinished to score it as it is" if offer else " first"))
     return short or None

@@ -5,7 +5,7 @@ Each evaluation conditions on the model's ``n_past`` frames of ``val_sequences``
 draws ``samples`` futures over the evaluation horizon (the preset's ``eval.n_future``: SM-MNIST
 5 -> 20), and keeps the best sample per sequence and metric (PSNR and SSIM averaged over the future
 frames), as the prediction protocol of ``experiments.evaluate`` does on the test split. Training
-time excludes the evaluations, which run under ``vdsm.train.forked_rng`` in eval mode, so the run
+time excludes the evaluations, which run under ``vdsm.train_state.forked_rng`` in eval mode, so the run
 trains exactly as it would without the monitor. The test split is never read here: it is scored
 once, at the end, by ``experiments.evaluate --run DIR``.
 
@@ -19,10 +19,9 @@ from pathlib import Path
 
 import torch
 
-import data
 from models.spec import PREDICTION
 from vdsm.metrics.prediction import baseline_scores, mean_with_interval, running_best_of_n
-from vdsm.train import forked_rng
+from vdsm.train_state import forked_rng
 
 from .cli import UsageError
 from .time_to_quality import TimedMonitor
@@ -35,7 +34,8 @@ COLUMNS = ["train_seconds", "stage", "step", "psnr", "psnr_ci95", "ssim", "ssim_
 class PredictionMonitor(TimedMonitor):
     """Called as ``monitor(api, stage, step, last)`` after every optimiser step of a prediction run;
     evaluates when ``every_seconds`` of training time have passed and after the last step.
-    ``prepare(args, config)`` (called by the runner before training) loads the val sequences."""
+    ``prepare(ctx)`` (called by the runner before training, with its ``RunContext``) loads the val
+    sequences."""
 
     columns = COLUMNS
     evaluation = PREDICTION   # the runs it scores
@@ -45,15 +45,13 @@ class PredictionMonitor(TimedMonitor):
         self.val_sequences, self.samples, self.batch_size = val_sequences, samples, batch_size
         self.x = None
 
-    def prepare(self, args, config):
-        from .training import data_options
-
+    def prepare(self, ctx):
+        config = ctx.config
         if config["train_split"] == "trainval":
             raise UsageError("the quality monitor scores val sequences, which --train-split trainval trains on")
         self.n_past, self.n_future = config["model"]["n_past"], config["eval"]["n_future"]
         self.samples = self.samples or config["eval"]["samples"]
-        options = {**data_options(args, config, args.spec.stages[-1]), "seq_len": self.n_past + self.n_future}
-        val = data.get_dataset(args.dataset, "val", args.data_root, **options)
+        val = ctx.val_dataset(ctx.spec.stages[-1], seq_len=self.n_past + self.n_future)
         n = min(self.val_sequences, len(val))
         self.x = torch.stack([val[i][0] for i in range(n)])  # the first n: a fixed, seeded val draw
         self.baselines = {name: {k: round(float(v.mean()), 5) for k, v in scores.items()} for name, scores in

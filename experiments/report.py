@@ -7,40 +7,39 @@ import time
 
 import torch
 
-import data
 from guides.common import GuideError
 from models.spec import JUDGE, PREDICTION
 from vdsm.metrics.prediction import baseline_scores, mean_with_interval, running_best_of_n
 from vdsm.viz import save_gif, save_labelled_gif, save_labelled_grid, sequence_strip
 
 from .cli import first_line
-from .training import data_options
 
 __all__ = ["report", "evaluate_and_draw", "draw_pictures", "quick_prediction"]
 
 log = logging.getLogger("experiments.run")
 
 
-def report(run, args, config, run_dir, device):
-    """metrics.json entries for the evaluations the spec names."""
+def report(run, ctx):
+    """metrics.json entries for the evaluations the spec names (``ctx``: the run's ``RunContext``)."""
     metrics = {}
     if JUDGE in run.spec.evaluations:
-        metrics["evaluation"] = evaluate_and_draw(run, args, config, run_dir, device)
+        metrics["evaluation"] = evaluate_and_draw(run, ctx)
     if PREDICTION in run.spec.evaluations:
-        metrics["quick_prediction"] = quick_prediction(run, args, config, run_dir)
+        metrics["quick_prediction"] = quick_prediction(run, ctx)
     return metrics
 
 
 @torch.no_grad()
-def evaluate_and_draw(vdsm, args, config, run_dir, device):
+def evaluate_and_draw(vdsm, ctx):
     """Val-set reconstruction error and the run folder's pictures (val sequences, as long as the last
-    stage's); ``vdsm`` is any ``StaticLatentRun`` (VDSM, DSA)."""
+    stage's); ``vdsm`` is any ``StaticLatentRun`` (VDSM, DSA, C-DSVAE)."""
     vdsm.eval()
+    config, run_dir, device = ctx.config, ctx.run_dir, ctx.device
     stage = vdsm.spec.stages[-1]
     seq_len = stage.frames(config)
-    val = data.get_dataset(args.dataset, "val", args.data_root, **data_options(args, config, stage))
+    val = ctx.val_dataset(stage)
     order = torch.randperm(len(val), generator=torch.Generator().manual_seed(1234))
-    n_eval = min(args.eval_sequences, len(val))
+    n_eval = min(ctx.eval_sequences, len(val))
     metrics = {"split": "val", "sequences": n_eval}
     if config["train_split"] == "trainval":
         metrics["note"] = "--train-split trainval: these val sequences were trained on"
@@ -96,17 +95,17 @@ def draw_pictures(vdsm, dataset, order, run_dir, seq_len, device, split="val"):
 
 
 @torch.no_grad()
-def quick_prediction(svg, args, config, run_dir, n_sequences=None, n_samples=None):
+def quick_prediction(predictor, ctx, n_sequences=None, n_samples=None):
     """Best-of-N PSNR/SSIM over the training horizon on a few val sequences, and futures.gif
     (the full protocol on the test split, with the evaluation horizon: ``experiments.evaluate``)."""
-    svg.eval()
+    predictor.eval()
+    config, run_dir = ctx.config, ctx.run_dir
     n_past, n_future = config["model"]["n_past"], config["train"]["n_future"]
-    val = data.get_dataset(args.dataset, "val", args.data_root,
-                           **data_options(args, config, svg.spec.stages[-1]))
-    n_sequences = min(n_sequences or args.eval_sequences, len(val), 64)
+    val = ctx.val_dataset(predictor.spec.stages[-1])
+    n_sequences = min(n_sequences or ctx.eval_sequences, len(val), 64)
     n_samples = n_samples or min(config["eval"]["samples"], 5)
-    x = torch.stack([val[i][0] for i in range(n_sequences)]).to(svg.device)
-    best = running_best_of_n((svg.predict(x[:, :n_past], n_future)[:, n_past:] for _ in range(n_samples)),
+    x = torch.stack([val[i][0] for i in range(n_sequences)]).to(predictor.device)
+    best = running_best_of_n((predictor.predict(x[:, :n_past], n_future)[:, n_past:] for _ in range(n_samples)),
                              x[:, n_past:], keep_rows=8)
     (psnr, psnr_ci), (ssim, ssim_ci) = (mean_with_interval(best[k].mean(-1)) for k in ("psnr", "ssim"))
     rows = min(8, n_sequences)

@@ -13,7 +13,7 @@ training; the test split is for ``experiments.evaluate``'s final report only):
 During stage 1 the same protocol uses what stage 1 has (poses of the real sequence kept, or
 drawn from the N(0, I) pose prior: not the protocol, and labelled so in the "protocol" column);
 from stage 2 on it uses the dynamics model. Training time
-excludes the evaluations, which run under ``vdsm.train.forked_rng`` so the run trains exactly as
+excludes the evaluations, which run under ``vdsm.train_state.forked_rng`` so the run trains exactly as
 it would without the monitor. Writes ``time_to_quality.csv`` (a row per evaluation, written as
 it goes), ``time_to_quality.png`` and ``time_to_quality.json`` (first times at which each
 accuracy reached the target, and the accuracies at the time budget) into ``out_dir``.
@@ -30,7 +30,7 @@ import data
 from models.spec import JUDGE
 from vdsm.metrics.judge import JUDGES, load_or_train_judge
 from vdsm.metrics.protocol import judge_protocol
-from vdsm.train import forked_rng
+from vdsm.train_state import forked_rng
 
 from .cli import UsageError
 

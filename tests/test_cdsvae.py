@@ -18,6 +18,7 @@ from models.cdsvae import CDSVAEConfig, CDSVAERun, recolour, shuffle_frames
 from tests_helpers import run_main
 from vdsm.annealing import ConstantFactors
 from vdsm.train import ELBOLoss, TrainOptions, train_stage
+from vdsm.train_hooks import TensorBoardLog
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"f_dim": 4, "z_dim": 3, "g_dim": 8, "nf": 4, "rnn_dim": 8, "mws_dataset_size": 50}
@@ -160,7 +161,8 @@ def test_training_records_each_added_term_beside_the_loss():
     writer = ScalarRecorder()
     pyro.set_rng_seed(1)   # the first step draws as above, from the same weights
     stats = train_stage(run.model, run.guide, iter([x] * 3), schedule=ConstantFactors(0.0, groups=("identity", "z")),
-                        device="cpu", writer=writer, tag="cdsvae", options=TrainOptions(steps=3, progress=False))
+                        device="cpu", hooks=[TensorBoardLog(writer, "cdsvae")], tag="cdsvae",
+                        options=TrainOptions(steps=3, progress=False))
     for name in ("content_nce", "motion_nce", "mi_fz"):
         logged = writer.scalars[f"cdsvae/term_{name}"]
         assert [step for step, _ in logged] == [1, 2, 3], name
@@ -171,7 +173,8 @@ def test_training_records_each_added_term_beside_the_loss():
     plain = tiny(weight_content=0.0, weight_motion=0.0, weight_mi=0.0)
     writer = ScalarRecorder()
     stats = train_stage(plain.model, plain.guide, iter([x]), schedule=ConstantFactors(0.0, groups=("identity", "z")),
-                        device="cpu", writer=writer, tag="cdsvae", options=TrainOptions(steps=1, progress=False))
+                        device="cpu", hooks=[TensorBoardLog(writer, "cdsvae")], tag="cdsvae",
+                        options=TrainOptions(steps=1, progress=False))
     assert stats["final_terms_per_frame"] == {} and not any("term_" in tag for tag in writer.scalars)
 
 
