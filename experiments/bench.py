@@ -10,9 +10,7 @@
                                                  # training time
 
 Every step configuration runs in its own subprocess so that its peak RSS is its own.
-Seconds per step are the median of ``--repeats`` steps after ``--warmup`` steps; the
-"nets" column times the forward + backward of the same networks on the same batch
-without Pyro, so ``overhead = step / nets`` is what Pyro and the ELBO add.
+Seconds per step are the median of ``--repeats`` steps after ``--warmup`` steps.
 """
 import argparse
 import json
@@ -139,7 +137,7 @@ def _model_config(spec, model, dataset, overrides):
 
 
 def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
-    """Seconds per SVI step (Trace_ELBO + Adam) of one configuration, and of its nets without Pyro.
+    """Seconds per SVI step (the model's ELBO estimator + Adam) of one configuration.
 
     ``amp``: forward passes under bf16 autocast (as ``experiments.run --amp``), backward and
     optimiser in fp32 parameters as usual.
@@ -177,13 +175,6 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
         loss.backward()
         optimizer.step()
 
-    def nets_step():  # the same networks, no Pyro: reparameterised samples, a plain loss
-        with autocast():
-            loss = run.plain_loss(x, factors)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
     def timed(fn):
         for _ in range(warmup):
             fn()
@@ -197,14 +188,13 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
         return statistics.median(times)
 
     step = timed(svi_step)
-    nets = timed(nets_step) if hasattr(run, "plain_loss") else None   # a model without a plain twin: no column
     trace = poutine.trace(poutine.replay(model, trace=poutine.trace(guide).get_trace(x, factors=factors)))
     sites = sum(1 for s in trace.get_trace(x, factors=factors).nodes.values()
                 if s["type"] == "sample" and s["name"] != "sequences")
     peak = (torch.cuda.max_memory_allocated() if torch.device(device).type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"config": name, "batch_size": batch_size, "seq_len": seq_len, "device": device, "amp": amp,
-            "seconds_per_step": step, "nets_seconds": nets, "overhead": step / nets if nets else None,
+            "seconds_per_step": step,
             "peak_memory_gb": peak / 1e9, "sample_sites": sites}
 
 
@@ -329,7 +319,7 @@ def main(argv=None):
                   f"reopened in {v['reopen_seconds']:.1f} s", flush=True)
     if args.only in (None, "steps"):
         results["steps"], failed = [], []
-        print(f"{'config':<20}{'batch':>6}{'s/step':>9}{'nets s':>9}{'ratio':>7}{'peak GB':>9}{'sites':>7}")
+        print(f"{'config':<20}{'batch':>6}{'s/step':>9}{'peak GB':>9}{'sites':>7}")
         for name in args.configs:
             for b in args.batch_sizes:
                 out = subprocess.run([sys.executable, "-m", "experiments.bench", "--one", f"{name}:{b}",
@@ -342,9 +332,7 @@ def main(argv=None):
                     continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 results["steps"].append(r)
-                nets = ("-", "-") if r["nets_seconds"] is None else (f"{r['nets_seconds']:.3f}", f"{r['overhead']:.2f}")
-                print(f"{name:<20}{b:>6}{r['seconds_per_step']:>9.3f}{nets[0]:>9}{nets[1]:>7}"
-                      f"{r['peak_memory_gb']:>9.2f}{r['sample_sites']:>7}")
+                print(f"{name:<20}{b:>6}{r['seconds_per_step']:>9.3f}{r['peak_memory_gb']:>9.2f}{r['sample_sites']:>7}")
         results["failed"] = failed
     with open(args.json, "w") as f:
         json.dump(results, f, indent=1)

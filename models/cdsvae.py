@@ -48,13 +48,12 @@ import pyro.distributions as dist
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pyro.infer import TraceMeanField_ELBO
 
 from vdsm.nets import LSTM, RNN, DCGANDecoder, DCGANEncoder
 
 from .config import DictConfig, check_values
-from .family import StateSpaceVideoModel, Stepped, emission_distribution
-from .spec import JUDGE, ONE_STAGE_DEFAULTS, ModelSpec, Stage, StaticLatentRun, constant_schedule
+from .dsa import ConcatDecoder, DSAModel, DSARun
+from .spec import JUDGE, ONE_STAGE_DEFAULTS, ModelSpec, Stage, constant_schedule
 
 __all__ = ["CDSVAEConfig", "CDSVAENets", "CDSVAEModel", "CDSVAERun", "SPEC", "shuffle_frames", "recolour",
            "info_nce", "mi_penalty"]
@@ -64,19 +63,19 @@ __all__ = ["CDSVAEConfig", "CDSVAENets", "CDSVAEModel", "CDSVAERun", "SPEC", "sh
 class CDSVAEConfig(DictConfig):
     """C-DSVAE sizes and weights (defaults: the release's Sprites run, ``run_cdsvae.sh``)."""
 
-    nc: int = 3
+    nc: int = 3                # channels of a frame
     f_dim: int = 256           # static latent ("identity")
     z_dim: int = 32            # per-frame latent
     g_dim: int = 128           # frame features of the encoder
     nf: int = 64               # width of the first conv block of encoder and decoder
     rnn_dim: int = 256         # the posterior's LSTM and RNN, each layer of the prior's LSTM
-    emission: str = "normal"
-    emission_scale: float = 0.7071067811865476   # sqrt(1/2): -log p is the summed squared error
-    weight_content: float = 10.0    # --weight_c_aug
-    weight_motion: float = 10.0     # --weight_m_aug
-    weight_mi: float = 1.0          # the release adds mi_fz unweighted
-    temperature: float = 0.5        # of both InfoNCE terms
-    mws_dataset_size: int = 8100    # N of the minibatch estimate of q(f), q(z), q(f, z): the train split
+    emission: str = "normal"   # pixel likelihood: bernoulli, normal or laplace
+    emission_scale: float = 0.7071067811865476   # scale of a normal or laplace pixel likelihood (sqrt(1/2): summed squared error)
+    weight_content: float = 10.0    # weight of the content InfoNCE term (the release's --weight_c_aug)
+    weight_motion: float = 10.0     # weight of the motion InfoNCE term (the release's --weight_m_aug)
+    weight_mi: float = 1.0          # weight of the MI(f; z) penalty (the release adds it unweighted)
+    temperature: float = 0.5        # temperature of both InfoNCE terms
+    mws_dataset_size: int = 8100    # N of the minibatch estimate of q(f), q(z), q(f, z) (the train split's size)
 
     def check(self):
         check_values(self, positive=("emission_scale", "temperature"),
@@ -94,7 +93,7 @@ def _gaussian(h):
     return loc, torch.exp(0.5 * logvar)
 
 
-class CDSVAENets(nn.Module):
+class CDSVAENets(ConcatDecoder, nn.Module):
     """Every network of C-DSVAE, shared by model and guide."""
 
     def __init__(self, c: CDSVAEConfig):
@@ -130,12 +129,6 @@ class CDSVAENets(nn.Module):
             states.append((h, c))
         loc, scale = _gaussian(self.prior_out(h))
         return loc, scale, tuple(states)
-
-    def decode_logits(self, z, f):
-        """z [B, T, z_dim], f [B, f_dim] -> logits [B, T, C, 64, 64]."""
-        b, t = z.shape[:2]
-        zf = torch.cat([z, f.unsqueeze(1).expand(b, t, f.shape[-1])], -1).reshape(b * t, -1)
-        return self.decoder(zf, logits=True).reshape(b, t, self.config.nc, 64, 64)
 
 
 # ------------------------------------------------------------ augmentations and the added terms
@@ -195,33 +188,10 @@ def mi_penalty(f, z, f_loc, f_scale, z_loc, z_scale, dataset_size):
 # ------------------------------------------------------------ the model and its run
 
 
-class CDSVAEModel(StateSpaceVideoModel):
-    """p(f) prod_t p(z_t | z_<t) p(x_t | z_t, f) and C-DSVAE's added terms; sites "identity" [B, f_dim],
-    "z_1".."z_T" [B, z_dim], "obs" [B, T, C, 64, 64], factors "content_nce", "motion_nce", "mi_fz" [B]."""
-
-    frame_prior = Stepped()
-    elbo = TraceMeanField_ELBO   # every KL in closed form (f, and each z_t given the sampled z_<t)
-
-    def __init__(self, nets: CDSVAENets):
-        super().__init__()
-        self.nets, self.z_dim = nets, nets.config.z_dim
-
-    def static_prior(self, batch, ref):
-        return dist.Normal(ref.new_zeros(batch, self.nets.config.f_dim), 1.0).to_event(1)
-
-    def transition(self, state, t):
-        """z_t ~ N(the two-layer LSTM over z_{t-1}), from z_0 = 0 and zero states."""
-        if t == 1:
-            z_prev, cells = state["ref"].new_zeros(state["batch"], self.z_dim), None
-        else:
-            z_prev, cells = state
-        loc, scale, cells = self.nets.prior_step(z_prev, cells)
-        z = self.frame_site(t, loc, scale)
-        return (z, cells), z
-
-    def emit(self, z, s, factors, x=None):
-        c = self.nets.config
-        return emission_distribution(c.emission, self.nets.decode_logits(z, s), c.emission_scale)
+class CDSVAEModel(DSAModel):
+    """DSA's generative model (its prior of two LSTM layers) and C-DSVAE's added terms; sites "identity"
+    [B, f_dim], "z_1".."z_T" [B, z_dim], "obs" [B, T, C, 64, 64], factors "content_nce", "motion_nce",
+    "mi_fz" [B]."""
 
     def objective_terms(self, x, s, z, factors):
         c, nets = self.nets.config, self.nets
@@ -238,7 +208,7 @@ class CDSVAEModel(StateSpaceVideoModel):
             pyro.factor("mi_fz", -c.weight_mi * mi_penalty(s, z, f_loc, f_scale, z_loc, z_scale, c.mws_dataset_size))
 
 
-class CDSVAERun(StaticLatentRun):
+class CDSVAERun(DSARun):
     """A trained (or freshly built) C-DSVAE; as DSA's run, its dynamics are z_1..z_T, so
     ``transfer_action`` equals ``swap_identity``.
 
@@ -249,9 +219,6 @@ class CDSVAERun(StaticLatentRun):
     """
 
     nets_cls, model_cls, guide_path = CDSVAENets, CDSVAEModel, "guides.cdsvae:CDSVAEGuide"
-
-    def dynamics_sites(self, t):
-        return {f"z_{k}" for k in range(1, t + 1)}
 
 
 SPEC = ModelSpec(

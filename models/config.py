@@ -2,7 +2,7 @@
 the checks of its sizes."""
 from dataclasses import MISSING, asdict, fields
 
-__all__ = ["DictConfig", "check_values", "check_types"]
+__all__ = ["DictConfig", "check_values", "check_types", "field_help"]
 
 
 class DictConfig:
@@ -14,6 +14,15 @@ class DictConfig:
     @classmethod
     def from_dict(cls, d):
         return cls(**d)
+
+
+def field_help(config_cls, name):
+    """The help line of a config field: its comment (on its line, or above it) or the string below it,
+    as the class's source writes it ("" when it has none)."""
+    from simple_parsing.docstring import get_attribute_docstring
+
+    doc = get_attribute_docstring(config_cls, name)
+    return " ".join((doc.comment_inline or doc.comment_above or doc.docstring_below or "").split())
 
 
 def _kind_ok(value, default):

@@ -41,15 +41,15 @@ __all__ = ["DSAConfig", "DSANets", "DSAModel", "DSARun", "SPEC"]
 class DSAConfig(DictConfig):
     """DSA sizes (defaults: the ``paper`` preset for Sprites)."""
 
-    nc: int = 3
+    nc: int = 3                # channels of a frame
     f_dim: int = 256          # static latent ("identity")
     z_dim: int = 32           # per-frame latent
     g_dim: int = 128          # frame features of the encoder
     nf: int = 64              # width of the first conv block of encoder and decoder
     rnn_dim: int = 256        # LSTMs of the prior and of the guide
     posterior: str = "full"   # "full": q(z_1:T | x_1:T, f); "factorised": prod_t q(z_t | x_t)
-    emission: str = "bernoulli"
-    emission_scale: float = 0.1
+    emission: str = "bernoulli"   # pixel likelihood: bernoulli, normal or laplace
+    emission_scale: float = 0.1   # scale of a normal or laplace pixel likelihood
 
     def check(self):
         check_values(self, positive=("emission_scale",),
@@ -60,7 +60,17 @@ class DSAConfig(DictConfig):
             raise ValueError(f"emission={self.emission!r}: use bernoulli, normal or laplace")
 
 
-class DSANets(nn.Module):
+class ConcatDecoder:
+    """The decoding of DSA-like models: one frame decoder of [z_t, f] (``self.decoder``), every frame at once."""
+
+    def decode_logits(self, z, f):
+        """z [B, T, z_dim], f [B, f_dim] -> logits [B, T, C, 64, 64]."""
+        b, t = z.shape[:2]
+        zf = torch.cat([z, f.unsqueeze(1).expand(b, t, f.shape[-1])], -1).reshape(b * t, -1)
+        return self.decoder(zf, logits=True).reshape(b, t, self.config.nc, 64, 64)
+
+
+class DSANets(ConcatDecoder, nn.Module):
     """Every network of DSA, shared by model and guide."""
 
     def __init__(self, c: DSAConfig):
@@ -109,12 +119,6 @@ class DSANets(nn.Module):
         loc, scale = self._gaussian(self.prior_out(h))
         return loc, scale, (h, c)
 
-    def decode_logits(self, z, f):
-        """z [B, T, z_dim], f [B, f_dim] -> logits [B, T, C, 64, 64]."""
-        b, t = z.shape[:2]
-        zf = torch.cat([z, f.unsqueeze(1).expand(b, t, f.shape[-1])], -1).reshape(b * t, -1)
-        return self.decoder(zf, logits=True).reshape(b, t, self.config.nc, 64, 64)
-
 
 class DSAModel(StateSpaceVideoModel):
     """p(f) prod_t p(z_t | z_<t) p(x_t | z_t, f); sites "identity" [B, f_dim], "z_1".."z_T" [B, z_dim],
@@ -131,8 +135,8 @@ class DSAModel(StateSpaceVideoModel):
         return dist.Normal(ref.new_zeros(batch, self.nets.config.f_dim), 1.0).to_event(1)
 
     def transition(self, state, t):
-        """z_t ~ N(an LSTM cell over z_{t-1}), from z_0 = 0 and a zero cell state; the state is
-        (z_{t-1}, the cell's state)."""
+        """z_t ~ N(the prior's LSTM over z_{t-1}: ``nets.prior_step``), from z_0 = 0 and zero LSTM states;
+        the state is (z_{t-1}, the LSTM's states)."""
         if t == 1:
             z_prev, cell = state["ref"].new_zeros(state["batch"], self.z_dim), None
         else:
@@ -163,35 +167,10 @@ class DSARun(StaticLatentRun):
     def dynamics_sites(self, t):
         return {f"z_{k}" for k in range(1, t + 1)}
 
-    def plain_loss(self, x, factors):
-        """The same networks' loss without Pyro (Bernoulli NLL, analytic KLs against the LSTM prior;
-        ``experiments.bench``'s "nets" column)."""
-        nets = self.nets
-        normal, kl_div = torch.distributions.Normal, torch.distributions.kl_divergence
-        h = nets.features(x)
-        f_loc, f_scale = nets.static_posterior(h)
-        f = f_loc + f_scale * torch.randn_like(f_loc)
-        loc, scale = nets.frame_posterior(h, f)
-        z = loc + scale * torch.randn_like(loc)
-        kl = kl_div(normal(f_loc.float(), f_scale.float()), normal(0.0, 1.0)).sum()
-        z_prev, state = torch.zeros_like(z[:, 0]), None
-        for t in range(x.shape[1]):
-            p_loc, p_scale, state = nets.prior_step(z_prev, state)
-            kl = kl + kl_div(normal(loc[:, t].float(), scale[:, t].float()), normal(p_loc.float(), p_scale.float())).sum()
-            z_prev = z[:, t]
-        logits = nets.decode_logits(z, f)
-        return F.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum") + kl
-
-
-def _upgrade(config):
-    config["train"].setdefault("clip_norm", 0.0)
-    return config
-
 
 SPEC = ModelSpec(
     names=("dsa",), config_cls=DSAConfig, presets="dsa.json", run_cls=DSARun,
     stages=(Stage("dsa", "train", pair=lambda run: (run.model, run.guide), schedule=constant_schedule(("identity", "z")),
                   frames=lambda config: config["train"]["seq_len"], section_defaults=ONE_STAGE_DEFAULTS),),
-    evaluations=frozenset({JUDGE}), train_flags=("steps", "batch_size", "lr", "seq_len", "clip_norm"),
-    upgrade=_upgrade)
+    evaluations=frozenset({JUDGE}), train_flags=("steps", "batch_size", "lr", "seq_len", "clip_norm"))
 DSARun.spec = SPEC

@@ -4,9 +4,9 @@ Generative process for a batch of sequences x[b, 1..T] (REFERENCE.md section 3):
 
     w = content(h(x_k) for nt_inf frames k)     deterministic, no KL (``pyro.module``, as the reference)
     y_1 ~ N(0, I)                               site "y_1" [B, ny]
-    z_t ~ N(prior(y_{t-1}))                     sites "z_2".."z_T" [B, nz], t = 2..T
+    z_t ~ N(prior(y_{t-1}))                     sites "z_2".."z_T" [B, z_dim], t = 2..T
     y_t = y_{t-1} + sum of n_euler_steps steps dt * f([y, z_t])   (dt = 1 / n_euler_steps)
-    x_t ~ Normal(decoder([w, y_t], skips), obs_scale)          site "obs" [B, T, C, H, W]
+    x_t ~ Normal(decoder([w, y_t], skips), emission_scale)          site "obs" [B, T, C, H, W]
     the l2_res penalty on every Euler increment, sum of ||dt * f||_2: site "l2_res" (``pyro.factor``)
 
 One batch plate ("sequences", dim -1); the sample sites are y_1, z_2..z_T and obs whatever the
@@ -21,10 +21,10 @@ choice per sequence in training and the last conditioning frames at test (``pred
 
 Departures from the release, by design: conv layers keep a bias (before BatchNorm it cancels out;
 the last layer's bias is an extra parameter), and linear layers other than the residual MLP keep
-PyTorch's initialisation (as the release). The presets have the release's first encoder block
-(no BatchNorm) and zero residual biases; run folders written before 2026-12-03 keep a BatchNorm there
-and PyTorch's default biases (``encoder_first_batchnorm``, ``residual_zero_bias``). The VGG encoder
-is SVG's (its first block has BatchNorm whatever ``encoder_first_batchnorm``).
+PyTorch's initialisation (as the release). The first encoder block has no BatchNorm and the residual
+MLP's biases start at 0, as the release (``encoder_first_batchnorm``, ``residual_zero_bias`` turn
+either off). The VGG encoder is SVG's (its first block has BatchNorm whatever
+``encoder_first_batchnorm``).
 """
 from dataclasses import dataclass
 
@@ -50,7 +50,7 @@ from .spec import (
     VideoRun,
     constant_schedule,
 )
-from .svg import prediction_frames, upgrade_prediction_config
+from .svg import prediction_frames
 
 __all__ = ["SRVPConfig", "SRVPNets", "SRVPModel", "SRVPRun", "SPEC", "srvp_init"]
 
@@ -59,32 +59,31 @@ __all__ = ["SRVPConfig", "SRVPNets", "SRVPModel", "SRVPRun", "SPEC", "srvp_init"
 class SRVPConfig(DictConfig):
     """SRVP sizes (defaults: the reference's stochastic SM-MNIST config)."""
 
-    nc: int = 1
+    nc: int = 1                  # channels of a frame
     arch: str = "dcgan"          # "dcgan" or "vgg"
     nf: int = 64                 # width of the first conv block (reference 64)
     nh: int = 128                # frame code
     ny: int = 20                 # residual state y
-    nz: int = 20                 # per-frame latent z
+    z_dim: int = 20              # per-frame latent z
     content_dim: int = 256       # w
     nt_inf: int = 5              # frames that infer w and y_1
     n_past: int = 5              # nt_cond: conditioning frames at test
-    n_euler_steps: int = 1
+    n_euler_steps: int = 1       # Euler steps of the residual dynamics per frame
     res_gain: float = 1.41       # orthogonal-init gain of the residual MLP
     skipco: bool = False         # decoder skips from one frame (vgg configs)
-    obs_scale: float = 1.0
-    beta_z: float = 2.0
-    l2_res: float = 1.0
-    rnn_size: int = 256          # the posterior LSTM
+    emission_scale: float = 1.0  # scale of the Gaussian pixel likelihood
+    beta_z: float = 2.0          # weight of the KL of every z_t
+    l2_res: float = 1.0          # weight of the squared norm of the residual updates
+    rnn_dim: int = 256          # the posterior LSTM
     y_hidden: int = 256          # q(y_1) MLP width
     mlp_hidden: int = 512        # prior and residual MLP width
-    # the release's layers; True / False: this library's before 2026-12-03 (run folders of then keep them)
-    encoder_first_batchnorm: bool = True   # BatchNorm in the DCGAN encoder's first block (the release: none)
-    residual_zero_bias: bool = False       # the residual MLP's biases start at 0 (the release: yes)
+    encoder_first_batchnorm: bool = False  # BatchNorm in the DCGAN encoder's first block (the release: none)
+    residual_zero_bias: bool = True        # the residual MLP's biases start at 0 (as the release)
 
     def check(self):
-        check_values(self, archs=("dcgan", "vgg"), positive=("res_gain", "obs_scale", "beta_z"),
-                     at_least_one=("nc", "nf", "nh", "ny", "nz", "content_dim", "nt_inf", "n_past", "n_euler_steps",
-                                   "rnn_size", "y_hidden", "mlp_hidden"))
+        check_values(self, archs=("dcgan", "vgg"), positive=("res_gain", "emission_scale", "beta_z"),
+                     at_least_one=("nc", "nf", "nh", "ny", "z_dim", "content_dim", "nt_inf", "n_past", "n_euler_steps",
+                                   "rnn_dim", "y_hidden", "mlp_hidden"))
         if self.l2_res < 0:
             raise ValueError(f"l2_res={self.l2_res} must be at least 0")
         if self.nt_inf > self.n_past:
@@ -133,10 +132,10 @@ class SRVPNets(nn.Module):
         self.content_in = nn.Sequential(nn.Linear(c.nh, c.content_dim), nn.ReLU(inplace=True))
         self.content_out = nn.Sequential(nn.Linear(c.content_dim, c.content_dim), nn.Tanh())
         self.y_inf = mlp(c.nt_inf * c.nh, c.y_hidden, 2 * c.ny, 3)
-        self.z_lstm = LSTM(c.nh, c.rnn_size, 1, batch_first=True)
-        self.z_out = nn.Linear(c.rnn_size, 2 * c.nz)
-        self.prior = mlp(c.ny, c.mlp_hidden, 2 * c.nz, 4)
-        self.residual = mlp(c.ny + c.nz, c.mlp_hidden, c.ny, 4)
+        self.z_lstm = LSTM(c.nh, c.rnn_dim, 1, batch_first=True)
+        self.z_out = nn.Linear(c.rnn_dim, 2 * c.z_dim)
+        self.prior = mlp(c.ny, c.mlp_hidden, 2 * c.z_dim, 4)
+        self.residual = mlp(c.ny + c.z_dim, c.mlp_hidden, c.ny, 4)
         self.apply(srvp_init)
         for layer in self.residual:
             if isinstance(layer, nn.Linear):
@@ -175,7 +174,7 @@ class SRVPNets(nn.Module):
         return gaussian(self.y_inf(h[:, :self.config.nt_inf].flatten(1)))
 
     def q_z(self, h):
-        """Filtering posterior parameters of z_2..z_T from the codes of x_1..x_T: [B, T-1, nz] each."""
+        """Filtering posterior parameters of z_2..z_T from the codes of x_1..x_T: [B, T-1, z_dim] each."""
         out, _ = self.z_lstm(h)
         return gaussian(self.z_out(out[:, 1:]))
 
@@ -264,7 +263,7 @@ class SRVPModel(StateSpaceVideoModel):
         else:  # training: content frames and skip frame drawn per sequence from the whole sequence
             content_frames, skip_frame = nets.training_frames(b, n_past, x.device)
         mean = nets.decode(nets.content(h, content_frames), ys, skips, skip_frame)
-        return dist.Normal(full_precision(mean), c.obs_scale).to_event(4)
+        return dist.Normal(full_precision(mean), c.emission_scale).to_event(4)
 
 
 class SRVPRun(VideoRun):
@@ -279,37 +278,11 @@ class SRVPRun(VideoRun):
 
     nets_cls, model_cls, guide_path = SRVPNets, SRVPModel, "guides.srvp:SRVPGuide"
 
-    def plain_loss(self, x, factors):
-        """The same networks' loss without Pyro (the release's: Gaussian NLL up to its constant, analytic
-        KLs, the l2_res penalty; ``experiments.bench``'s "nets" column)."""
-        nets, config = self.nets, self.config
-        batch_size, seq_len = x.shape[:2]
-        normal, kl_div = torch.distributions.Normal, torch.distributions.kl_divergence
-        h, skips = nets.encode(x)
-        nets.forget()
-        content, skip = nets.training_frames(batch_size, seq_len, x.device)
-        w = nets.content(h, content)
-        y_loc, y_scale = nets.q_y1(h)
-        y = y_loc + y_scale * torch.randn_like(y_loc)
-        kl = kl_div(normal(y_loc.float(), y_scale.float()), normal(0.0, 1.0)).sum()
-        q_loc, q_scale = nets.q_z(h)
-        ys, penalty = [y], 0.0
-        for k in range(seq_len - 1):
-            p_loc, p_scale = nets.p_z(y)
-            z = q_loc[:, k] + q_scale[:, k] * torch.randn_like(p_loc)
-            kl = kl + config.beta_z * kl_div(normal(q_loc[:, k].float(), q_scale[:, k].float()),
-                                             normal(p_loc.float(), p_scale.float())).sum()
-            y, p = nets.step(y, z)
-            ys.append(y)
-            penalty = penalty + p
-        mean = nets.decode(w, torch.stack(ys, 1), skips, skip)
-        return ((mean.float() - x) ** 2).sum() / (2 * config.obs_scale ** 2) + kl + config.l2_res * penalty.sum()
-
 
 SPEC = ModelSpec(
     names=("srvp",), config_cls=SRVPConfig, presets="srvp.json", run_cls=SRVPRun,
     stages=(Stage("srvp", "train", pair=lambda run: (run.model, run.guide), schedule=constant_schedule(("z",)),
                   frames=prediction_frames, section_defaults=ONE_STAGE_DEFAULTS),),
     evaluations=frozenset({PREDICTION}), train_flags=("steps", "batch_size", "lr", "n_future", "clip_norm"),
-    cli=PredictionFlags(), upgrade=upgrade_prediction_config, default_train_split="trainval")
+    cli=PredictionFlags())
 SRVPRun.spec = SPEC

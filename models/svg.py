@@ -50,38 +50,36 @@ from .spec import (
     Stage,
     VideoRun,
     constant_schedule,
-    legacy_clip_norm,
 )
 
-__all__ = ["SVGConfig", "SVGNets", "SVGModel", "SVGRun", "SPEC", "reference_init", "prediction_frames",
-           "upgrade_prediction_config"]
+__all__ = ["SVGConfig", "SVGNets", "SVGModel", "SVGRun", "SPEC", "reference_init", "prediction_frames"]
 
 
 @dataclass
 class SVGConfig(DictConfig):
     """SVG sizes (defaults: the reference's SM-MNIST config)."""
 
-    nc: int = 1
+    nc: int = 1                    # channels of a frame
     arch: str = "dcgan"            # "dcgan" or "vgg"
     nf: int = 64                   # width of the first conv block (DCGAN and VGG; reference 64)
-    g_dim: int = 128
-    z_dim: int = 10
-    rnn_size: int = 256
-    prior_rnn_layers: int = 1
-    posterior_rnn_layers: int = 1
-    predictor_rnn_layers: int = 2
+    g_dim: int = 128               # frame code of the encoder
+    z_dim: int = 10                # per-frame latent z_t
+    rnn_dim: int = 256            # every LSTM's width
+    prior_rnn_layers: int = 1      # layers of the learned prior's LSTM
+    posterior_rnn_layers: int = 1  # layers of the posterior's LSTM
+    predictor_rnn_layers: int = 2  # layers of the frame predictor's LSTM
     learned_prior: bool = True     # SVG-LP; False = SVG-FP
-    last_frame_skip: bool = False
-    beta: float = 1e-4
-    n_past: int = 5
-    pixel_scale: float = 1 / math.sqrt(2)
-    # BatchNorm between the frame predictor's output layer and its tanh: not in the SVG release
-    # (commented out in its models/lstm.py); True for run folders written before 2026-12-03
-    predictor_batchnorm: bool = True
+    last_frame_skip: bool = False  # decoder skips from the last frame seen (else from the last conditioning frame)
+    beta: float = 1e-4             # weight of the KL per pixel
+    n_past: int = 5                # conditioning frames
+    emission_scale: float = 1 / math.sqrt(2)   # scale of the Gaussian pixel likelihood (1/sqrt 2: the summed squared error)
+    # BatchNorm between the frame predictor's output layer and its tanh (not in the SVG release: commented
+    # out in its models/lstm.py)
+    predictor_batchnorm: bool = False
 
     def check(self):
-        check_values(self, archs=("dcgan", "vgg"), positive=("beta", "pixel_scale"),
-                     at_least_one=("nc", "nf", "g_dim", "z_dim", "rnn_size", "prior_rnn_layers",
+        check_values(self, archs=("dcgan", "vgg"), positive=("beta", "emission_scale"),
+                     at_least_one=("nc", "nf", "g_dim", "z_dim", "rnn_dim", "prior_rnn_layers",
                                    "posterior_rnn_layers", "predictor_rnn_layers", "n_past"))
 
 
@@ -113,10 +111,10 @@ class SVGNets(nn.Module):
             self.encoder, self.decoder = DCGANEncoder(c.nc, c.g_dim, c.nf), DCGANDecoder(c.nc, c.g_dim, c.nf)
         else:
             self.encoder, self.decoder = VGGEncoder(c.nc, c.g_dim, c.nf), VGGDecoder(c.nc, c.g_dim, c.nf)
-        self.posterior = SequenceLSTM(c.g_dim, c.z_dim, c.rnn_size, c.posterior_rnn_layers, "gaussian")
-        self.prior = SequenceLSTM(c.g_dim, c.z_dim, c.rnn_size, c.prior_rnn_layers, "gaussian") \
+        self.posterior = SequenceLSTM(c.g_dim, c.z_dim, c.rnn_dim, c.posterior_rnn_layers, "gaussian")
+        self.prior = SequenceLSTM(c.g_dim, c.z_dim, c.rnn_dim, c.prior_rnn_layers, "gaussian") \
             if c.learned_prior else None
-        self.predictor = SequenceLSTM(c.g_dim + c.z_dim, c.g_dim, c.rnn_size, c.predictor_rnn_layers,
+        self.predictor = SequenceLSTM(c.g_dim + c.z_dim, c.g_dim, c.rnn_dim, c.predictor_rnn_layers,
                                       "deterministic", batchnorm=c.predictor_batchnorm)
         self.apply(reference_init)
         self._cache = (None, None)
@@ -223,7 +221,7 @@ class SVGModel(StateSpaceVideoModel):
 
     def frames_distribution(self, mean):
         """The likelihood of frames [B, T, C, H, W] around the decoded ``mean`` (in fp32)."""
-        return dist.Normal(full_precision(mean), self.nets.config.pixel_scale).to_event(4)
+        return dist.Normal(full_precision(mean), self.nets.config.emission_scale).to_event(4)
 
     def future_frames(self, x_past, n_future):
         """The model with ``n_future`` frames after ``x_past`` (``predict``): the transition over the
@@ -271,36 +269,10 @@ class SVGRun(VideoRun):
 
     nets_cls, model_cls, guide_path = SVGNets, SVGModel, "guides.svg:SVGGuide"
 
-    def plain_loss(self, x, factors):
-        """The same networks' loss without Pyro (the reference's MSE + analytic KL; ``experiments.bench``'s
-        "nets" column: what Pyro and the ELBO add is the ratio of the two step times)."""
-        nets, config = self.nets, self.config
-        h, skips = nets.encode(x)
-        nets.forget()
-        (loc, scale), _ = nets.posterior(h[:, 1:])
-        z = loc + scale * torch.randn_like(loc)
-        if nets.prior is not None:
-            (p_loc, p_scale), _ = nets.prior(h[:, :-1])
-        else:
-            p_loc, p_scale = torch.zeros_like(loc), torch.ones_like(scale)
-        g, _ = nets.predictor(torch.cat([h[:, :-1], z], -1))
-        mean = nets.decode(g, skips, nets.skip_sources(x.shape[1]))
-        normal = torch.distributions.Normal
-        kl = torch.distributions.kl_divergence(normal(loc.float(), scale.float()),
-                                               normal(p_loc.float(), p_scale.float())).sum()
-        return ((mean.float() - x[:, 1:]) ** 2).sum() + config.beta * x[0, 0].numel() * kl
-
 
 def prediction_frames(config):
     """Frames per training sequence of a prediction model: n_past conditioning frames + n_future."""
     return config["model"]["n_past"] + config["train"]["n_future"]
-
-
-def upgrade_prediction_config(config):
-    """A prediction model's config.json of any age: runs before the val split trained on all the
-    training data ("trainval"), runs before per-frame clipping clipped the summed loss at norm 10."""
-    config["train"].setdefault("clip_norm", legacy_clip_norm(config["train"]["batch_size"], prediction_frames(config)))
-    return config
 
 
 SPEC = ModelSpec(
@@ -308,6 +280,5 @@ SPEC = ModelSpec(
     stages=(Stage("svg", "train", pair=lambda run: (run.model, run.guide), schedule=constant_schedule(("z",)),
                   frames=prediction_frames, section_defaults=ONE_STAGE_DEFAULTS),),
     evaluations=frozenset({PREDICTION}), fixed={"svg-lp": {"learned_prior": True}, "svg-fp": {"learned_prior": False}},
-    train_flags=("steps", "batch_size", "lr", "n_future", "clip_norm"), cli=PredictionFlags(),
-    upgrade=upgrade_prediction_config, default_train_split="trainval")
+    train_flags=("steps", "batch_size", "lr", "n_future", "clip_norm"), cli=PredictionFlags())
 SVGRun.spec = SPEC

@@ -28,6 +28,7 @@ from vdsm.fitted_prior import (
 from vdsm.nets import GatedTransition, MixtureOfExpertsDecoder
 from vdsm.precision import Normal
 
+from .config import field_help
 from .family import (
     IndependentNormal,
     StateSpaceVideoModel,
@@ -40,7 +41,6 @@ from .spec import (
     Stage,
     StaticLatentRun,
     import_object,
-    legacy_clip_norm,
 )
 
 __all__ = ["VDSMConfig", "VDSMStage1Model", "VDSMStage2Model", "LatentOvershooting", "VDSMRun", "SPEC", "FITTED_PRIORS", "FITTED_FROM",
@@ -70,19 +70,19 @@ def guide_factory(path):
 class VDSMConfig:
     """Network sizes of VDSM (defaults: the reference's Sprites config)."""
 
-    nc: int = 3
-    z_dim: int = 30
-    n_experts: int = 40
-    encoder_widths: tuple = (32, 32, 64, 64)
-    encoder_features: int = 256
-    decoder_widths: tuple = (512, 256, 128, 64)
-    dynamics_dim: int = 50
-    trans_dim: int = 64
-    rnn_dim: int = 512
-    rnn_layers: int = 3
-    rnn_dropout: float = 0.2
-    emission: str = "bernoulli"
-    emission_scale: float = 0.1
+    nc: int = 3                     # channels of a frame
+    z_dim: int = 30                 # per-frame pose latent z_t
+    n_experts: int = 40             # decoder experts; the identity is a softmax over them
+    encoder_widths: tuple = (32, 32, 64, 64)   # channels of the frame encoder's four blocks
+    encoder_features: int = 256     # frame code of the encoder
+    decoder_widths: tuple = (512, 256, 128, 64)   # channels of each expert's four blocks
+    dynamics_dim: int = 50          # the sequence's dynamics (action) latent d
+    trans_dim: int = 64             # hidden width of the stage-2 transition p(z_t | z_t-1, d)
+    rnn_dim: int = 512              # the stage-2 guide's LSTM
+    rnn_layers: int = 3             # ... its layers
+    rnn_dropout: float = 0.2        # ... dropout between its layers (guide_release_lstm: none)
+    emission: str = "bernoulli"     # pixel likelihood: bernoulli, normal or laplace
+    emission_scale: float = 0.1     # scale of a normal or laplace pixel likelihood
     identity_scale_max: float = 0.0  # > 0: bound on the guide's identity scale (0: unbounded, the reference)
     identity_film: bool = False  # per-sequence affine maps of the decoder's channels from the identity
     learned_identity_loc: bool = False  # identity prior N(m, 1/n) with m learned in stage 1 (reference: m = 0)
@@ -91,8 +91,9 @@ class VDSMConfig:
     # with guide_pose_input > 0: a shown pose is added to the combiner's mean (the combiner learns a correction)
     guide_pose_residual: bool = False
     # the stage-2 guide's LSTM as the release's (output fed back, h_0 and c_0 linear in d, no dropout,
-    # q(d)'s mean under LeakyReLU 0.01); False: run folders written before 2026-12-04 (guides.vdsm)
-    guide_release_lstm: bool = False
+    # q(d)'s mean under LeakyReLU 0.01); False: an LSTM over the frame codes alone, rnn_dropout between
+    # layers, LeakyReLU 0.2 (guides.vdsm)
+    guide_release_lstm: bool = True
     # 0: identities drawn from the Gaussian prior (reference); N > 0: after training, from a mixture of at
     # most N components fitted to the training identities (vdsm.fitted_prior); training is unchanged
     identity_prior_components: int = 0
@@ -326,33 +327,6 @@ class VDSMRun(StaticLatentRun):
     def factors(self):
         return self.schedule2.factors(1.0)
 
-    def plain_loss(self, x, factors):
-        """The networks of the stage in use without Pyro: reparameterised samples, Bernoulli NLL, the
-        transition run as the model runs it (``experiments.bench``'s "nets" column)."""
-        model, guide = self.pair()
-        batch_size, seq_len = x.shape[:2]
-        extra = 0.0
-        z_loc, z_scale, id_loc, id_scale = guide.encoder.encode_sequences(x)
-        identity = id_loc + id_scale * torch.randn_like(id_loc)
-        if not self.has_stage2:
-            z = z_loc + z_scale * torch.randn_like(z_loc)
-        else:
-            d_loc, d_scale = guide.dynamics_params(z_loc)
-            d = d_loc + d_scale * torch.randn_like(d_loc)
-            h_seq, context = guide.frame_states(d, seq_len), guide.combiner_context(d, z_loc)
-            zs, z_prev = [], guide.z_q_0.expand(batch_size, self.config.z_dim)
-            for t in range(seq_len):
-                loc, scale = guide.step(z_prev, h_seq[:, t], context[:, t])
-                z_prev = loc + scale * torch.randn_like(loc)
-                zs.append(z_prev)
-            z = torch.stack(zs, 1)
-            model.trans(z[:, :-1], d.unsqueeze(1).expand(-1, seq_len - 1, -1))  # forward only, as before 0.2
-            if model.overshooting > 0 and seq_len > 2:  # the model's overshooting factor, same weight
-                weight = model.overshooting / (seq_len - 1)
-                extra = -weight * model.frame_prior.overshooting_log_prob(model, z, d).sum()
-        logits = model.decoder(z, torch.softmax(factors["temp_id"] * identity, -1))
-        return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum") + extra
-
     def dynamics_sites(self, t):
         return {"dynamics", "z_1"} if self.has_stage2 else {"z"}
 
@@ -496,17 +470,28 @@ class VDSMFlags:
     stage-2 guide."""
 
     def add_flags(self, group):
-        group.add_argument("--stage", choices=["1", "2", "both"], help="which training stage(s) to run (default both)")
-        group.add_argument("--stage1-steps", type=int)
-        group.add_argument("--stage2-steps", type=int)
+        group.add_argument("--stage", choices=["1", "2", "both"], help="which training stage(s) to run")
+        group.add_argument("--stage1-steps", type=int, help="training steps of stage 1; with --resume: extend to N")
+        group.add_argument("--stage2-steps", type=int, help="training steps of stage 2; with --resume: extend to N")
         group.add_argument("--guide2", metavar="MODULE:FACTORY",
                            help="custom stage-2 guide: a factory taking the VDSM run (see guides/examples.py)")
         dests = {"stage", "stage1_steps", "stage2_steps", "guide2"}
         for stage in STAGES:
             for f in dataclasses.fields(Schedule):
-                group.add_argument(f"--{stage}-{f.name.replace('_', '-')}", type=float, dest=f"{stage}_{f.name}")
+                group.add_argument(f"--{stage}-{f.name.replace('_', '-')}", type=float, dest=f"{stage}_{f.name}",
+                                   metavar="X", help=f"{stage}: {field_help(Schedule, f.name)}")
                 dests.add(f"{stage}_{f.name}")
         return dests
+
+    def defaults(self, preset):
+        """The defaults of these flags in ``preset`` (a preset's config; None: the schedule's own)."""
+        shown = {"stage": "both", "guide2": "the library's stage-2 guide"}
+        for stage in STAGES:
+            section = preset[stage] if preset is not None else {"steps": "the preset's", "schedule": {}}
+            schedule = dataclasses.asdict(Schedule(**section["schedule"]))
+            shown[f"{stage}_steps"] = section["steps"]
+            shown.update({f"{stage}_{name}": value for name, value in schedule.items()})
+        return shown
 
     def resolve(self, args, config):
         if getattr(args, "guide2", None):
@@ -529,18 +514,6 @@ class VDSMFlags:
 
     def stages(self, args, spec):
         return {"1": ["stage1"], "2": ["stage2"], "both": list(STAGES)}[getattr(args, "stage", None) or "both"]
-
-
-def _upgrade(config):
-    """A VDSM config.json of any age: before the val split, "train" was all training data; before
-    per-frame clipping, the summed loss was clipped at norm 10."""
-    config.setdefault("guide2", None)
-    for stage in (stage for stage in STAGES if stage in config):   # a hand-made config may hold stage 2 only
-        s = config[stage]
-        frames = s["seq_len"] * (2 if s.get("pair_actions") else 1)
-        s.setdefault("clip_norm", legacy_clip_norm(s["batch_size"], frames))
-        s["schedule"] = dataclasses.asdict(Schedule(**s["schedule"]))
-    return config
 
 
 def _fitted_priors(run, context):
@@ -576,5 +549,5 @@ SPEC = ModelSpec(
                   frames=lambda config: config["stage2"]["seq_len"], frozen=_stage2_frozen,
                   data_flags=("pair_actions", "random_window"), label="stage 2")),
     evaluations=frozenset({JUDGE}), train_flags=("steps", "batch_size", "lr", "seq_len", "clip_norm"), cli=VDSMFlags(),
-    upgrade=_upgrade, after_training=_fitted_priors, default_train_split="trainval")
+    after_training=_fitted_priors)
 VDSMRun.spec = SPEC

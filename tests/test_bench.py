@@ -121,11 +121,9 @@ def test_bench_machine_records_the_processor_and_its_matmul_rates(tmp_path, caps
     assert "--amp" not in runtime.machine_line(dict(machine, bf16_matmul_gflops=400.0, fp32_matmul_gflops=100.0))
 
 
-def test_every_step_config_runs_both_timed_paths_with_its_sample_sites():
-    """Each configuration (the cpu presets as they are now included) makes an SVI step and the
-    same networks' step without Pyro; the site count does not depend on the batch size."""
-    import pytest
-
+def test_every_step_config_runs_an_svi_step_with_its_sample_sites():
+    """Each configuration (the cpu presets as they are now included) makes an SVI step; the site count
+    does not depend on the batch size."""
     from experiments.bench import STEP_CONFIGS, _model_config, bench_step
 
     # stage 2: identity, dynamics, z_1..z_8, obs (and the overshooting factor where the config has it);
@@ -133,19 +131,14 @@ def test_every_step_config_runs_both_timed_paths_with_its_sample_sites():
     # DSA (8 frames): identity, z_1..z_8, obs
     from models.registry import get
 
-    # C-DSVAE (8 frames): DSA's and its three factors (content_nce, motion_nce, mi_fz); no plain twin
+    # C-DSVAE (8 frames): DSA's and its three factors (content_nce, motion_nce, mi_fz)
     sites = {"stage1": 3, "stage2": 3 + 8, "svg": 2, "srvp": 1 + 14 + 2, "dsa": 1 + 8 + 1, "cdsvae": 1 + 8 + 1 + 3}
     for name, (model, stage, dataset, overrides, _) in STEP_CONFIGS.items():
         config = _model_config(get(model), model, dataset, overrides)
         expected = sites[stage] + (stage == "stage2" and config.overshooting > 0)
         for batch_size in (2, 3) if name == "stage2-cpu" else (2,):
             r = bench_step(name, batch_size, warmup=0, repeats=1)
-            assert r["sample_sites"] == expected, name
-            if not hasattr(get(model).run_cls, "plain_loss"):   # a model without a plain twin: no nets column
-                assert r["nets_seconds"] is None and r["overhead"] is None and r["seconds_per_step"] > 0, name
-                continue
-            assert r["seconds_per_step"] > 0 and r["nets_seconds"] > 0, name
-            assert r["overhead"] == pytest.approx(r["seconds_per_step"] / r["nets_seconds"])
+            assert r["sample_sites"] == expected and r["seconds_per_step"] > 0, name
 
 
 def test_bench_steps_writes_what_it_measured_and_exits_1_when_a_config_fails(tmp_path, monkeypatch):

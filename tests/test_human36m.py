@@ -86,9 +86,9 @@ def test_srvp_trains_on_human36m_through_the_runner(tmp_path):
     out = tmp_path / "run"
     assert main(["--dataset", "human36m", "--model", "srvp", "--preset", "paper", "--human36m", str(root), "--out",
                  str(out), "--n-past", "2", "--nt-inf", "2", "--n-future", "2", "--nf", "4", "--nh", "8", "--ny", "3",
-                 "--nz", "2", "--content-dim", "6", "--rnn-size", "5", "--y-hidden", "7", "--mlp-hidden", "9",
+                 "--z-dim", "2", "--content-dim", "6", "--rnn-dim", "5", "--y-hidden", "7", "--mlp-hidden", "9",
                  "--batch-size", "2", "--steps", "1", "--eval-samples", "1", "--eval-sequences", "2",
                  "--num-workers", "0", "--no-progress"]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["model"]["nc"] == 3 and config["model"]["skipco"] is True and config["model"]["obs_scale"] == 0.2
+    assert config["model"]["nc"] == 3 and config["model"]["skipco"] is True and config["model"]["emission_scale"] == 0.2
     assert config["eval"]["n_future"] == 45   # the release tests 8 -> 53

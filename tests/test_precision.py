@@ -35,12 +35,12 @@ def vdsm_pair(model_cls, guide_cls):
 
 
 def svg_pair(learned_prior):
-    nets = SVGNets(SVGConfig(nc=1, nf=4, g_dim=8, z_dim=3, rnn_size=8, n_past=3, learned_prior=learned_prior))
+    nets = SVGNets(SVGConfig(nc=1, nf=4, g_dim=8, z_dim=3, rnn_dim=8, n_past=3, learned_prior=learned_prior))
     return SVGModel(nets), SVGGuide(nets), {"z": 1.0}, torch.rand(3, 6, 1, 64, 64), nets.parameters()
 
 
 def srvp_pair():
-    nets = SRVPNets(SRVPConfig(nf=4, nh=8, ny=3, nz=2, content_dim=6, nt_inf=2, n_past=2, rnn_size=5, y_hidden=7,
+    nets = SRVPNets(SRVPConfig(nf=4, nh=8, ny=3, z_dim=2, content_dim=6, nt_inf=2, n_past=2, rnn_dim=5, y_hidden=7,
                                mlp_hidden=9))
     return SRVPModel(nets), SRVPGuide(nets), {"z": 1.0}, torch.rand(2, 4, 1, 64, 64), nets.parameters()
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import data
 from tests_helpers import SHARED_RUN_FLAGS, copy_run, run_main, tiny_run_flags
 from models.vdsm import VDSMRun as VDSM
 
@@ -60,26 +61,6 @@ def test_resume_of_a_finished_run_skips_training(tiny_run, tmp_path, data_dirs):
     assert {k: metrics[k] for k in summaries} == summaries and set(summaries) == {"identity_prior", "dynamics_prior"}
 
 
-def test_resume_accepts_a_flag_restating_the_default_of_a_field_the_run_predates(tiny_run, tmp_path, data_dirs):
-    old_run = copy_run(tiny_run, tmp_path / "old")
-    # a run written before `nc` existed: neither its config.json nor its checkpoints name it
-    config = json.loads((old_run / "config.json").read_text())
-    assert config["model"].pop("nc") == 3
-    (old_run / "config.json").write_text(json.dumps(config))
-    for path in (old_run / "checkpoints").rglob("*.pt"):
-        state = torch.load(path, weights_only=True)
-        if "config" not in state:   # not a training checkpoint (a fitted prior)
-            continue
-        del state["config"]["nc"]
-        torch.save(state, path)
-    code, _, err = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", old_run,
-                           "--nc", 3, *SHARED_RUN_FLAGS)
-    assert code == 0, err
-    code, _, err = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--resume", old_run,
-                           "--nc", 1, *SHARED_RUN_FLAGS)
-    assert code == 2 and "nc" in err
-
-
 def test_custom_guide_through_the_runner(tmp_path, data_dirs):
     out = tmp_path / "custom"
     code, _, err = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--out", out,
@@ -124,7 +105,7 @@ def test_custom_guide_through_the_runner(tmp_path, data_dirs):
     (["--dataset", "sprites", "--encoder-widths", "4", "4", "4"], "encoder_widths=[4, 4, 4]"),
     (["--dataset", "sprites", "--emission", "normal", "--emission-scale", "0"], "emission_scale=0.0"),
     (["--dataset", "sprites", "--clip-norm", "-1"], "--clip-norm=-1.0"),
-    (["--dataset", "smmnist", "--model", "svg-lp", "--pixel-scale", "0"], "pixel_scale=0.0"),
+    (["--dataset", "smmnist", "--model", "svg-lp", "--emission-scale", "0"], "emission_scale=0.0"),
     (["--dataset", "smmnist", "--model", "svg-lp", "--eval-samples", "0"], "--eval-samples=0"),
     (["--dataset", "sprites", "--resume", "/nonexistent/a", "--out", "/nonexistent/b"], "name different folders"),
 ])
@@ -203,6 +184,55 @@ def test_resume_refuses_flags_that_contradict_the_run(tiny_run, tmp_path, data_d
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before   # nothing written
 
 
+def test_resume_alone_continues_an_unfinished_run(tiny_run, tmp_path, monkeypatch):
+    """``--resume RUN`` with no other flag: the dataset, the model, the data folder and the config come
+    from the run's config.json, and training goes on from the newest checkpoint."""
+    from models.vdsm import VDSMRun
+    from vdsm.checkpoint import load_checkpoint, save_checkpoint
+
+    run = copy_run(tiny_run, tmp_path / "unfinished")
+    config = json.loads((run / "config.json").read_text())
+    config["stage2"]["steps"] = 4   # as if stopped at step 2 of 4
+    (run / "config.json").write_text(json.dumps(config))
+    state = load_checkpoint(run / "checkpoints" / "stage2.pt")
+    state["steps"] = 4
+    save_checkpoint(run / "checkpoints" / "stage2.pt", state)
+    monkeypatch.setattr(VDSMRun, "fit_and_save", lambda vdsm, run_dir, train, val, components, **kw:
+                        {latent: {"refitted": True} for latent in components})
+    code, stdout, err = run_cli("--resume", run)
+    assert code == 0, err
+    assert f"resuming {run}: vdsm on sprites" in stdout
+    assert torch.load(run / "checkpoints" / "stage2.pt", weights_only=True)["step"] == 4
+    assert json.loads((run / "metrics.json").read_text())["stage2"]["resumed_at_step"] == 2
+
+
+def test_a_new_run_without_dataset_is_one_line(tmp_path):
+    code, _, err = run_cli("--out", tmp_path / "x")
+    assert code == 2 and err.strip() == f"error: --dataset is required for a new run: one of {', '.join(data.DATASETS)}"
+    assert not (tmp_path / "x").exists()
+
+
+def test_out_naming_a_file_is_one_line_and_leaves_the_file(tmp_path, data_dirs):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    code, _, err = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--out", target, *TINY_FLAGS)
+    assert code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "is a file, not a folder" in err, err
+    assert target.read_text() == "mine"
+    code, _, err = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--out", target / "run",
+                           *TINY_FLAGS)   # a folder below a file
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "is a file, not a folder" in err, err
+
+
+def test_out_in_a_place_that_cannot_be_written_is_one_line(tmp_path, data_dirs):
+    # /sys refuses new folders to every user, root included (a chmod'ed folder would not stop root)
+    target = Path("/sys") / "vdsm-test-run" / "run"
+    code, _, err = run_cli("--dataset", "sprites", "--sprites-layers", data_dirs.sprites, "--out", target, *TINY_FLAGS)
+    assert code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "vdsm-test-run" in err and "write" in err, err
+    assert not target.parent.exists()
+
+
 def test_resume_of_another_dataset_is_refused(tiny_run):
     code, _, err = run_cli("--dataset", "sprites-dsa", "--resume", tiny_run)
     assert code == 2 and "trained on 'sprites'" in err
@@ -213,6 +243,70 @@ def test_help_lists_the_main_options():
     assert code == 0
     for flag in ("--dataset", "--preset", "--device", "--resume", "--stage", "--z-dim", "--stage1-temp-id-start"):
         assert flag in stdout
+
+
+def _shown_actions(parser):
+    import argparse
+
+    return [a for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS and a.dest != "help"]
+
+
+@pytest.mark.parametrize("dataset", [None, "sprites", "smmnist", "videos"])
+def test_help_shows_the_chosen_models_flags_each_with_a_help_line_and_its_default(dataset):
+    from experiments.flags import build_parser, own_flags
+    from models import registry
+
+    for name, spec in registry.NAMES.items():
+        shown = _shown_actions(build_parser(name, dataset))
+        # what names a thing rather than a setting has no default: the dataset, the run, the raw data
+        no_default = {"dataset", "resume", *data.FOLDER_OPTIONS.values(), *data.DATASET_OPTIONS.get(dataset, {})}
+        for action in shown:
+            assert action.help and ("(default" in action.help or action.dest in no_default), (name, action.dest)
+        dests = {a.dest for a in shown}
+        assert own_flags(name, spec) <= dests, (name, own_flags(name, spec) - dests)
+        others = set().union(*(own_flags(n, s) for n, s in registry.NAMES.items() if s is not spec)) - own_flags(name, spec)
+        assert not dests & others, (name, dests & others)   # another model's flags are parsed, not shown
+
+
+def test_the_help_of_a_model_fits_a_screen_and_shows_the_presets_values():
+    code, stdout, _ = run_cli("--model", "cdsvae", "--help")
+    assert code == 0 and len(stdout.splitlines()) < 100
+    assert "--weight-content" in stdout and "--n-experts" not in stdout and "--stage1-temp-id-start" not in stdout
+    from experiments.configs import load_model_preset
+    from models.registry import get
+
+    preset = load_model_preset(get("cdsvae"), "sprites", "cpu")
+    code, stdout, _ = run_cli("--dataset", "sprites", "--model", "cdsvae", "--preset", "cpu", "--help")
+    assert code == 0
+    z_dim = next(line for line in stdout.splitlines() if line.strip().startswith("--z-dim"))
+    assert z_dim.endswith(f"(default: {preset['model']['z_dim']})") and preset["model"]["z_dim"] != 32
+    assert "--sprites-layers" in stdout and "--mnist" not in stdout   # the dataset's own data flag
+
+
+def test_every_config_field_has_a_help_line():
+    import dataclasses
+
+    from models import registry
+    from models.config import field_help
+    from vdsm.annealing import Schedule
+
+    for cls in [spec.config_cls for spec in registry.MODELS] + [Schedule]:
+        missing = [f.name for f in dataclasses.fields(cls) if not field_help(cls, f.name)]
+        assert not missing, (cls.__name__, missing)
+
+
+def test_one_name_per_concept_across_models():
+    """A concept has one flag in every model that has it: the per-frame latent, the recurrent width, the
+    pixel likelihood's scale."""
+    import dataclasses
+
+    from models import registry
+
+    names = set().union(*({f.name for f in dataclasses.fields(spec.config_cls)} for spec in registry.MODELS))
+    assert not names & {"nz", "rnn_size", "pixel_scale", "obs_scale"}
+    for spec in registry.MODELS:
+        fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+        assert "z_dim" in fields and "rnn_dim" in fields and ("emission_scale" in fields), spec.name
 
 
 def test_a_checkpoint_from_another_config_is_refused_with_the_difference(tiny_run, tmp_path, data_dirs, capsys):

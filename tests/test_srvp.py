@@ -15,7 +15,7 @@ D = torch.distributions
 
 
 def tiny(**kw):
-    base = dict(nf=4, nh=8, ny=3, nz=2, content_dim=6, nt_inf=2, n_past=2, rnn_size=5, y_hidden=7, mlp_hidden=9)
+    base = dict(nf=4, nh=8, ny=3, z_dim=2, content_dim=6, nt_inf=2, n_past=2, rnn_dim=5, y_hidden=7, mlp_hidden=9)
     return SRVPConfig(**{**base, **kw})
 
 
@@ -77,12 +77,12 @@ def written_out_loss(nets, x, y1, zs, content_frames, skip_frame):
             mean = nets.decoder(g, skips=skips)
         else:
             mean = nets.decoder(g)
-        nll = nll - D.Normal(mean, c.obs_scale).log_prob(x[:, k]).flatten(1).sum(-1)
+        nll = nll - D.Normal(mean, c.emission_scale).log_prob(x[:, k]).flatten(1).sum(-1)
     return (nll + kl + c.l2_res * l2).mean()
 
 
 @pytest.mark.parametrize("config", [tiny(), tiny(arch="vgg", skipco=True, n_euler_steps=2, res_gain=1.2,
-                                                 obs_scale=0.2, beta_z=1.0)], ids=["dcgan", "vgg-skips-euler2"])
+                                                 emission_scale=0.2, beta_z=1.0)], ids=["dcgan", "vgg-skips-euler2"])
 def test_elbo_equals_the_reference_loss_for_a_fixed_draw(config, monkeypatch):
     torch.set_default_dtype(torch.float64)
     try:
@@ -181,7 +181,7 @@ def test_predict_uses_the_last_conditioning_frames_for_content_and_y_from_the_fi
 def test_a_few_steps_lower_the_loss():
     # a square on black: learnable, so the loss above the Gaussian constant must fall a lot
     torch.manual_seed(0)
-    nets, model, guide = pair(tiny(obs_scale=0.2))
+    nets, model, guide = pair(tiny(emission_scale=0.2))
     x = torch.zeros(4, 4, 1, 64, 64)
     x[..., 16:40, 20:44] = 1.0
     stats = train_stage(model, guide, iter([x] * 30), options=TrainOptions(steps=30, lr=1e-2, progress=False),
@@ -198,7 +198,7 @@ def test_bad_configs_are_refused():
         tiny(arch="resnet").check()
 
 
-SRVP_TINY = ["--nf", "4", "--nh", "8", "--ny", "3", "--nz", "2", "--content-dim", "6", "--rnn-size", "5",
+SRVP_TINY = ["--nf", "4", "--nh", "8", "--ny", "3", "--z-dim", "2", "--content-dim", "6", "--rnn-dim", "5",
              "--y-hidden", "7", "--mlp-hidden", "9", "--batch-size", "2", "--n-future", "3", "--eval-samples", "2",
              "--eval-sequences", "3", "--num-workers", "0", "--no-progress"]
 
@@ -261,8 +261,8 @@ def test_srvp_paper_presets_are_the_reference_table():
     def row(dataset):
         c = load_svg_preset(dataset, "paper", model="srvp")
         m, t = c["model"], c["train"]
-        return (m["ny"], m["nz"], m["beta_z"], m["n_euler_steps"], m["res_gain"], m["arch"], m["skipco"], m["nt_inf"],
-                m["n_past"], m["obs_scale"], t["batch_size"], m["n_past"] + t["n_future"], t["steps"], t["lr"])
+        return (m["ny"], m["z_dim"], m["beta_z"], m["n_euler_steps"], m["res_gain"], m["arch"], m["skipco"], m["nt_inf"],
+                m["n_past"], m["emission_scale"], t["batch_size"], m["n_past"] + t["n_future"], t["steps"], t["lr"])
 
     assert row("smmnist") == (20, 20, 2.0, 1, 1.41, "dcgan", False, 5, 5, 1.0, 128, 15, 1100000, 3e-4)
     assert row("kth") == (50, 50, 1.0, 2, 1.2, "vgg", True, 3, 10, 0.2, 100, 20, 200000, 3e-4)
@@ -349,44 +349,19 @@ def test_two_gloo_processes_train_srvp_as_one_process_on_the_combined_batch(tmp_
         assert torch.allclose(ddp[k], single[k], atol=1e-9, rtol=1e-8), k
 
 
-def test_a_model_on_the_old_residual_hooks_keeps_its_sites_and_numbers():
-    """The deprecated ResidualState with the old state_prior / step hooks gives SRVP's sites, its
-    l2_res factor and its log-density."""
-    from models.legacy_priors import ResidualState
-
-    class OldSRVP(SRVPModel):
-        frame_prior = ResidualState()
-
-        def state_prior(self, y):
-            return self.nets.p_z(y)
-
-        def step(self, y, z):
-            return self.nets.step(y, z)
-
-    nets, model, guide = pair(tiny())
-    x = frames(2, 4)
-    guide_trace = poutine.trace(guide).get_trace(x, factors={"z": 1.0})
-    traces = []
-    for m in (model, OldSRVP(nets)):
-        torch.manual_seed(0)  # the same content and skip frames
-        traces.append(poutine.trace(poutine.replay(m, trace=guide_trace)).get_trace(x, factors={"z": 1.0}))
-    assert [n for n in traces[0].nodes if n != "_INPUT"] == [n for n in traces[1].nodes if n != "_INPUT"]
-    assert "l2_res" in traces[0].nodes
-    assert torch.allclose(traces[0].log_prob_sum(), traces[1].log_prob_sum(), rtol=1e-6)
-
-
-def test_the_presets_have_the_releases_layers_and_old_runs_keep_theirs():
+def test_the_defaults_and_presets_have_the_releases_layers_and_the_flags_turn_them_off():
     """The release's DCGAN64Encoder has no BatchNorm in its first block and its residual MLP's biases
-    start at 0; every preset builds those; a config of before (no such keys) keeps the old layers."""
+    start at 0: the defaults and every preset build those; ``encoder_first_batchnorm`` and
+    ``residual_zero_bias`` give the other layers."""
     from experiments.configs import load_model_preset
     from models.registry import get
 
     for dataset, preset in [("smmnist", "cpu")] + [(d, "paper") for d in ("smmnist", "mmnist", "kth", "bair", "human36m")]:
         model = load_model_preset(get("srvp"), dataset, preset)["model"]
         assert model["encoder_first_batchnorm"] is False and model["residual_zero_bias"] is True
-    nets = SRVPNets(tiny(encoder_first_batchnorm=False, residual_zero_bias=True))
+    nets = SRVPNets(tiny())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in nets.encoder.blocks[0].modules())
     assert all(layer.bias.abs().max() == 0 for layer in nets.residual if isinstance(layer, torch.nn.Linear))
-    old = SRVPNets(tiny())
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in old.encoder.blocks[0].modules())
-    assert any(layer.bias.abs().max() > 0 for layer in old.residual if isinstance(layer, torch.nn.Linear))
+    other = SRVPNets(tiny(encoder_first_batchnorm=True, residual_zero_bias=False))
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in other.encoder.blocks[0].modules())
+    assert any(layer.bias.abs().max() > 0 for layer in other.residual if isinstance(layer, torch.nn.Linear))

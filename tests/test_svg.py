@@ -15,7 +15,7 @@ FACTORS = {"z": 1.0}
 
 
 def tiny(**changes):
-    base = dict(nc=1, nf=4, g_dim=8, z_dim=3, rnn_size=8, n_past=3)
+    base = dict(nc=1, nf=4, g_dim=8, z_dim=3, rnn_dim=8, n_past=3)
     base.update(changes)
     return SVGConfig(**base)
 
@@ -100,13 +100,13 @@ def test_elbo_equals_the_reference_objective():
     ours = loss(x, FACTORS)
     d = x[0, 0].numel()
     n_pixels = x[:, 1:].numel()
-    const = n_pixels * math.log(nets.config.pixel_scale * math.sqrt(2 * math.pi))
+    const = n_pixels * math.log(nets.config.emission_scale * math.sqrt(2 * math.pi))
     ref = reference_loss(nets, x, z)
     assert ours.item() == pytest.approx((4 * d * ref + const).item(), rel=1e-5)
 
 
 def test_networks_start_from_the_references_initialisation():
-    nets = SVGNets(tiny(nf=16, g_dim=32, rnn_size=32))
+    nets = SVGNets(tiny(nf=16, g_dim=32, rnn_dim=32))
     convs = [m for m in nets.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]
     norms = [m for m in nets.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
     weights = torch.cat([m.weight.flatten() for m in convs])

@@ -258,7 +258,7 @@ def test_vdsm_trains_and_evaluates_with_labels_and_without(videos, root, tmp_pat
 
 @pytest.mark.parametrize("model, flags", [
     ("svg-lp", SVG_TINY),
-    ("srvp", ["--nf", "4", "--nh", "8", "--ny", "3", "--nz", "2", "--content-dim", "6", "--rnn-size", "5",
+    ("srvp", ["--nf", "4", "--nh", "8", "--ny", "3", "--z-dim", "2", "--content-dim", "6", "--rnn-dim", "5",
               "--y-hidden", "7", "--mlp-hidden", "9", "--batch-size", "2", "--n-future", "3", "--steps", "2",
               "--eval-samples", "2", "--eval-sequences", "3", "--num-workers", "0", "--no-progress"]),
     ("dsa", ["--f-dim", "4", "--z-dim", "3", "--g-dim", "8", "--nf", "4", "--rnn-dim", "8", "--batch-size", "2",

@@ -32,7 +32,7 @@ def tiny_run_flags(steps=2, batch_size=2, prior_components=0):
 # the shared tiny run (conftest's ``vdsm_run``): a --resume of it must restate these
 SHARED_RUN_FLAGS = tiny_run_flags(prior_components=4)
 # a tiny SVG-LP run (conftest's ``svg_run``)
-SVG_TINY = ["--nf", "4", "--g-dim", "8", "--z-dim", "2", "--rnn-size", "8", "--batch-size", "2", "--steps", "2",
+SVG_TINY = ["--nf", "4", "--g-dim", "8", "--z-dim", "2", "--rnn-dim", "8", "--batch-size", "2", "--steps", "2",
             "--n-future", "3", "--eval-samples", "2", "--eval-sequences", "3", "--num-workers", "0", "--no-progress"]
 
 

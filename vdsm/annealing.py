@@ -36,21 +36,21 @@ class Schedule:
     ``dynamics``, ``z`` (KL scales of each latent group, applied with ``poutine.scale``).
     """
 
-    temp_id_start: float = 1.0
-    temp_id_end: float = 10.0
-    temp_id_frac: float = 2.0
-    anneal_start_id: float = 0.1
-    anneal_end_id: float = 1.0
-    anneal_frac_id: float = 3.0
-    anneal_start_dynamics: float = 0.1
-    anneal_end_dynamics: float = 1.0
-    anneal_frac_dynamics: float = 3.0
-    start_t: float = 30.0
-    mid_t1: float = 0.2
-    mid_t2: float = 0.4
-    end_t: float = 1.0
-    midfrac1: float = 0.5
-    midfrac2: float = 0.8
+    temp_id_start: float = 1.0            # identity softmax temperature at the start
+    temp_id_end: float = 10.0             # ... and at the end of its half-cosine ramp
+    temp_id_frac: float = 2.0             # the ramp takes the first 1/frac of the stage
+    anneal_start_id: float = 0.1          # KL scale of the identity at the start
+    anneal_end_id: float = 1.0            # ... and at the end of its ramp
+    anneal_frac_id: float = 3.0           # the ramp takes the first 1/frac of the stage
+    anneal_start_dynamics: float = 0.1    # KL scale of the dynamics latent at the start
+    anneal_end_dynamics: float = 1.0      # ... and at the end of its ramp
+    anneal_frac_dynamics: float = 3.0     # the ramp takes the first 1/frac of the stage
+    start_t: float = 30.0                 # KL scale of the poses z at progress 0 (a spline through 4 points)
+    mid_t1: float = 0.2                   # ... at progress midfrac1
+    mid_t2: float = 0.4                   # ... at progress midfrac2
+    end_t: float = 1.0                    # ... at the end of the stage
+    midfrac1: float = 0.5                 # progress of the poses' second spline point
+    midfrac2: float = 0.8                 # progress of the poses' third spline point
     lr_decay_frac: float = 0.0   # the learning rate decays over this last fraction of the stage (0: constant)
     lr_end: float = 0.1          # ... along a half cosine, to this factor of the stage's lr
 
