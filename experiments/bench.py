@@ -52,7 +52,7 @@ def _registered_step_configs():
     named = {entry[0] for entry in STEP_CONFIGS.values()}
     found = {}
     for spec in MODELS:
-        if spec.name in named or len(spec.stages) != 1 or "{dataset}" in str(spec.presets):
+        if spec.name in named or len(spec.stages) != 1:
             continue
         dataset = preset_datasets(spec)[0]
         stage = spec.stages[0]

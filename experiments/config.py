@@ -55,8 +55,6 @@ def resolve(args, base, spec):
         for key in spec.train_flags:
             if getattr(args, key, None) is not None:
                 section[key] = getattr(args, key)
-        for key, value in stage.section_defaults.items():
-            section.setdefault(key, value)
     if spec.cli is not None:
         try:
             config = spec.cli.resolve(args, config)
@@ -142,7 +140,8 @@ def apply_extension(config, extended):
     """Record the longer stages; each keeps its schedule length (``schedule_steps``)."""
     for path, (old, new) in extended.items():
         section = config[path.split(".")[0]]
-        section.setdefault("schedule_steps", old)
+        if section["schedule_steps"] is None:   # a second extension keeps the first length
+            section["schedule_steps"] = old
         config.setdefault("extended", []).append({"section": path.split(".")[0], "from": old, "to": new,
                                                   "date": time.strftime("%Y-%m-%d %H:%M")})
     return config

@@ -197,7 +197,7 @@ def _show_defaults(p, spec, model, preset):
     defaults = {**config_defaults, **(preset or {}).get("model", {})}
     if preset is not None:
         for key in spec.train_flags:
-            values = {s.section: preset[s.section].get(key, s.section_defaults.get(key)) for s in spec.stages}
+            values = {s.section: preset[s.section][key] for s in spec.stages}
             same = len(set(map(str, values.values()))) == 1
             defaults[key] = next(iter(values.values())) if same else ", ".join(f"{k} {v}" for k, v in values.items())
     if spec.cli is not None and hasattr(spec.cli, "defaults"):

@@ -53,7 +53,7 @@ from vdsm.nets import LSTM, RNN, DCGANDecoder, DCGANEncoder
 
 from .config import DictConfig, check_values
 from .dsa import ConcatDecoder, DSAModel, DSARun
-from .spec import JUDGE, ONE_STAGE_DEFAULTS, ModelSpec, Stage, constant_schedule
+from .spec import JUDGE, ModelSpec, Stage, constant_schedule
 
 __all__ = ["CDSVAEConfig", "CDSVAENets", "CDSVAEModel", "CDSVAERun", "SPEC", "shuffle_frames", "recolour",
            "info_nce", "mi_penalty"]
@@ -222,9 +222,8 @@ class CDSVAERun(DSARun):
 
 
 SPEC = ModelSpec(
-    names=("cdsvae",), config_cls=CDSVAEConfig, presets="cdsvae.json", run_cls=CDSVAERun,
+    names=("cdsvae",), config_cls=CDSVAEConfig, presets="cdsvae", run_cls=CDSVAERun,
     stages=(Stage("cdsvae", "train", pair=lambda run: (run.model, run.guide),
-                  schedule=constant_schedule(("identity", "z")), frames=lambda config: config["train"]["seq_len"],
-                  section_defaults=ONE_STAGE_DEFAULTS),),
+                  schedule=constant_schedule(("identity", "z")), frames=lambda config: config["train"]["seq_len"]),),
     evaluations=frozenset({JUDGE}), train_flags=("steps", "batch_size", "lr", "seq_len", "clip_norm"))
 CDSVAERun.spec = SPEC

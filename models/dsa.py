@@ -9,7 +9,7 @@ sites "z_1".."z_T"), and frames x_t ~ p(x_t | z_t, f) from one decoder of [z_t, 
 q(z_1:T | x_1:T, f).
 
 Networks: SVG's DCGAN-64 frame encoder (its skips unused) and DCGAN-64 decoder without skips,
-fed [z_t, f]; the sizes are the config's (``experiments/configs/dsa.json``: the DSA paper's f and
+fed [z_t, f]; the sizes are the config's (``experiments/configs/dsa/``: the DSA paper's f and
 z sizes for Sprites in the ``paper`` preset). The pixel likelihood is the library's Bernoulli
 (as VDSM's, so the two are trained on the same likelihood).
 """
@@ -27,7 +27,6 @@ from .config import DictConfig, check_values
 from .family import StateSpaceVideoModel, Stepped, emission_distribution
 from .spec import (
     JUDGE,
-    ONE_STAGE_DEFAULTS,
     ModelSpec,
     Stage,
     StaticLatentRun,
@@ -169,8 +168,8 @@ class DSARun(StaticLatentRun):
 
 
 SPEC = ModelSpec(
-    names=("dsa",), config_cls=DSAConfig, presets="dsa.json", run_cls=DSARun,
+    names=("dsa",), config_cls=DSAConfig, presets="dsa", run_cls=DSARun,
     stages=(Stage("dsa", "train", pair=lambda run: (run.model, run.guide), schedule=constant_schedule(("identity", "z")),
-                  frames=lambda config: config["train"]["seq_len"], section_defaults=ONE_STAGE_DEFAULTS),),
+                  frames=lambda config: config["train"]["seq_len"]),),
     evaluations=frozenset({JUDGE}), train_flags=("steps", "batch_size", "lr", "seq_len", "clip_norm"))
 DSARun.spec = SPEC

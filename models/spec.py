@@ -26,10 +26,10 @@ from vdsm.handlers import use_means
 from vdsm.runfolder import read_config_json
 from vdsm.train_state import load_param_store_state
 
-from .config import check_types
+from .config import SequenceTrain, check_types, merged
 
 __all__ = ["Stage", "ModelSpec", "VideoRun", "StaticLatentRun", "PredictionFlags", "import_object", "constant_schedule",
-           "ONE_STAGE_DEFAULTS", "JUDGE", "PREDICTION"]
+           "JUDGE", "PREDICTION"]
 
 JUDGE, PREDICTION = "judge", "prediction"   # the evaluations a spec may name (experiments.evaluate)
 
@@ -41,9 +41,6 @@ def import_object(path, what="object"):
         return getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError) as err:
         raise ValueError(f"cannot import {what} {path!r} ({err}): give package.module:NAME") from None
-
-
-ONE_STAGE_DEFAULTS = {"clip_norm": 0.0, "lr_decay_frac": 0.0}   # a stage of constant_schedule: no decay
 
 
 def constant_schedule(groups):
@@ -83,8 +80,8 @@ class Stage:
     ``frozen(run)``: modules and parameters held fixed (no gradient, not in the optimiser);
     ``schedule(section)``: an object with ``factors(progress)`` and ``lr_factor(progress)``;
     ``frames(config)``: frames per training sequence; ``data_flags``: boolean keys of the section
-    passed on to the dataset (VDSM stage 1: pair_actions, random_window); ``section_defaults``:
-    the section's keys a preset or an old config.json may leave out, with their values.
+    passed on to the dataset (VDSM stage 1: pair_actions, random_window); ``config_cls``: the
+    section's typed defaults (a ``models.config.TrainConfig``), which a preset overrides.
     """
 
     tag: str
@@ -95,7 +92,7 @@ class Stage:
     frozen: Callable = lambda run: ()
     data_flags: tuple = ()
     label: str = None     # how messages name it ("stage 1"); default: the tag
-    section_defaults: dict = field(default_factory=lambda: {"clip_norm": 0.0})  # keys a config may leave out
+    config_cls: type = SequenceTrain
 
     @property
     def title(self):
@@ -111,16 +108,17 @@ class ModelSpec:
     """Everything the library's commands need to know about a model, declared in its module.
 
     ``names``: the ``--model`` values (config.json's ``model_name``), the first the model's own name;
-    ``config_cls``: the model's sizes
-    (a dataclass with ``from_dict``, ``check``); ``presets``: file name under experiments/configs/
-    or a path to the model's own presets JSON ({dataset: {"cpu": ..., "paper": ...}}); ``run_cls``:
+    ``config_cls``: the model's sizes (a dataclass with ``from_dict``, ``check``); ``presets``: a folder
+    under experiments/configs/, or the path of a model's own, of ``<dataset>.json`` files, each
+    ``{"cpu": overrides, "paper": overrides}`` of the typed defaults (``defaults()``); ``run_cls``:
     the ``VideoRun`` subclass; ``stages``: trained in order; ``evaluations``: {JUDGE} (the judge
     protocols), {PREDICTION} (the prediction protocol) or both; ``fixed``: {name: config fields that name
     sets} (SVG-LP / SVG-FP); ``train_flags``: the training flags that set every stage section's key
     of the same name; ``cli``: optional object with ``add_flags(group)`` -> set of dests,
     ``resolve(args, config)`` -> config (raising ValueError), ``stages(args)`` -> tags to train;
     ``after_training(run, context)``: work after the stages (VDSM: its fitted priors), returning
-    entries for metrics.json.
+    entries for metrics.json; ``more_sections``: config sections besides the stages', with their
+    typed defaults (the prediction models' ``eval``).
     """
 
     names: tuple
@@ -133,6 +131,7 @@ class ModelSpec:
     train_flags: tuple = ("steps", "batch_size", "lr", "clip_norm")
     cli: object = None
     after_training: Callable = None
+    more_sections: dict = field(default_factory=dict)
 
     @property
     def name(self):
@@ -145,6 +144,15 @@ class ModelSpec:
         """The config fields a command line may set for ``--model name`` (the name fixes the others)."""
         return {f.name for f in dataclasses.fields(self.config_cls)} - set(self.fixed.get(name or self.name, {}))
 
+    def section_classes(self):
+        """{config section: its typed defaults' class}: each stage's, then ``more_sections``."""
+        return {**{stage.section: stage.config_cls for stage in self.stages}, **self.more_sections}
+
+    def defaults(self):
+        """The config a preset overrides: the model's sizes and every section, at their typed defaults."""
+        sections = {name: dataclasses.asdict(cls()) for name, cls in self.section_classes().items()}
+        return json.loads(json.dumps({"model": dataclasses.asdict(self.config_cls()), **sections}))
+
     def complete_model(self, model):
         """Every config field, as JSON data (a field the section leaves out: its default)."""
         return json.loads(json.dumps(dataclasses.asdict(self.config_cls.from_dict(model))))
@@ -154,7 +162,7 @@ class ModelSpec:
         defaults); CheckpointError naming ``where`` and the key when the file was damaged or edited by hand
         (a key missing, of the wrong type, or unknown)."""
         try:
-            check_types(self.config_cls, config["model"])
+            check_types(self.config_cls, config["model"], where="model")
             return self._complete(config)
         except KeyError as err:
             problem = f"key {err} is missing"
@@ -170,17 +178,10 @@ class ModelSpec:
         config.setdefault("train_split", "train")
         config.setdefault("safety", {"max_bad_steps": 5, "lr_drop": 0.5})
         config["model"] = self.complete_model(config["model"])
-        for stage in (stage for stage in self.stages if stage.section in config):
-            for key, value in stage.section_defaults.items():
-                config[stage.section].setdefault(key, value)
-        for stage in self.stages:   # what training and evaluation read of each section
-            if stage.section in config:
-                section = config[stage.section]
-                for key in ("steps", "batch_size"):
-                    if key in section and not (isinstance(section[key], int) and not isinstance(section[key], bool)):
-                        raise ValueError(f"{stage.section}.{key} is {section[key]!r}, not an int")
-                if "lr" in section and not isinstance(section["lr"], (int, float)):
-                    raise ValueError(f"{stage.section}.lr is {section['lr']!r}, not a number")
+        for name, cls in self.section_classes().items():   # a hand-made config may hold some sections only
+            if name in config:
+                check_types(cls, config[name], where=name)
+                config[name] = merged(dataclasses.asdict(cls()), config[name])
         if not isinstance(config.get("dataset", ""), str) or not isinstance(config["seed"], int):
             raise ValueError("dataset must be a string and seed an int")
         return config

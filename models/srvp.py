@@ -39,10 +39,9 @@ from pyro.infer import TraceMeanField_ELBO
 from vdsm.nets import LSTM, DCGANDecoder, DCGANEncoder, VGGDecoder, VGGEncoder
 from vdsm.precision import full_precision
 
-from .config import DictConfig, check_values
+from .config import DictConfig, PredictionEval, PredictionTrain, check_values
 from .family import StateSpaceVideoModel, Stepped
 from .spec import (
-    ONE_STAGE_DEFAULTS,
     PREDICTION,
     ModelSpec,
     PredictionFlags,
@@ -280,9 +279,9 @@ class SRVPRun(VideoRun):
 
 
 SPEC = ModelSpec(
-    names=("srvp",), config_cls=SRVPConfig, presets="srvp.json", run_cls=SRVPRun,
+    names=("srvp",), config_cls=SRVPConfig, presets="srvp", run_cls=SRVPRun,
     stages=(Stage("srvp", "train", pair=lambda run: (run.model, run.guide), schedule=constant_schedule(("z",)),
-                  frames=prediction_frames, section_defaults=ONE_STAGE_DEFAULTS),),
+                  frames=prediction_frames, config_cls=PredictionTrain),),
     evaluations=frozenset({PREDICTION}), train_flags=("steps", "batch_size", "lr", "n_future", "clip_norm"),
-    cli=PredictionFlags())
+    cli=PredictionFlags(), more_sections={"eval": PredictionEval})
 SRVPRun.spec = SPEC

@@ -40,10 +40,9 @@ from vdsm.handlers import register_module
 from vdsm.nets import DCGANDecoder, DCGANEncoder, SequenceLSTM, VGGDecoder, VGGEncoder
 from vdsm.precision import full_precision
 
-from .config import DictConfig, check_values
+from .config import DictConfig, PredictionEval, PredictionTrain, check_values
 from .family import StateSpaceVideoModel, TeacherForced
 from .spec import (
-    ONE_STAGE_DEFAULTS,
     PREDICTION,
     ModelSpec,
     PredictionFlags,
@@ -276,9 +275,10 @@ def prediction_frames(config):
 
 
 SPEC = ModelSpec(
-    names=("svg-lp", "svg-fp"), config_cls=SVGConfig, presets="svg.json", run_cls=SVGRun,
+    names=("svg-lp", "svg-fp"), config_cls=SVGConfig, presets="svg", run_cls=SVGRun,
     stages=(Stage("svg", "train", pair=lambda run: (run.model, run.guide), schedule=constant_schedule(("z",)),
-                  frames=prediction_frames, section_defaults=ONE_STAGE_DEFAULTS),),
+                  frames=prediction_frames, config_cls=PredictionTrain),),
     evaluations=frozenset({PREDICTION}), fixed={"svg-lp": {"learned_prior": True}, "svg-fp": {"learned_prior": False}},
-    train_flags=("steps", "batch_size", "lr", "n_future", "clip_norm"), cli=PredictionFlags())
+    train_flags=("steps", "batch_size", "lr", "n_future", "clip_norm"), cli=PredictionFlags(),
+    more_sections={"eval": PredictionEval})
 SVGRun.spec = SPEC

@@ -9,7 +9,7 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyro
@@ -28,7 +28,7 @@ from vdsm.fitted_prior import (
 from vdsm.nets import GatedTransition, MixtureOfExpertsDecoder
 from vdsm.precision import Normal
 
-from .config import field_help
+from .config import TrainConfig, field_help
 from .family import (
     IndependentNormal,
     StateSpaceVideoModel,
@@ -461,6 +461,16 @@ def _stage2_frozen(run):
     return frozen + ([run.model1.identity_loc] if run.model1.identity_loc is not None else [])
 
 
+@dataclass
+class VDSMStageConfig(TrainConfig):
+    """A VDSM stage (config.json's ``stage1`` / ``stage2``): its sequences and its annealing schedule."""
+
+    seq_len: int = 8               # frames per training sequence (stage 1 with pair_actions: two of them)
+    pair_actions: bool = False     # each item two sequences of one character and action, concatenated
+    random_window: bool = False    # seq_len consecutive frames from a random start (else the first)
+    schedule: Schedule = field(default_factory=Schedule)   # the annealing factors over the stage
+
+
 def _schedule(section):
     return Schedule(**section.get("schedule", {}))
 
@@ -541,13 +551,13 @@ def _fitted_priors(run, context):
 
 
 SPEC = ModelSpec(
-    names=("vdsm",), config_cls=VDSMConfig, presets="{dataset}.json", run_cls=VDSMRun,
+    names=("vdsm",), config_cls=VDSMConfig, presets="vdsm", run_cls=VDSMRun,
     stages=(Stage("stage1", "stage1", pair=lambda run: (run.model1, run.guide1), schedule=_schedule,
                   frames=lambda config: config["stage1"]["seq_len"], data_flags=("pair_actions", "random_window"),
-                  label="stage 1"),
+                  label="stage 1", config_cls=VDSMStageConfig),
             Stage("stage2", "stage2", pair=lambda run: (run.model2, run.guide2), schedule=_schedule,
                   frames=lambda config: config["stage2"]["seq_len"], frozen=_stage2_frozen,
-                  data_flags=("pair_actions", "random_window"), label="stage 2")),
+                  data_flags=("pair_actions", "random_window"), label="stage 2", config_cls=VDSMStageConfig)),
     evaluations=frozenset({JUDGE}), train_flags=("steps", "batch_size", "lr", "seq_len", "clip_norm"), cli=VDSMFlags(),
     after_training=_fitted_priors)
 VDSMRun.spec = SPEC

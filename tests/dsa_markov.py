@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.dsa import DSAConfig, DSAModel, DSANets, DSARun
-from models.spec import JUDGE, ONE_STAGE_DEFAULTS, ModelSpec, Stage, constant_schedule
+from models.spec import JUDGE, ModelSpec, Stage, constant_schedule
 
 
 class MarkovNets(DSANets):
@@ -40,9 +40,8 @@ class MarkovDSARun(DSARun):
 
 
 SPEC = ModelSpec(
-    names=("dsa-markov",), config_cls=DSAConfig, presets="dsa.json", run_cls=MarkovDSARun,
+    names=("dsa-markov",), config_cls=DSAConfig, presets="dsa", run_cls=MarkovDSARun,
     stages=(Stage("dsa-markov", "train", pair=lambda run: (run.model, run.guide),
-                  schedule=constant_schedule(("identity", "z")), frames=lambda config: config["train"]["seq_len"],
-                  section_defaults=ONE_STAGE_DEFAULTS),),
+                  schedule=constant_schedule(("identity", "z")), frames=lambda config: config["train"]["seq_len"]),),
     evaluations=frozenset({JUDGE}), train_flags=("steps", "batch_size", "lr", "seq_len", "clip_norm"))
 MarkovDSARun.spec = SPEC

@@ -87,7 +87,7 @@ def test_custom_guide_through_the_runner(tmp_path, data_dirs):
     (["--dataset", "sprites", "--model", "dsa", "--overshooting", "1"], "--overshooting only applies to --model vdsm"),
     (["--dataset", "sprites", "--resume", "/nonexistent/run"], "--resume"),
     (["--dataset", "sprites", "--guide2", "no.such:thing"], "guide factory"),
-    (["--dataset", "kth"], "no VDSM config"),
+    (["--dataset", "kth"], "no vdsm cpu preset for dataset 'kth'"),
     # flags of another model or dataset are refused, not ignored
     (["--dataset", "sprites", "--arch", "vgg"], "--arch only applies to --model svg-lp"),
     (["--dataset", "sprites", "--n-future", "3", "--eval-samples", "2"], "--eval-samples, --n-future only apply"),
@@ -155,7 +155,7 @@ def test_resume_extends_a_stage_and_keeps_its_schedule_length(tiny_run, tmp_path
     assert (run / "checkpoints" / "identity_prior.pt").stat().st_mtime_ns == identity_prior
     config = json.loads((run / "config.json").read_text())
     assert config["stage2"]["steps"] == 5 and config["stage2"]["schedule_steps"] == 2
-    assert config["stage1"]["steps"] == 2 and "schedule_steps" not in config["stage1"]
+    assert config["stage1"]["steps"] == 2 and config["stage1"]["schedule_steps"] is None
     assert [e["section"] for e in config["extended"]] == ["stage2"]
     saved = torch.load(run / "checkpoints" / "stage2.pt", weights_only=True)
     assert saved["step"] == 5 and saved["schedule_steps"] == 2

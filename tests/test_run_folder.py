@@ -218,7 +218,7 @@ def _edit(config, how):
 @pytest.mark.parametrize("how,message", [("not json", "is not valid JSON (line 1"),
                                          ("missing model", "has no \"model\" section"),
                                          ("missing dataset", "key 'dataset' is missing or not a string"),
-                                         ("string z_dim", "model key 'z_dim' is '4', not a int"),
+                                         ("string z_dim", "model.z_dim is '4', not an int"),
                                          ("unknown key", "unknown model key 'z_dimm'"),
                                          ("string steps", "stage1.steps is '2', not an int"),
                                          ("older version", "written by vdsm 0.1.9; this is vdsm"),

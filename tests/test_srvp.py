@@ -256,10 +256,10 @@ def test_srvp_flags_are_refused_for_svg_and_vdsm(tmp_path, data_dirs, capsys):
 
 
 def test_srvp_paper_presets_are_the_reference_table():
-    from experiments.configs import load_svg_preset
+    from experiments.configs import load_preset
 
     def row(dataset):
-        c = load_svg_preset(dataset, "paper", model="srvp")
+        c = load_preset(dataset, "paper", model="srvp")
         m, t = c["model"], c["train"]
         return (m["ny"], m["z_dim"], m["beta_z"], m["n_euler_steps"], m["res_gain"], m["arch"], m["skipco"], m["nt_inf"],
                 m["n_past"], m["emission_scale"], t["batch_size"], m["n_past"] + t["n_future"], t["steps"], t["lr"])
@@ -268,7 +268,7 @@ def test_srvp_paper_presets_are_the_reference_table():
     assert row("kth") == (50, 50, 1.0, 2, 1.2, "vgg", True, 3, 10, 0.2, 100, 20, 200000, 3e-4)
     assert row("bair") == (50, 50, 1.0, 2, 1.41, "vgg", True, 2, 2, 0.71, 192, 12, 1500000, 3e-4)
     assert row("human36m") == (50, 50, 1.0, 2, 1.2, "vgg", True, 3, 8, 0.2, 100, 16, 350000, 3e-4)
-    kth = load_svg_preset("kth", "paper", model="srvp")["train"]
+    kth = load_preset("kth", "paper", model="srvp")["train"]
     assert kth["lr_decay_frac"] == 0.25   # 150k constant, then 50k of linear decay to 0
 
 

@@ -128,14 +128,14 @@ def test_nf_sets_the_vgg_widths():
 
 
 def test_kth_and_bair_paper_presets_are_the_reference_commands():
-    from experiments.configs import load_svg_preset
-    kth = load_svg_preset("kth", "paper")
+    from experiments.configs import load_preset
+    kth = load_preset("kth", "paper", model="svg-lp")
     assert {k: kth["model"][k] for k in ("arch", "g_dim", "z_dim", "beta", "n_past", "nc", "posterior_rnn_layers",
                                          "predictor_rnn_layers", "last_frame_skip")} == {
         "arch": "vgg", "g_dim": 128, "z_dim": 24, "beta": 1e-6, "n_past": 10, "nc": 1, "posterior_rnn_layers": 2,
         "predictor_rnn_layers": 2, "last_frame_skip": False}
     assert (kth["train"]["lr"], kth["train"]["n_future"], kth["train"]["batch_size"]) == (8e-4, 10, 100)
-    bair = load_svg_preset("bair", "paper")
+    bair = load_preset("bair", "paper", model="svg-lp")
     assert (bair["model"]["z_dim"], bair["model"]["n_past"], bair["model"]["nc"], bair["train"]["batch_size"]) == (
         64, 2, 3, 100)
 
@@ -273,8 +273,8 @@ def test_decode_shares_skip_halves_but_equals_frame_by_frame_decoding():
 
 
 def test_the_presets_frame_predictor_has_no_batchnorm_as_the_release():
-    """The SVG release's lstm output is linear -> tanh (its BatchNorm commented out); every preset
-    builds that; a config of before (no such key) keeps the BatchNorm its checkpoints hold."""
+    """The SVG release's lstm output is linear -> tanh (its BatchNorm commented out): the default and
+    every preset build that; ``predictor_batchnorm`` adds the BatchNorm."""
     from experiments.configs import load_model_preset
     from models.registry import get
 
@@ -282,7 +282,7 @@ def test_the_presets_frame_predictor_has_no_batchnorm_as_the_release():
         for preset in ("paper", "cpu"):
             for name in ("svg-lp", "svg-fp"):
                 assert load_model_preset(get(name), dataset, preset)["model"]["predictor_batchnorm"] is False
-    nets, _, _ = pair(tiny(predictor_batchnorm=False))
+    nets, _, _ = pair(tiny())
     assert nets.predictor.norm is None
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in nets.modules())
-    assert isinstance(pair(tiny())[0].predictor.norm, torch.nn.BatchNorm1d)
+    assert isinstance(pair(tiny(predictor_batchnorm=True))[0].predictor.norm, torch.nn.BatchNorm1d)
