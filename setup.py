@@ -11,7 +11,7 @@ setup(
     description="Disentangled sequential generative models of video (VDSM, SVG, SRVP, DSA, C-DSVAE) on Pyro",
     python_requires=">=3.9",
     packages=["vdsm", "vdsm.nets", "vdsm.metrics", "models", "guides", "data", "experiments", "experiments.configs"],
-    package_data={"experiments.configs": ["*.json"]},
+    package_data={"experiments.configs": ["*/*.json"]},
     install_requires=[
         "torch>=2.4,<3",   # torch.get_autocast_dtype, is_autocast_enabled(device_type)
         "torchvision>=0.19,<1",
