@@ -227,26 +227,26 @@ class PredictionSubject:
         return {name: {k: float(v.mean()) for k, v in values.items()} for name, values in scores.items()}
 
 
-class VDSMSubject:
-    """A VDSM run: the judge protocols on fixed sequences (reconstruction: the judge agrees on real
+class StaticLatentSubject:
+    """A run with a static latent (VDSM, DSA, C-DSVAE): the judge protocols on fixed sequences (reconstruction: the judge agrees on real
     and reconstructed sequences; generation: action accuracy with the identity from the prior,
     attribute accuracy with the dynamics from the prior; action transfer: both right)."""
 
     metrics = ("reconstruction", "generation_action", "generation_attributes", "transfer")
 
-    def __init__(self, vdsm, judge, items, seed):
-        self.vdsm, self.judge, self.items, self.seed = vdsm, judge, items, seed
-        self.nets = vdsm.trained_networks()
-        self.x = torch.stack([it[0] for it in items[:4]]).to(vdsm.device)
+    def __init__(self, run, judge, items, seed):
+        self.run, self.judge, self.items, self.seed = run, judge, items, seed
+        self.nets = run.trained_networks()
+        self.x = torch.stack([it[0] for it in items[:4]]).to(run.device)
 
     def measure(self):
-        from vdsm.metrics.protocol import judge_protocol
+        from run.metrics.protocol import judge_protocol
 
-        with torch.random.fork_rng(devices=_cuda(self.vdsm.device)):
-            r = judge_protocol(self.vdsm, self.judge, self.items, batch_size=len(self.items), repeats=1,
-                               seed=self.seed, device=self.vdsm.device)
+        with torch.random.fork_rng(devices=_cuda(self.run.device)):
+            r = judge_protocol(self.run, self.judge, self.items, batch_size=len(self.items), repeats=1,
+                               seed=self.seed, device=self.run.device)
             torch.manual_seed(self.seed)
-            self.last = torch.cat([self.vdsm.reconstruct(self.x), self.vdsm.transfer_action(self.x, self.x.roll(1, 0))],
+            self.last = torch.cat([self.run.reconstruct(self.x), self.run.transfer_action(self.x, self.x.roll(1, 0))],
                                   -1)
 
         def mean_of(section, key=None):
@@ -312,8 +312,8 @@ def _damage(args, run_dir, spec, config, folder, device, unfinished):
         if judge_spec(config["dataset"], args.data_root, **options) is None:
             raise UsageError(f"the damage experiment of a {model_name} run is scored by a judge, and dataset "
                              f"{config['dataset']!r} has no labels: add a labels.csv (video, then one column per factor) to the video folder")
-        vdsm = load_run(run_dir, device)
-        check_groups(args, vdsm.trained_networks(), model_name)
+        run = load_run(run_dir, device)
+        check_groups(args, run.trained_networks(), model_name)
         sequences = data.get_dataset(config["dataset"], args.split, args.data_root, **options)
         n = min(args.sequences, len(sequences))
         order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(args.seed))[:n]
@@ -321,7 +321,7 @@ def _damage(args, run_dir, spec, config, folder, device, unfinished):
         judge, _ = load_or_train_judge(config["dataset"], root=args.data_root, device=device,
                                        steps=args.judge_steps or 1500, progress=not args.no_progress, accuracy_on=(),
                                        **options)
-        subject = VDSMSubject(vdsm, judge, items, args.seed)
+        subject = StaticLatentSubject(run, judge, items, args.seed)
         truth = torch.cat([subject.x, subject.x], -1)
         what = f"{n} {args.split} sequences, judge protocols (columns: reconstruction | action transfer)"
     out = Path(args.out) if args.out else run_dir / "damage"

@@ -129,21 +129,21 @@ def _update_metrics(run_dir, key, value, unfinished=None):
 
 
 def evaluate_judge(args, run_dir, config, device, spec):
-    from vdsm.metrics.judge import judge_spec, load_or_train_judge
-    from vdsm.metrics.protocol import judge_protocol
+    from run.metrics.judge import judge_spec, load_or_train_judge
+    from run.metrics.protocol import judge_protocol
 
     dataset = config["dataset"]
     options = _data_options(args, config, spec.stages[-1].frames(config))
     if judge_spec(dataset, args.data_root, **options) is None:
         return evaluate_unlabelled(args, run_dir, config, device, options)
-    vdsm = load_run(run_dir, device)
+    run = load_run(run_dir, device)
     sequences = data.get_dataset(dataset, args.split, args.data_root, **options)
-    name, what = config["model_name"], vdsm.describe()
+    name, what = config["model_name"], run.describe()
     print(f"judge protocols on {args.split} sequences of {dataset}: {args.repeats} repeats x "
           f"{min(args.batch_size, len(sequences))} sequences, {what}", flush=True)
     judge, judge_acc = load_or_train_judge(dataset, root=args.data_root, device=device, steps=args.judge_steps,
                                            progress=not args.no_progress, accuracy_on=(args.split,), **options)
-    result = judge_protocol(vdsm, judge, sequences, batch_size=args.batch_size, repeats=args.repeats,
+    result = judge_protocol(run, judge, sequences, batch_size=args.batch_size, repeats=args.repeats,
                             device=device, progress=not args.no_progress)
     result.update(model=name, model_kind=what, split=args.split, judge_accuracy=judge_acc[args.split], date=time.strftime("%Y-%m-%d"),
                   command="python -m experiments.evaluate " + " ".join(sys.argv[1:]))
@@ -353,14 +353,9 @@ def batchnorm_mode(mode, run):
 @torch.no_grad()
 def evaluate_prediction(args, run_dir, config, device, spec):
     """REFERENCE section 5: condition on n_past frames, N sampled futures per sequence, best per
-    metric, predicted frames only, [0, 1] range; mean and 95% interval over sequences."""
-    import csv
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from vdsm.metrics.prediction import BASELINES, baseline_scores, mean_with_interval, running_best_of_n
+    metric, predicted frames only, [0, 1] range; mean and 95% interval over sequences; the trivial
+    baselines scored as predictors on the same sequences (``vdsm.metrics.prediction.prediction_rows``)."""
+    from vdsm.metrics.prediction import BASELINES, METRICS, baseline_predictors, prediction_rows, summarize
     from vdsm.viz import save_gif
 
     if args.repeats is not None or args.judge_steps is not None:
@@ -380,65 +375,50 @@ def evaluate_prediction(args, run_dir, config, device, spec):
           flush=True)
     predictor = load_run(run_dir, device)
     batchnorm = batchnorm_mode(args.batchnorm, predictor)
-    curves = {"psnr": [], "ssim": [], **({"lpips": []} if lpips is not None else {})}
-    baseline_curves = {name: {k: [] for k in curves} for name in BASELINES}  # the same sequences and frames
-    fvd_features = {"real": [], "fake": []}
+    metrics = {**METRICS, **({"lpips": lpips} if lpips is not None else {})}
     batches = range(0, n, args.batch_size)
     bar = tqdm(total=len(batches) * n_samples, desc="prediction (samples)", disable=args.no_progress,
                dynamic_ncols=True)
+    fvd_features = {"real": [], "fake": []}
 
-    def samples_of(x, first):
-        for k in range(n_samples):
-            sample = predictor.predict(x[:, :n_past], n_future)[:, n_past:]
-            if k == 0:
-                first.append(sample)
-            yield sample
-            bar.update(1)
+    def model_samples(x_past, n_future):
+        with batchnorm["context"]():
+            for k in range(n_samples):
+                sample = predictor.predict(x_past, n_future)[:, n_past:]
+                if k == 0 and fvd is not None:   # SRVP's FVD: the first sample, conditioning frames prepended
+                    fvd_features["fake"].append(fvd.features(torch.cat([x_past, sample], 1)))
+                yield sample
+                bar.update(1)
+
+    def on_batch(name, x, best):
+        if name != "model":
+            return
+        if fvd is not None:
+            fvd_features["real"].append(fvd.features(x))
+        if best["best_ssim_frames"].shape[0]:   # the first batch
+            save_gif(torch.cat([x[:len(best["first_frames"]), n_past:], best["best_ssim_frames"], best["first_frames"]],
+                               -1), run_dir / "prediction.gif")
 
     started = time.time()
-    for start in batches:
-        x = torch.stack([sequences[i][0] for i in range(start, min(n, start + args.batch_size))]).to(device)
-        first = []
-        with batchnorm["context"]():
-            best = running_best_of_n(samples_of(x, first), x[:, n_past:], keep_rows=8 if start == 0 else 0,
-                                     lpips=lpips)
-        for k in curves:
-            curves[k].append(best[k].cpu())
-        for name, scores in baseline_scores(x[:, :n_past], x[:, n_past:], lpips).items():
-            for k in curves:
-                baseline_curves[name][k].append(scores[k].cpu())
-        if fvd is not None:  # SRVP's FVD: the first sample, conditioning frames prepended to both videos
-            fvd_features["real"].append(fvd.features(x))
-            fvd_features["fake"].append(fvd.features(torch.cat([x[:, :n_past], first[0]], 1)))
-        if start == 0:
-            rows = min(8, len(x))
-            save_gif(torch.cat([x[:rows, n_past:], best["best_ssim_frames"], best["first_frames"]], -1),
-                     run_dir / "prediction.gif")
+    rows = prediction_rows((torch.stack([sequences[i][0] for i in range(start, min(n, start + args.batch_size))]).to(device)
+                            for start in batches), {"model": model_samples, **baseline_predictors()}, metrics,
+                           n_past=n_past, keep_rows=8, on_batch=on_batch)
     bar.close()
+    scores = summarize(rows)
     summary = {"split": args.split, "protocol": plan, "n_past": n_past, "n_future": n_future,
                "test_sequences" if args.split == "test" else "val_sequences": n, "samples": n_samples,
                "seconds": round(time.time() - started, 1),
                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
                "date": time.strftime("%Y-%m-%d"), "command": "python -m experiments.evaluate " + " ".join(sys.argv[1:])}
-    per_frame, baseline_frames = {}, {name: {} for name in BASELINES}
-    summary["baselines"] = {name: {} for name in BASELINES}
-    for k in curves:
-        values = torch.cat(curves[k])                       # [N, n_future]
-        per_frame[k] = mean_with_interval(values)
-        mean, half = mean_with_interval(values.mean(1))
-        summary[k], summary[f"{k}_ci95"] = float(mean), float(half)
-        for name in BASELINES:
-            values = torch.cat(baseline_curves[name][k])
-            baseline_frames[name][k] = values.float().mean(0)
-            mean, half = mean_with_interval(values.mean(1))
-            summary["baselines"][name][k], summary["baselines"][name][f"{k}_ci95"] = float(mean), float(half)
+    summary.update({k: v for k, v in scores["model"].items() if k != "per_frame"})
+    summary["baselines"] = {name: {k: v for k, v in scores[name].items() if k != "per_frame"} for name in BASELINES}
     summary["batchnorm"] = batchnorm["what"]
     summary["baselines_protocol"] = ("the same sequences and predicted frames, one deterministic guess each: blank = "
                                      "all-black frames, last = the last conditioning frame repeated, mean = the mean "
                                      "conditioning frame repeated")
-    summary["model_minus_blank"] = {k: summary[k] - summary["baselines"]["blank"][k] for k in curves}
+    summary["model_minus_blank"] = {k: summary[k] - summary["baselines"]["blank"][k] for k in metrics}
     summary["best_baseline"] = {k: max(BASELINES, key=lambda name: summary["baselines"][name][k] * (-1 if k == "lpips" else 1))
-                                for k in curves}
+                                for k in metrics}
     if lpips is None:
         summary["lpips"] = {"skipped": lpips_skipped}
     else:
@@ -448,40 +428,67 @@ def evaluate_prediction(args, run_dir, config, device, spec):
         summary["fvd_protocol"] = (f"{n} videos, first sample, {n_past} conditioning frames prepended, I3D at 224 x 224 "
                                    f"({args.fvd_model})")
     suffix = "" if args.split == "test" else "_val"
-    with open(run_dir / f"prediction_per_frame{suffix}.csv", "w", newline="") as f:
+    write_per_frame_csv(run_dir / f"prediction_per_frame{suffix}.csv", scores, list(metrics), n_past)
+    plot_per_frame(run_dir / f"prediction_per_frame{suffix}.png", scores, list(metrics), n_past, config["model_name"],
+                   f"{config['dataset']} {args.split}, protocol {plan['name']}: {n} sequences x {n_samples} samples")
+    _update_metrics(run_dir, "prediction" if args.split == "test" else "prediction_val", summary, args.unfinished)
+    print_prediction_summary(summary, lpips is not None, fvd is not None)
+    return summary
+
+
+def write_per_frame_csv(path, scores, metrics, n_past):
+    """One row per predicted frame: the model's mean and 95% half-width of each metric, each baseline's mean."""
+    import csv
+
+    from vdsm.metrics.prediction import BASELINES
+
+    model = scores["model"]["per_frame"]
+    with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["frame", *(f"{k}_{part}" for k in curves for part in ("mean", "ci95")),
-                         *(f"{name}_{k}_mean" for name in BASELINES for k in curves)])
-        for t in range(n_future):
-            writer.writerow([n_past + t + 1, *(f"{float(per_frame[k][i][t]):.5f}" for k in curves for i in (0, 1)),
-                             *(f"{float(baseline_frames[name][k][t]):.5f}" for name in BASELINES for k in curves)])
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.4))
-    frames = range(n_past + 1, n_past + n_future + 1)
-    for ax, k in zip(axes, curves):
-        mean, half = per_frame[k]
-        ax.plot(frames, mean.numpy(), label=config["model_name"])
+        writer.writerow(["frame", *(f"{k}_{part}" for k in metrics for part in ("mean", "ci95")),
+                         *(f"{name}_{k}_mean" for name in BASELINES for k in metrics)])
+        for t in range(len(model[metrics[0]][0])):
+            writer.writerow([n_past + t + 1, *(f"{float(model[k][i][t]):.5f}" for k in metrics for i in (0, 1)),
+                             *(f"{float(scores[name]['per_frame'][k][0][t]):.5f}" for name in BASELINES for k in metrics)])
+
+
+def plot_per_frame(path, scores, metrics, n_past, label, title):
+    """Each metric per predicted frame: the model with its 95% band, the baselines in grey."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vdsm.metrics.prediction import BASELINES
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4))
+    for ax, k in zip(axes, metrics):
+        mean, half = scores["model"]["per_frame"][k]
+        frames = range(n_past + 1, n_past + len(mean) + 1)
+        ax.plot(frames, mean.numpy(), label=label)
         ax.fill_between(frames, (mean - half).numpy(), (mean + half).numpy(), alpha=0.3)
         for name, style in zip(BASELINES, (":", "--", "-.")):
-            ax.plot(frames, baseline_frames[name][k].numpy(), style, color="grey", label=f"{name} (baseline)")
+            ax.plot(frames, scores[name]["per_frame"][k][0].numpy(), style, color="grey", label=f"{name} (baseline)")
         ax.set_xlabel("frame")
         ax.set_ylabel(k.upper())
         ax.legend()
-    fig.suptitle(f"{config['dataset']} {args.split}, protocol {plan['name']}: {n} sequences x {n_samples} samples",
-                 fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(run_dir / f"prediction_per_frame{suffix}.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    _update_metrics(run_dir, "prediction" if args.split == "test" else "prediction_val", summary, args.unfinished)
+
+
+def print_prediction_summary(summary, lpips, fvd):
+    from vdsm.metrics.prediction import BASELINES
+
     print(f"PSNR {summary['psnr']:.2f} ± {summary['psnr_ci95']:.2f}, SSIM {summary['ssim']:.4f} ± "
           f"{summary['ssim_ci95']:.4f}"
-          + (f", LPIPS {summary['lpips']:.4f} ± {summary['lpips_ci95']:.4f}" if lpips is not None else "")
-          + (f", FVD {summary['fvd']:.1f}" if fvd is not None else "")
-          + f" ({args.split}, protocol {plan['name']})", flush=True)
+          + (f", LPIPS {summary['lpips']:.4f} ± {summary['lpips_ci95']:.4f}" if lpips else "")
+          + (f", FVD {summary['fvd']:.1f}" if fvd else "")
+          + f" ({summary['split']}, protocol {summary['protocol']['name']})", flush=True)
     gap = summary["model_minus_blank"]
     print("baselines on the same frames: " + "; ".join(
         f"{name} PSNR {summary['baselines'][name]['psnr']:.2f}, SSIM {summary['baselines'][name]['ssim']:.4f}"
         for name in BASELINES) + f"; model - blank: {gap['psnr']:+.2f} dB PSNR, {gap['ssim']:+.4f} SSIM", flush=True)
-    return summary
 
 
 def perceptual_metric(args, device):

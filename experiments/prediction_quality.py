@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from models.spec import PREDICTION
-from vdsm.metrics.prediction import baseline_scores, mean_with_interval, running_best_of_n
+from vdsm.metrics.prediction import baseline_scores, prediction_rows, summarize
 from vdsm.train_state import forked_rng
 
 from .cli import UsageError
@@ -62,21 +62,18 @@ class PredictionMonitor(TimedMonitor):
     def evaluate(self, api, stage):
         modes = [m.training for m in api.modules()]
         api.eval()
-        psnr, ssim = [], []
+        def samples(x_past, n_future):
+            return (api.predict(x_past, n_future)[:, self.n_past:] for _ in range(self.samples))
+
         try:
             with forked_rng(api.device):  # training continues with its own random numbers
-                for x in self.x.split(self.batch_size):
-                    x = x.to(api.device)
-                    best = running_best_of_n((api.predict(x[:, :self.n_past], self.n_future)[:, self.n_past:]
-                                              for _ in range(self.samples)), x[:, self.n_past:])
-                    psnr.append(best["psnr"].mean(-1))
-                    ssim.append(best["ssim"].mean(-1))
+                batches = (x.to(api.device) for x in self.x.split(self.batch_size))
+                scores = summarize(prediction_rows(batches, {"model": samples}, n_past=self.n_past))["model"]
         finally:
             for m, mode in zip(api.modules(), modes):
                 m.train(mode)
-        (p, p_ci), (s, s_ci) = (mean_with_interval(torch.cat(v)) for v in (psnr, ssim))
-        return {"psnr": round(float(p), 4), "psnr_ci95": round(float(p_ci), 4),
-                "ssim": round(float(s), 5), "ssim_ci95": round(float(s_ci), 5)}
+        return {"psnr": round(scores["psnr"], 4), "psnr_ci95": round(scores["psnr_ci95"], 4),
+                "ssim": round(scores["ssim"], 5), "ssim_ci95": round(scores["ssim_ci95"], 5)}
 
 
 SLACK_SECONDS = 10.0  # an evaluation falls due when a budget is reached: just after the step that crosses it

@@ -9,7 +9,7 @@ import torch
 
 from guides.common import GuideError
 from models.spec import JUDGE, PREDICTION
-from vdsm.metrics.prediction import baseline_scores, mean_with_interval, running_best_of_n
+from vdsm.metrics.prediction import METRICS, baseline_predictors, prediction_rows, summarize
 from vdsm.viz import save_gif, save_labelled_gif, save_labelled_grid, sequence_strip
 
 from .cli import first_line
@@ -30,12 +30,12 @@ def report(run, ctx):
 
 
 @torch.no_grad()
-def evaluate_and_draw(vdsm, ctx):
+def evaluate_and_draw(run, ctx):
     """Val-set reconstruction error and the run folder's pictures (val sequences, as long as the last
-    stage's); ``vdsm`` is any ``StaticLatentRun`` (VDSM, DSA, C-DSVAE)."""
-    vdsm.eval()
+    stage's); ``run`` is any ``StaticLatentRun`` (VDSM, DSA, C-DSVAE)."""
+    run.eval()
     config, run_dir, device = ctx.config, ctx.run_dir, ctx.device
-    stage = vdsm.spec.stages[-1]
+    stage = run.spec.stages[-1]
     seq_len = stage.frames(config)
     val = ctx.val_dataset(stage)
     order = torch.randperm(len(val), generator=torch.Generator().manual_seed(1234))
@@ -43,18 +43,18 @@ def evaluate_and_draw(vdsm, ctx):
     metrics = {"split": "val", "sequences": n_eval}
     if config["train_split"] == "trainval":
         metrics["note"] = "--train-split trainval: these val sequences were trained on"
-    save_gif(vdsm.generate(16, seq_len), run_dir / "samples.gif")
+    save_gif(run.generate(16, seq_len), run_dir / "samples.gif")
     try:
         bce = mse = frames = 0.0
         for chunk in order[:n_eval].split(32):
             x = torch.stack([val[int(i)][0] for i in chunk]).to(device)
-            recon = vdsm.reconstruct(x).clamp(1e-6, 1 - 1e-6)
+            recon = run.reconstruct(x).clamp(1e-6, 1 - 1e-6)
             bce += -(x * recon.log() + (1 - x) * (1 - recon).log()).sum().item()
             mse += ((x - recon) ** 2).sum().item()
             frames += x.shape[0] * x.shape[1]
         metrics.update(recon_bce_per_frame=bce / frames, recon_mse_per_pixel=mse / (frames * x[0, 0].numel()))
         if len(val) >= 2:
-            draw_pictures(vdsm, val, order, run_dir, seq_len, device)
+            draw_pictures(run, val, order, run_dir, seq_len, device)
         else:
             metrics["skipped"] = "swaps and transfers: the val split has one sequence"
     except GuideError as err:  # e.g. a non-amortised custom guide: it cannot infer new sequences' latents
@@ -63,14 +63,14 @@ def evaluate_and_draw(vdsm, ctx):
     return metrics
 
 
-def draw_pictures(vdsm, dataset, order, run_dir, seq_len, device, split="val"):
+def draw_pictures(run, dataset, order, run_dir, seq_len, device, split="val"):
     """reconstructions.png, identity_swap.png, action_transfer.png/.gif of ``dataset``'s sequences in
     ``order`` (up to 8 reconstructed, up to 6 swapped: a small split draws fewer)."""
     if len(order) < 2:
         raise ValueError(f"the {split} split has {len(order)} sequence: swaps need two")
     n, k, mid = min(8, len(order)), min(6, len(order) // 2), seq_len // 2
     x = torch.stack([dataset[int(i)][0] for i in order[:n]]).to(device)
-    save_labelled_grid(sequence_strip(x, vdsm.reconstruct(x)), run_dir / "reconstructions.png", nrow=seq_len,
+    save_labelled_grid(sequence_strip(x, run.reconstruct(x)), run_dir / "reconstructions.png", nrow=seq_len,
                        row_labels=["real", "reconstruction"],
                        title=f"{split} sequences and their reconstructions, frames 1-{seq_len} left to right")
     # identity swap grid: top row identity sources, left column pose sources, cell = mid frame
@@ -78,14 +78,14 @@ def draw_pictures(vdsm, dataset, order, run_dir, seq_len, device, split="val"):
     ident = torch.stack([dataset[int(i)][0] for i in order[k:2 * k]]).to(device)
     cells = [torch.zeros_like(x[0, 0])] + [ident[j, mid] for j in range(k)]
     for i in range(k):
-        swapped = vdsm.swap_identity(pose[i:i + 1].expand(k, *pose.shape[1:]), ident)
+        swapped = run.swap_identity(pose[i:i + 1].expand(k, *pose.shape[1:]), ident)
         cells += [pose[i, mid]] + [swapped[j, mid] for j in range(k)]
     save_labelled_grid(torch.stack(cells), run_dir / "identity_swap.png", nrow=k + 1,
                        row_labels=["identities"] + [f"poses of {i + 1}" for i in range(k)],
                        column_labels=["poses"] + [f"identity {j + 1}" for j in range(k)],
                        title=f"identity swap: poses of the row, identity of the column (frame {mid + 1})")
     # action transfer: rows of (action source, identity source, transfer) sequences
-    transfer = vdsm.transfer_action(pose, ident)
+    transfer = run.transfer_action(pose, ident)
     save_labelled_grid(sequence_strip(pose, ident, transfer), run_dir / "action_transfer.png", nrow=seq_len,
                        row_labels=["action from", "identity from", "transfer"],
                        title="action transfer: dynamics and first pose of the first row, identity of the second")
@@ -105,16 +105,21 @@ def quick_prediction(predictor, ctx, n_sequences=None, n_samples=None):
     n_sequences = min(n_sequences or ctx.eval_sequences, len(val), 64)
     n_samples = n_samples or min(config["eval"]["samples"], 5)
     x = torch.stack([val[i][0] for i in range(n_sequences)]).to(predictor.device)
-    best = running_best_of_n((predictor.predict(x[:, :n_past], n_future)[:, n_past:] for _ in range(n_samples)),
-                             x[:, n_past:], keep_rows=8)
-    (psnr, psnr_ci), (ssim, ssim_ci) = (mean_with_interval(best[k].mean(-1)) for k in ("psnr", "ssim"))
-    rows = min(8, n_sequences)
-    save_gif(torch.cat([x[:rows], torch.cat([x[:rows, :n_past], best["best_ssim_frames"]], 1),
-                        torch.cat([x[:rows, :n_past], best["first_frames"]], 1)], -1), run_dir / "futures.gif")
+
+    def model_samples(x_past, n_future):
+        return (predictor.predict(x_past, n_future)[:, n_past:] for _ in range(n_samples))
+
+    def futures_gif(name, x, best):
+        rows = len(best["first_frames"])
+        if name == "model":
+            save_gif(torch.cat([x[:rows], torch.cat([x[:rows, :n_past], best["best_ssim_frames"]], 1),
+                                torch.cat([x[:rows, :n_past], best["first_frames"]], 1)], -1), run_dir / "futures.gif")
+
+    scores = summarize(prediction_rows([x], {"model": model_samples, **baseline_predictors()}, n_past=n_past,
+                                       keep_rows=8, on_batch=futures_gif))
     out = {"split": "val", "sequences": n_sequences, "samples": n_samples, "n_past": n_past, "n_future": n_future,
-           "psnr": float(psnr), "psnr_ci95": float(psnr_ci), "ssim": float(ssim), "ssim_ci95": float(ssim_ci),
-           "baselines": {name: {k: float(v.mean()) for k, v in scores.items()}
-                         for name, scores in baseline_scores(x[:, :n_past], x[:, n_past:]).items()},
+           **{k: v for k, v in scores.pop("model").items() if k != "per_frame"},
+           "baselines": {name: {k: s[k] for k in METRICS} for name, s in scores.items()},
            "date": time.strftime("%Y-%m-%d")}
     if config["train_split"] == "trainval":
         out["note"] = "--train-split trainval: these val sequences were trained on"

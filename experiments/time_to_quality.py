@@ -89,17 +89,17 @@ class QualityMonitor(TimedMonitor):
         self.start()
 
     @torch.no_grad()
-    def evaluate(self, vdsm, stage):
-        nets = vdsm.modules()
-        modes, in_use = [m.training for m in nets], vdsm.stage_in_use
-        vdsm.eval()
-        vdsm.use_stage(stage)
+    def evaluate(self, run, stage):
+        nets = run.modules()
+        modes, in_use = [m.training for m in nets], run.stage_in_use
+        run.eval()
+        run.use_stage(stage)
         try:
-            with forked_rng(vdsm.device):  # training continues with its own random numbers (CPU and CUDA)
-                result = judge_protocol(vdsm, self.judge, self.items, batch_size=len(self.items), repeats=1,
-                                        device=vdsm.device)
+            with forked_rng(run.device):  # training continues with its own random numbers (CPU and CUDA)
+                result = judge_protocol(run, self.judge, self.items, batch_size=len(self.items), repeats=1,
+                                        device=run.device)
         finally:
-            vdsm.use_stage(in_use)
+            run.use_stage(in_use)
             for m, mode in zip(nets, modes):
                 m.train(mode)
         dynamic, static = self.judge.dynamic_heads, self.judge.static_heads

@@ -9,6 +9,7 @@ lists the specs. The runner (``experiments.run``), ``evaluate``, ``damage``, ``f
 Guides are named by import path ("guides.dsa:DSAGuide") and imported when a run is built, so that
 ``models/`` never imports ``guides/``.
 """
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -359,6 +360,14 @@ class StaticLatentRun(VideoRun):
     """
 
     static_site = "identity"
+    # what the judge protocols (vdsm.metrics.protocol) read of a run besides its generations
+    has_dynamics_latent = True   # False: a run whose "fixed dynamics" keeps every pose (VDSM's stage 1 alone)
+    shows_poses = False          # its guide sees frame poses in evaluation, unlike the reference's
+    fitted_priors = ()           # latents drawn from priors fitted after training (a departure, labelled)
+
+    def reference_guide_inputs(self):
+        """A context in which the guide sees what the reference's sees (VDSM: no frame poses)."""
+        return contextlib.nullcontext()
 
     def dynamics_sites(self, t):
         raise NotImplementedError

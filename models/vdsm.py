@@ -314,6 +314,10 @@ class VDSMRun(StaticLatentRun):
     def has_stage2(self, value):
         self.use_stage("stage2" if value else "stage1")
 
+    @property
+    def has_dynamics_latent(self):
+        return self.has_stage2
+
     def describe(self):
         return f"stage {2 if self.has_stage2 else 1} model"
 

@@ -8,7 +8,7 @@ from torch import nn
 from vdsm.metrics.frechet import frechet_from_features
 from vdsm.metrics.fvd import FVD, FVDError
 from vdsm.metrics.perceptual import LPIPS, LPIPSError
-from vdsm.metrics.prediction import running_best_of_n
+from vdsm.metrics.prediction import METRICS, running_best_of_n
 
 
 def package_lpips(backbone):
@@ -43,7 +43,7 @@ def test_best_of_n_keeps_the_lowest_lpips(alexnet_features):
     target = torch.rand(3, 4, 1, 64, 64, generator=g)
     samples = [target + s * torch.randn(3, 4, 1, 64, 64, generator=g) for s in (0.4, 0.05, 0.2)]
     samples = [x.clamp(0, 1) for x in samples]
-    best = running_best_of_n(iter(samples), target, lpips=lpips)
+    best = running_best_of_n(iter(samples), target, {**METRICS, "lpips": lpips})
     per_sample = torch.stack([lpips(x, target).mean(-1) for x in samples])      # [N, B]
     torch.testing.assert_close(best["lpips"].mean(-1), per_sample.min(0).values)
     assert torch.equal(best["best_lpips_sample"], per_sample.argmin(0))

@@ -164,11 +164,7 @@ def test_frechet_distance_with_a_vdsm_run(vdsm_run, data_dirs):
     out = vdsm_run.path
     frames = torch.cat([data.get_dataset("sprites", "test", sprites_layers=data_dirs.sprites)[i][0] for i in range(20)])
     assert abs(frechet_distance(frames, frames, load_run(out).frame_features)) < 1e-3
-    with pytest.warns(DeprecationWarning, match="frame_features"):  # a run folder still works, for one release
-        assert frechet_distance(frames, frames.flip(-1).roll(7, -2), out) > 0
-    with pytest.warns(DeprecationWarning, match="frame_features"):
-        from vdsm.metrics.frechet import feature_network
-        assert torch.equal(feature_network(out)(frames[:3]), load_run(out).frame_features(frames[:3]))
+    assert frechet_distance(frames, frames.flip(-1).roll(7, -2), load_run(out).frame_features) > 0
 
 
 def test_svg_fp_with_vgg_on_kth_frame_folders(tmp_path):

@@ -52,8 +52,10 @@ class StandIn:
     latents are swapped (the "dynamics" latent holds the appearance), so each protocol keeps the
     wrong half."""
 
+    fitted_priors = ()
+
     def __init__(self, judge, disentangles=True, has_stage2=True, shows_poses=False, one_identity=False):
-        self.judge, self.ok, self.has_stage2, self.shows_poses = judge, disentangles, has_stage2, shows_poses
+        self.judge, self.ok, self.has_dynamics_latent, self.shows_poses = judge, disentangles, has_stage2, shows_poses
         self.reference_inputs = False
         self.one_identity = one_identity   # a collapsed identity prior: every draw is the same character
 

@@ -1,4 +1,7 @@
-"""Video-prediction metrics: PSNR and SSIM per frame (batched, torch) and the best-of-N protocol.
+"""Video-prediction metrics: PSNR and SSIM per frame (batched, torch) and the best-of-N protocol as
+functions of plain callables: ``prediction_rows(batches, predictors, metrics)`` scores any predictors
+(a model's sampler, the trivial baselines of ``baseline_predictors``) with any metrics (``METRICS``,
+LPIPS) and returns one plain row per predictor and sequence; ``summarize(rows)`` pools them.
 
 SSIM follows Wang et al. 2004 with an 11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03,
 'valid' borders and the mean over channels, the convention of SVG/SRVP's evaluation; a test
@@ -10,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["psnr", "ssim", "best_of_n", "running_best_of_n", "mean_with_interval", "trivial_predictions",
-           "BASELINES", "baseline_scores"]
+           "BASELINES", "baseline_scores", "baseline_predictors", "prediction_rows", "summarize", "METRICS",
+           "LOWER_IS_BETTER"]
 
 # what a predictor must beat: frames anyone can predict without a model ("mean": the conditioning frames' mean)
 BASELINES = ("blank", "last", "mean")
@@ -31,14 +35,19 @@ def trivial_predictions(x_past, n_future):
             "mean": x_past.mean(1, keepdim=True).expand(shape)}
 
 
-def baseline_scores(x_past, truth, lpips=None):
-    """{baseline: {"psnr", "ssim"(, "lpips"): [B, T]}} of the ``trivial_predictions`` of ``truth`` [B, T, C, H, W]."""
-    out = {}
-    for name, guess in trivial_predictions(x_past, truth.shape[1]).items():
-        out[name] = {"psnr": psnr(guess, truth), "ssim": ssim(guess, truth)}
-        if lpips is not None:
-            out[name]["lpips"] = lpips(guess, truth)
-    return out
+def baseline_predictors():
+    """{baseline: predictor}: each ``f(x_past, n_future)`` yields its one deterministic guess
+    (``trivial_predictions``), so the baselines are scored as any predictor is."""
+    return {name: (lambda x_past, n_future, name=name: iter([trivial_predictions(x_past, n_future)[name]]))
+            for name in BASELINES}
+
+
+def baseline_scores(x_past, truth, metrics=None):
+    """{baseline: {metric: [B, T]}} of the ``trivial_predictions`` of ``truth`` [B, T, C, H, W]
+    (``metrics``: default ``METRICS``)."""
+    metrics = metrics or METRICS
+    return {name: {m: fn(guess, truth) for m, fn in metrics.items()}
+            for name, guess in trivial_predictions(x_past, truth.shape[1]).items()}
 
 
 def _gaussian_1d(size, sigma, device, dtype):
@@ -95,21 +104,20 @@ def best_of_n(samples, target):
             "best_ssim_sample": best_s}
 
 
-def running_best_of_n(samples, target, keep_rows=0, lpips=None):
+def running_best_of_n(samples, target, metrics=None, keep_rows=0):
     """``best_of_n`` over an iterable of samples [B, T, C, H, W], one at a time: memory stays that of
-    one sample, whatever N. Ties keep the earlier sample (as ``argmax``). With ``lpips`` (a
-    distance per image, e.g. :class:`vdsm.metrics.perceptual.LPIPS`) also "lpips": the sample with
-    the lowest mean distance per sequence.
+    one sample, whatever N. Ties keep the earlier sample (as ``argmax``). ``metrics``: {name:
+    f(pred, target) -> [B, T]} (default ``METRICS``: PSNR and SSIM); for a name in ``LOWER_IS_BETTER``
+    (a distance such as :class:`vdsm.metrics.perceptual.LPIPS`) the best sample is the lowest.
 
     Besides the per-frame curves and chosen indices, returns for the first ``keep_rows`` sequences
     the frames of their best-SSIM sample (``best_ssim_frames``) and of the first sample
     (``first_frames``), for pictures, and ``samples`` (N).
     """
-    best, sign = None, {"psnr": 1, "ssim": 1, "lpips": -1}   # lpips: lower is better
+    metrics = metrics or METRICS
+    best, sign = None, {name: -1 if name in LOWER_IS_BETTER else 1 for name in metrics}
     for k, sample in enumerate(samples):
-        values = {"psnr": psnr(sample, target), "ssim": ssim(sample, target)}          # [B, T]
-        if lpips is not None:
-            values["lpips"] = lpips(sample, target)
+        values = {name: fn(sample, target) for name, fn in metrics.items()}          # [B, T]
         if best is None:
             best = {**values, **{f"best_{m}_sample": torch.zeros(len(v), dtype=torch.long) for m, v in values.items()},
                     "best_ssim_frames": sample[:keep_rows].clone(), "first_frames": sample[:keep_rows].clone()}
@@ -127,9 +135,57 @@ def running_best_of_n(samples, target, keep_rows=0, lpips=None):
     return best
 
 
+def prediction_rows(batches, predictors, metrics=None, *, n_past, keep_rows=0, on_batch=None):
+    """The prediction protocol: for every batch of real sequences [B, n_past + n_future, C, H, W], each
+    predictor's futures from the first ``n_past`` frames, the best of its samples per metric and
+    sequence (``running_best_of_n``). Returns plain rows, one per predictor and sequence:
+    ``{"predictor", "sequence", metric: [value per predicted frame]}``.
+
+    :param predictors: {name: f(x_past, n_future) -> iterable of futures [B, n_future, C, H, W]}: a
+        model's sampler yields N draws, a baseline (``baseline_predictors``) one guess.
+    :param metrics: {name: f(pred, target) -> [B, n_future]} (default ``METRICS``).
+    :param on_batch: ``f(predictor, x, best)`` after each predictor's batch (pictures of the first
+        ``keep_rows`` sequences of the first batch, video features).
+    """
+    metrics, rows, offset = metrics or METRICS, [], 0
+    for b, x in enumerate(batches):
+        past, truth = x[:, :n_past], x[:, n_past:]
+        for name, predict in predictors.items():
+            best = running_best_of_n(predict(past, truth.shape[1]), truth, metrics, keep_rows if b == 0 else 0)
+            if on_batch is not None:
+                on_batch(name, x, best)
+            values = {m: best[m].float().cpu().tolist() for m in metrics}
+            rows += [{"predictor": name, "sequence": offset + i, **{m: values[m][i] for m in metrics}}
+                     for i in range(len(x))]
+        offset += len(x)
+    return rows
+
+
+def summarize(rows):
+    """{predictor: {metric: mean over sequences of the mean over frames, metric_ci95: its 95% half-width,
+    "per_frame": {metric: (mean [T], half-width [T])}}} of ``prediction_rows``' rows."""
+    out = {}
+    for name in dict.fromkeys(r["predictor"] for r in rows):
+        mine = [r for r in rows if r["predictor"] == name]
+        metrics = [k for k in mine[0] if k not in ("predictor", "sequence")]
+        out[name] = {"per_frame": {}}
+        for m in metrics:
+            values = torch.tensor([r[m] for r in mine])            # [N, T]
+            mean, half = mean_with_interval(values.mean(1))
+            out[name][m], out[name][f"{m}_ci95"] = float(mean), float(half)
+            out[name]["per_frame"][m] = mean_with_interval(values)
+    return out
+
+
 def mean_with_interval(values):
     """Mean and half-width of the 95% interval (1.96 std / sqrt(N)) over the first dim."""
     n = values.shape[0]
     mean = values.float().mean(0)
     half = 1.96 * values.float().std(0, unbiased=True) / math.sqrt(n) if n > 1 else torch.zeros_like(mean)
     return mean, half
+
+
+# per-frame metrics of predicted frames [B, T, C, H, W] against the truth: higher is better, unless
+# the name is in LOWER_IS_BETTER (a distance: LPIPS)
+METRICS = {"psnr": psnr, "ssim": ssim}
+LOWER_IS_BETTER = {"lpips"}

@@ -33,13 +33,14 @@ protocol runs the part its judge has heads for and says so when it skips the res
   in ``fix_dynamics``, ``reconstruction`` and ``transfer``: a motion the model never draws (e.g.
   one of Sprites' nine actions) shows as one class near 0% where the mean loses only 1/9.
 
-A model is anything with ``fix_dynamics``, ``fix_identity``, ``reconstruct`` and
-``transfer_action`` taking frames [B, T, C, H, W]. A model whose ``fitted_priors`` names latents
-drawn from priors fitted after training gets that departure from the protocol in the result. A VDSM trained in stage 1 only
-(``has_stage2`` False) has no dynamics latent: its "fixed dynamics" keeps every pose of the real
-sequence, so its numbers are labelled as not the protocol.
+A model is what ``models.spec.StaticLatentRun`` declares: ``fix_dynamics``, ``fix_identity``,
+``reconstruct`` and ``transfer_action`` taking frames [B, T, C, H, W]; ``fitted_priors``, the latents
+drawn from priors fitted after training (that departure from the protocol is labelled in the result);
+``has_dynamics_latent`` (False for VDSM trained in stage 1 only: its "fixed dynamics" keeps every pose
+of the real sequence, so its numbers are labelled as not the protocol); ``shows_poses`` and
+``reference_guide_inputs()`` (a guide that sees more than the reference's, and a context where it
+does not).
 """
-import contextlib
 import statistics
 
 import torch
@@ -101,9 +102,8 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
     samples. Sections without heads to score are ``{"skipped": why}``.
     """
     dynamic, static = list(judge.dynamic_heads), list(judge.static_heads)
-    stage = 2 if getattr(model, "has_stage2", True) else 1
-    pose_input = bool(getattr(model, "shows_poses", False))
-    reference_inputs = getattr(model, "reference_guide_inputs", contextlib.nullcontext)
+    stage = 2 if model.has_dynamics_latent else 1
+    pose_input = bool(model.shows_poses)
     generator = torch.Generator().manual_seed(seed)
     rows = {"fix_dynamics": {h: [] for h in dynamic}, "fix_identity": {h: [] for h in static}, "consistency": [],
             "consistency_with_pose_input": [], "transfer": [], "prior_identity": {h: [] for h in static},
@@ -139,7 +139,7 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
             if frechet:
                 rows["frechet_" + name].append(_frechet(judge, frames, x))
         real = judge.predict(x)
-        with reference_inputs():
+        with model.reference_guide_inputs():
             rebuilt = judge.predict(model.reconstruct(x))
         rows["consistency"].append(_agreement(real, rebuilt, judge.heads_spec))
         rows["reconstruction"].append({**{h: (rebuilt[h].argmax(-1) == labels[h]).float().mean().item()
@@ -193,7 +193,7 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
             out["frechet_judge"] = _mean_std(rows["frechet_" + name])
         return out
 
-    fitted = list(getattr(model, "fitted_priors", ()))
+    fitted = list(model.fitted_priors)
     if fitted:   # labelled in the result: the published protocol draws from the trained prior
         result_note = {"fitted_priors": fitted,
                        "departure": f"prior samples draw {' and '.join(fitted)} from priors fitted after training "
