@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DataError", "data_root", "load_rgba", "frames_to_tensor", "check_length", "SPLITS", "check_split",
+__all__ = ["DataError", "data_root", "load_rgba", "frames_to_tensor", "check_length", "SPLITS", "check_split", "given_folder",
            "carve"]
 
 # "train" is the training data minus "val" (what training and tuning use); "val" is held out of
@@ -74,3 +74,16 @@ def carve(items, split, fraction, seed):
     held = np.zeros(len(items), bool)
     held[np.random.RandomState(seed).permutation(len(items))[:n_val]] = True
     return items[held] if split == "val" else items[~held]
+
+
+def given_folder(given, env, what):
+    """The folder the user named (``given``, else the environment variable ``env``), checked; None when
+    neither names one (the caller downloads). ``what``: how the error names the folder, its flag and
+    what it must hold."""
+    folder = given or os.environ.get(env)
+    if not folder:
+        return None
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"{what[0]} {folder} does not exist: fix {what[1]} or ${env} (it must hold {what[2]})")
+    return folder

@@ -9,12 +9,9 @@ This library holds the last 100 training characters out as "val" (``order[900:10
 sequences): "train" is ``order[:900]`` (8100 sequences), "trainval" all 1000 (the benchmark's
 9000 training sequences), "test" unchanged (2664).
 """
-import os
-from pathlib import Path
-
 import numpy as np
 
-from .common import DataError, check_split, data_root
+from .common import check_split, data_root, given_folder
 from .download import fetch_files
 from .layered import LayeredSprites
 
@@ -72,12 +69,9 @@ SPRITES_FILES = {
 
 def sprites_layers_dir(layers=None, root=None, download=True):
     """Folder with the layer sheets: ``layers``, ``$SPRITES_LAYERS``, or a checksummed download."""
-    folder = layers or os.environ.get("SPRITES_LAYERS")
-    if folder:
-        folder = Path(folder).expanduser()
-        if not folder.is_dir():
-            raise DataError(f"Sprites layer folder {folder} does not exist: fix --sprites-layers "
-                            f"or $SPRITES_LAYERS (it must hold body/, bottomwear/, topwear/, hair/, shoes/)")
+    folder = given_folder(layers, "SPRITES_LAYERS", ("Sprites layer folder", "--sprites-layers",
+                                                     "body/, bottomwear/, topwear/, hair/, shoes/"))
+    if folder is not None:
         return folder
     folder = data_root(root) / "sprites_layers"
     if download:

@@ -6,12 +6,9 @@ character in DSA's order with DSA's frame lists. By default the slash rows are D
 off-by-one rows 14, 15, 16 (exactly the data VDSM trained on); ``corrected_slash=True``
 uses the true slash rows 13, 14, 15.
 """
-import os
-from pathlib import Path
-
 import numpy as np
 
-from .common import DataError, carve, check_split, data_root
+from .common import carve, check_split, data_root, given_folder
 from .download import download_file
 from .layered import LayeredSprites
 
@@ -68,12 +65,8 @@ LPC_FILES = {
 
 def lpc_layers_dir(layers=None, root=None, download=True):
     """Folder with the LPC layers: ``layers``, ``$LPC_LAYERS``, or a checksummed download."""
-    folder = layers or os.environ.get("LPC_LAYERS")
-    if folder:
-        folder = Path(folder).expanduser()
-        if not folder.is_dir():
-            raise DataError(f"LPC layer folder {folder} does not exist: fix --lpc-layers or $LPC_LAYERS "
-                            f"(it must hold body/, shirt/, pants/, hair/)")
+    folder = given_folder(layers, "LPC_LAYERS", ("LPC layer folder", "--lpc-layers", "body/, shirt/, pants/, hair/"))
+    if folder is not None:
         return folder
     folder = data_root(root) / "lpc_layers"
     if download:

@@ -3,6 +3,7 @@ import pyro
 import torch.nn as nn
 from pyro import poutine
 
+from guides.common import identity_site
 from vdsm.handlers import register_module
 from vdsm.precision import Normal
 
@@ -22,8 +23,7 @@ class CDSVAEGuide(nn.Module):
         register_module(type(self).__name__, self)  # for a plain pyro.infer.SVI too
         f_loc, f_scale, z_loc, z_scale = self.nets.posterior(x)
         with pyro.plate("sequences", x.shape[0], dim=-1):
-            with poutine.scale(scale=factors["identity"]):
-                pyro.sample("identity", Normal(f_loc, f_scale).to_event(1))
+            identity_site(f_loc, f_scale, factors)
             with poutine.scale(scale=factors["z"]):
                 for k in pyro.markov(range(1, x.shape[1] + 1)):
                     pyro.sample(f"z_{k}", Normal(z_loc[:, k - 1], z_scale[:, k - 1]).to_event(1))

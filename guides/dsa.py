@@ -3,6 +3,7 @@ import pyro
 import torch.nn as nn
 from pyro import poutine
 
+from guides.common import identity_site
 from vdsm.handlers import register_module
 from vdsm.precision import Normal
 
@@ -23,8 +24,7 @@ class DSAGuide(nn.Module):
         h = self.nets.features(x)
         f_loc, f_scale = self.nets.static_posterior(h)
         with pyro.plate("sequences", x.shape[0], dim=-1):
-            with poutine.scale(scale=factors["identity"]):
-                f = pyro.sample("identity", Normal(f_loc, f_scale).to_event(1))
+            f = identity_site(f_loc, f_scale, factors)
             loc, scale = self.nets.frame_posterior(h, f)
             with poutine.scale(scale=factors["z"]):
                 for k in pyro.markov(range(1, x.shape[1] + 1)):

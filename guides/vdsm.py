@@ -5,6 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pyro import poutine
 
+from guides.common import identity_site
 from vdsm.handlers import register_module
 from vdsm.nets import LSTM, BlurPoolEncoder, Combiner
 from vdsm.precision import Normal
@@ -25,8 +26,7 @@ class VDSMStage1Guide(nn.Module):
         register_module(type(self).__name__, self)  # for a plain pyro.infer.SVI too
         z_loc, z_scale, id_loc, id_scale = self.encoder.encode_sequences(x)
         with pyro.plate("sequences", x.shape[0], dim=-1):
-            with poutine.scale(scale=factors["identity"]):
-                pyro.sample("identity", Normal(id_loc, id_scale).to_event(1))
+            identity_site(id_loc, id_scale, factors)
             with poutine.scale(scale=factors["z"]):
                 pyro.sample("z", Normal(z_loc, z_scale).to_event(2))
 
@@ -39,8 +39,8 @@ class VDSMStage2Guide(nn.Module):
     combiner then samples z_t step by step from (z_{t-1}, h_t, d). With
     ``config.guide_release_lstm`` this LSTM is the release's (``VDSM_Seq.guide``): each step's
     output is the next step's input (the first input learned), h_0 and c_0 are linear in d, it has
-    no dropout, and q(d)'s mean passes a LeakyReLU of slope 0.01. Without it (run folders written
-    before 2026-12-04) every step reads one learned input (one ``nn.LSTM`` call), (h_0, c_0) =
+    no dropout, and q(d)'s mean passes a LeakyReLU of slope 0.01. Without it every step reads one
+    learned input (one ``nn.LSTM`` call), (h_0, c_0) =
     tanh(linear(d)), the LSTM has ``rnn_dropout`` and the slope is 0.2.
 
     With ``config.guide_pose_input`` = p > 0 the combiner also sees frame t's encoder pose

@@ -49,10 +49,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vdsm.nets import LSTM, RNN, DCGANDecoder, DCGANEncoder
+from vdsm.nets import LSTM, RNN
 
-from .config import DictConfig, check_values
-from .dsa import ConcatDecoder, DSAModel, DSARun
+from .config import check_values
+from .dsa import DSAModel, DSARun, FrameCodec, StaticAndFramesSizes
 from .spec import JUDGE, ModelSpec, Stage, constant_schedule
 
 __all__ = ["CDSVAEConfig", "CDSVAENets", "CDSVAEModel", "CDSVAERun", "SPEC", "shuffle_frames", "recolour",
@@ -60,15 +60,9 @@ __all__ = ["CDSVAEConfig", "CDSVAENets", "CDSVAEModel", "CDSVAERun", "SPEC", "sh
 
 
 @dataclass
-class CDSVAEConfig(DictConfig):
+class CDSVAEConfig(StaticAndFramesSizes):
     """C-DSVAE sizes and weights (defaults: the release's Sprites run, ``run_cdsvae.sh``)."""
 
-    nc: int = 3                # channels of a frame
-    f_dim: int = 256           # static latent ("identity")
-    z_dim: int = 32            # per-frame latent
-    g_dim: int = 128           # frame features of the encoder
-    nf: int = 64               # width of the first conv block of encoder and decoder
-    rnn_dim: int = 256         # the posterior's LSTM and RNN, each layer of the prior's LSTM
     emission: str = "normal"   # pixel likelihood: bernoulli, normal or laplace
     emission_scale: float = 0.7071067811865476   # scale of a normal or laplace pixel likelihood (sqrt(1/2): summed squared error)
     weight_content: float = 10.0    # weight of the content InfoNCE term (the release's --weight_c_aug)
@@ -93,14 +87,11 @@ def _gaussian(h):
     return loc, torch.exp(0.5 * logvar)
 
 
-class CDSVAENets(ConcatDecoder, nn.Module):
+class CDSVAENets(FrameCodec):
     """Every network of C-DSVAE, shared by model and guide."""
 
     def __init__(self, c: CDSVAEConfig):
-        super().__init__()
-        self.config = c
-        self.encoder = DCGANEncoder(c.nc, c.g_dim, c.nf)
-        self.decoder = DCGANDecoder(c.nc, c.f_dim + c.z_dim, c.nf, skip=False)
+        super().__init__(c)
         self.prior_cells = nn.ModuleList([nn.LSTMCell(c.z_dim, c.rnn_dim), nn.LSTMCell(c.rnn_dim, c.rnn_dim)])
         self.prior_out = nn.Linear(c.rnn_dim, 2 * c.z_dim)
         self.birnn = LSTM(c.g_dim, c.rnn_dim, batch_first=True, bidirectional=True)

@@ -33,19 +33,26 @@ from .spec import (
     constant_schedule,
 )
 
-__all__ = ["DSAConfig", "DSANets", "DSAModel", "DSARun", "SPEC"]
+__all__ = ["StaticAndFramesSizes", "FrameCodec", "DSAConfig", "DSANets", "DSAModel", "DSARun", "SPEC"]
 
 
 @dataclass
-class DSAConfig(DictConfig):
-    """DSA sizes (defaults: the ``paper`` preset for Sprites)."""
+class StaticAndFramesSizes(DictConfig):
+    """The sizes of a model of a static latent f and per-frame latents z_t decoded from [z_t, f] (DSA,
+    C-DSVAE)."""
 
-    nc: int = 3                # channels of a frame
+    nc: int = 3               # channels of a frame
     f_dim: int = 256          # static latent ("identity")
     z_dim: int = 32           # per-frame latent
     g_dim: int = 128          # frame features of the encoder
     nf: int = 64              # width of the first conv block of encoder and decoder
-    rnn_dim: int = 256        # LSTMs of the prior and of the guide
+    rnn_dim: int = 256        # width of the LSTMs (and RNN) of the prior and of the guide
+
+
+@dataclass
+class DSAConfig(StaticAndFramesSizes):
+    """DSA sizes (defaults: the ``paper`` preset for Sprites)."""
+
     posterior: str = "full"   # "full": q(z_1:T | x_1:T, f); "factorised": prod_t q(z_t | x_t)
     emission: str = "bernoulli"   # pixel likelihood: bernoulli, normal or laplace
     emission_scale: float = 0.1   # scale of a normal or laplace pixel likelihood
@@ -59,8 +66,14 @@ class DSAConfig(DictConfig):
             raise ValueError(f"emission={self.emission!r}: use bernoulli, normal or laplace")
 
 
-class ConcatDecoder:
-    """The decoding of DSA-like models: one frame decoder of [z_t, f] (``self.decoder``), every frame at once."""
+class FrameCodec(nn.Module):
+    """The frame networks of DSA-like models: SVG's DCGAN-64 encoder and one decoder of [z_t, f]."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.config = c
+        self.encoder = DCGANEncoder(c.nc, c.g_dim, c.nf)
+        self.decoder = DCGANDecoder(c.nc, c.f_dim + c.z_dim, c.nf, skip=False)
 
     def decode_logits(self, z, f):
         """z [B, T, z_dim], f [B, f_dim] -> logits [B, T, C, 64, 64]."""
@@ -69,14 +82,11 @@ class ConcatDecoder:
         return self.decoder(zf, logits=True).reshape(b, t, self.config.nc, 64, 64)
 
 
-class DSANets(ConcatDecoder, nn.Module):
+class DSANets(FrameCodec):
     """Every network of DSA, shared by model and guide."""
 
     def __init__(self, c: DSAConfig):
-        super().__init__()
-        self.config = c
-        self.encoder = DCGANEncoder(c.nc, c.g_dim, c.nf)
-        self.decoder = DCGANDecoder(c.nc, c.f_dim + c.z_dim, c.nf, skip=False)
+        super().__init__(c)
         self.prior_cell = nn.LSTMCell(c.z_dim, c.rnn_dim)
         self.prior_out = nn.Linear(c.rnn_dim, 2 * c.z_dim)
         # q(f | x_1:T): a bidirectional LSTM over the frame features

@@ -41,14 +41,7 @@ from vdsm.precision import full_precision
 
 from .config import DictConfig, PredictionEval, PredictionTrain, check_values
 from .family import StateSpaceVideoModel, Stepped
-from .spec import (
-    PREDICTION,
-    ModelSpec,
-    PredictionFlags,
-    Stage,
-    VideoRun,
-    constant_schedule,
-)
+from .spec import PREDICTION, ModelSpec, PredictionFlags, Stage, VideoRun, constant_schedule
 from .svg import prediction_frames
 
 __all__ = ["SRVPConfig", "SRVPNets", "SRVPModel", "SRVPRun", "SPEC", "srvp_init"]
