@@ -131,6 +131,22 @@ def test_prior_samples_are_scored_for_diversity_confidence_and_distance_to_real_
     assert abs(bad["fix_identity"]["all_static"]["mean"] - 6 ** -4) < 0.02
 
 
+def test_the_judge_protocol_takes_its_numbers_as_functions():
+    """The label-free numbers are a dict of functions of the predictions: another one is scored in every
+    section (per batch, pooled, class-balanced), accuracy stays where labels exist."""
+    from vdsm.metrics.disentanglement import JUDGE_METRICS
+
+    judge = OracleJudge(SPRITES.dynamic, SPRITES.static)
+    top_share = {"top_share": lambda probs: probs.max(-1).values.mean().item()}
+    r = judge_protocol(StandIn(judge), judge, dataset(judge), batch_size=32, repeats=1, metrics=top_share)
+    head = r["fix_dynamics"]["heads"]["action"]
+    assert set(head) == {"top_share", "accuracy"} and head["top_share"]["mean"] == pytest.approx(1.0)
+    assert set(r["fix_dynamics"]["class_balanced"]["action"]) == {"top_share", "accuracy", "sequences"}
+    assert set(r["fix_dynamics"]["prior_identity"]["hair"]) == {"top_share"}
+    default = judge_protocol(StandIn(judge), judge, dataset(judge), batch_size=32, repeats=1)
+    assert set(default["fix_dynamics"]["heads"]["action"]) == {*JUDGE_METRICS, "accuracy"}
+
+
 def test_priors_fitted_after_training_are_labelled_as_a_departure():
     judge = OracleJudge(SPRITES.dynamic, SPRITES.static)
     plain = judge_protocol(StandIn(judge), judge, dataset(judge), batch_size=32, repeats=1)

@@ -1,7 +1,8 @@
 """Judge-based metrics of the Sprites/MUG protocol: accuracy, IS, H(y|x), H(y)."""
 import torch
 
-__all__ = ["accuracy", "inception_score", "mean_entropy", "entropy_of_mean", "prediction_summary", "class_balanced"]
+__all__ = ["accuracy", "inception_score", "mean_entropy", "entropy_of_mean", "prediction_summary", "class_balanced",
+           "JUDGE_METRICS"]
 
 _EPS = 1e-12
 
@@ -29,9 +30,10 @@ def inception_score(probs):
     return torch.exp(kl.mean().clamp_min(0)).item()  # the mean KL is a mutual information: >= 0 up to rounding
 
 
-def prediction_summary(probs, labels=None):
-    """All four numbers for one batch of predictions [N, classes]."""
-    out = {"IS": inception_score(probs), "H(y|x)": mean_entropy(probs), "H(y)": entropy_of_mean(probs)}
+def prediction_summary(probs, labels=None, metrics=None):
+    """Every metric of ``metrics`` (default ``JUDGE_METRICS``: IS, H(y|x), H(y)) for one batch of
+    predictions [N, classes], and with ``labels`` the accuracy."""
+    out = {name: fn(probs) for name, fn in (metrics or JUDGE_METRICS).items()}
     if labels is not None:
         out["accuracy"] = accuracy(probs, labels)
     return out
@@ -43,3 +45,7 @@ def class_balanced(probs, labels):
     classes, counts = labels.unique(return_counts=True)
     m = int(counts.min())
     return torch.cat([torch.nonzero(labels == c).flatten()[:m] for c in classes])
+
+
+# the label-free numbers of the judge protocols, each a function of predictions [N, classes]
+JUDGE_METRICS = {"IS": inception_score, "H(y|x)": mean_entropy, "H(y)": entropy_of_mean}

@@ -95,11 +95,14 @@ def _agreement(a, b, heads):
 
 
 @torch.no_grad()
-def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, device="cpu", progress=False):
+def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, device="cpu", progress=False,
+                   metrics=None):
     """Every protocol that applies; each number is ``{"mean", "std"}`` over ``repeats`` batches.
 
     Each repeat draws ``batch_size`` sequences of ``dataset`` at random (seeded) and fresh prior
-    samples. Sections without heads to score are ``{"skipped": why}``.
+    samples. Sections without heads to score are ``{"skipped": why}``. ``metrics``: the label-free
+    numbers of each head's predictions, {name: f(probs [N, classes]) -> float} (default
+    ``JUDGE_METRICS``: IS, H(y|x), H(y)); accuracy is added where labels exist.
     """
     dynamic, static = list(judge.dynamic_heads), list(judge.static_heads)
     stage = 2 if model.has_dynamics_latent else 1
@@ -127,12 +130,12 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
             frames = generate(x)
             generated = judge.predict(frames)
             for head in heads:
-                rows[name][head].append(prediction_summary(generated[head], labels[head]))
+                rows[name][head].append(prediction_summary(generated[head], labels[head], metrics))
                 pooled.setdefault((name, head), []).append((generated[head].cpu(), labels[head].cpu()))
                 if name in per_class:
                     _count_per_class(per_class[name][head], generated[head], labels[head])
             for head in others:
-                rows[diversity][head].append(prediction_summary(generated[head]))
+                rows[diversity][head].append(prediction_summary(generated[head], metrics=metrics))
                 pooled.setdefault((diversity, head), []).append((generated[head].cpu(), None))
             if name == "fix_identity":
                 rows["all_static"].append(_all_right(generated, labels, static))
@@ -170,8 +173,8 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
         labels = None if pooled[(name, head)][0][1] is None else torch.cat([y for _, y in pooled[(name, head)]])
         if balanced:
             keep = class_balanced(probs, labels)
-            return {**prediction_summary(probs[keep], labels[keep]), "sequences": len(keep)}
-        return {**prediction_summary(probs, labels), "sequences": len(probs)}
+            return {**prediction_summary(probs[keep], labels[keep], metrics), "sequences": len(keep)}
+        return {**prediction_summary(probs, labels, metrics), "sequences": len(probs)}
 
     def section(name, heads, others):
         if not heads:
