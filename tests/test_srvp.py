@@ -231,7 +231,7 @@ def test_srvp_trains_resumes_and_evaluates_through_the_runner(tmp_path, data_dir
     assert 0 < summary["ssim"] <= 1 and summary["psnr"] > 0
 
 
-@pytest.mark.parametrize("flags, named", [(["--z-dim", "3"], "--z-dim"), (["--g-dim", "3"], "--g-dim"),
+@pytest.mark.parametrize("flags, named", [(["--n-experts", "3"], "--n-experts"), (["--g-dim", "3"], "--g-dim"),
                                           (["--guide2", "a:b"], "--guide2"), (["--nt-inf", "9"], "nt_inf")])
 def test_srvp_refuses_flags_of_other_models_and_bad_sizes(tmp_path, data_dirs, capsys, flags, named):
     from experiments.run import main
