@@ -240,7 +240,7 @@ class StaticLatentSubject:
         self.x = torch.stack([it[0] for it in items[:4]]).to(run.device)
 
     def measure(self):
-        from run.metrics.protocol import judge_protocol
+        from vdsm.metrics.protocol import judge_protocol
 
         with torch.random.fork_rng(devices=_cuda(self.run.device)):
             r = judge_protocol(self.run, self.judge, self.items, batch_size=len(self.items), repeats=1,

@@ -129,8 +129,8 @@ def _update_metrics(run_dir, key, value, unfinished=None):
 
 
 def evaluate_judge(args, run_dir, config, device, spec):
-    from run.metrics.judge import judge_spec, load_or_train_judge
-    from run.metrics.protocol import judge_protocol
+    from vdsm.metrics.judge import judge_spec, load_or_train_judge
+    from vdsm.metrics.protocol import judge_protocol
 
     dataset = config["dataset"]
     options = _data_options(args, config, spec.stages[-1].frames(config))
