@@ -46,8 +46,9 @@ def spec_of_config(config):
 
 def load_run(run_dir, device="cpu"):
     """The run in ``run_dir`` (any model), in evaluation mode."""
+    config = read_config_json(run_dir, "run folder")   # its one-line RunFolderError as it is
     try:
-        spec = spec_of_config(read_config_json(run_dir, "run folder"))
+        spec = spec_of_config(config)
     except ValueError as err:
         raise CheckpointError(f"{run_dir}: {err}") from None
     return spec.run_cls.load(run_dir, device)
