@@ -18,6 +18,7 @@ __all__ = ["get_dataset", "DATASETS", "FOLDER_OPTIONS", "SPLITS", "DataError", "
            "model_fields"]
 
 
+#: Every dataset ``get_dataset`` builds: name -> class (or a partial of one).
 DATASETS = {
     "sprites": Sprites,
     "sprites-dsa": SpritesDSA,
@@ -33,16 +34,16 @@ DATASETS = {
     "videos": VideoFolder,
 }
 
-# The option (and command-line flag, with dashes) that names each dataset's raw-data folder or
-# file; datasets without one are generated.
+#: The option (and command-line flag, with dashes) that names each dataset's raw-data folder or
+#: file; datasets without one are generated.
 FOLDER_OPTIONS = {"sprites": "sprites_layers", "sprites-dsa": "lpc_layers", "smmnist": "mnist", "mmnist": "mnist",
                   "smmnist-svg": "mnist", "mmnist-svg": "mnist",
                   "mug": "mug", "kth": "kth", "bair": "bair",
                   "human36m": "human36m", "videos": "videos"}
 
-# Options of a dataset beyond its data folder: {dataset: {dest: (type, default, help)}}. They are flags
-# of experiments.run for that dataset only; the run records their values in config.json
-# ("data_options") and every later command reads them from there.
+#: Options of a dataset beyond its data folder: {dataset: {dest: (type, default, help)}}. They are flags
+#: of experiments.run for that dataset only; the run records their values in config.json
+#: ("data_options") and every later command reads them from there.
 DATASET_OPTIONS = {"videos": _videos.OPTIONS}
 # Model config fields a dataset sizes from its options (the user's videos: the channels).
 _MODEL_FIELDS = {"videos": _videos.model_fields}

@@ -8,9 +8,9 @@ import torch
 __all__ = ["DataError", "data_root", "load_rgba", "frames_to_tensor", "check_length", "SPLITS", "check_split", "given_folder",
            "carve"]
 
-# "train" is the training data minus "val" (what training and tuning use); "val" is held out of
-# the training data for monitoring and tuning; "test" is the published test split, for final
-# reports only; "trainval" is all of the training data (train + val), for a final fit.
+#: "train" is the training data minus "val" (what training and tuning use); "val" is held out of
+#: the training data for monitoring and tuning; "test" is the published test split, for final
+#: reports only; "trainval" is all of the training data (train + val), for a final fit.
 SPLITS = ("train", "val", "test", "trainval")
 
 

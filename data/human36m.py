@@ -7,12 +7,14 @@ to 64 x 64 with Lanczos, in that order; the ``_ALL`` videos are skipped). Subjec
 train and 9, 11 test, as SRVP.
 
 Sequences are ``seq_len`` frames, one in ``subsampling`` (8, as SRVP) of the original frames.
+
 - "test": SRVP's fixed test set, drawn the release's way: NumPy's seed 42, then for each of
   ``test_size`` (1000) sequences a video uniformly among the sorted test files and a start
   uniformly among those that fit.
 - "train" / "val": a seeded 5% of the training videos (seed 42) are val; "train" draws a random
   video (weighted by its number of clips, i.e. each clip equally likely) and a random start per
   item, "val" takes a fixed seeded draw of ``val_size`` (200) clips from the val videos.
+
 Labels: ``subject``.
 """
 import zipfile
@@ -26,6 +28,7 @@ from .common import DataError, carve, check_split, frames_to_tensor
 
 __all__ = ["Human36M", "convert_frames", "TRAIN_SUBJECTS", "TEST_SUBJECTS"]
 
+#: The subjects of SRVP's training videos and of its test videos.
 TRAIN_SUBJECTS, TEST_SUBJECTS = (1, 5, 6, 7, 8), (9, 11)
 CROP_BOX = (100, 100, 900, 900)
 VAL_FRACTION, VAL_SEED, TEST_SEED = 0.05, 42, 42

@@ -13,7 +13,9 @@ from .frame_folders import FrameFolderVideos, find_videos
 
 __all__ = ["KTH", "ACTIONS", "TRAIN_PERSONS"]
 
+#: KTH's six actions, in label order.
 ACTIONS = ("boxing", "handclapping", "handwaving", "jogging", "running", "walking")
+#: Persons 1-20 train; 21-25 are the test persons (as SVG and SRVP).
 TRAIN_PERSONS = range(1, 21)
 VAL_FRACTION, VAL_SEED = 0.05, 42
 

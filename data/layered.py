@@ -14,7 +14,8 @@ from .common import DataError, check_length, frames_to_tensor, load_rgba
 
 __all__ = ["LayeredSprites", "CELL"]
 
-CELL = 64  # sheet cells are 64 x 64 pixels
+#: Sheet cells are 64 x 64 pixels.
+CELL = 64
 
 
 def _strip(sheet_rgba, cells):

@@ -32,7 +32,9 @@ from .mnist import load_mnist
 
 __all__ = ["MovingMNIST", "simulate_positions", "render", "render_srvp", "RULES", "SRVP_TEST_SEED"]
 
+#: Bounce rules: SRVP's exact reflections, SVG's clamp and bounce.
 RULES = ("reflect", "clamp")   # SRVP's exact reflections, SVG's clamp and bounce
+#: The seed of the SRVP release's test set (``make_test_set.py``'s default).
 SRVP_TEST_SEED = 42   # the release's make_test_set.py default
 
 IMAGE_SIZE, DIGIT_SIZE, MAX_SPEED = 64, 32, 4

@@ -18,6 +18,7 @@ from .common import DataError, carve, check_split
 
 __all__ = ["MUG", "EXPRESSIONS"]
 
+#: The six expressions the VDSM reference uses, in label order.
 EXPRESSIONS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
 CROP = 160
 

@@ -14,8 +14,11 @@ from PIL import Image, ImageDraw
 
 __all__ = ["write_shape_videos", "SHAPES", "COLOURS", "DIRECTIONS"]
 
+#: The shapes of the generated example videos.
 SHAPES = ("square", "disc", "triangle")
+#: Their colours (RGB).
 COLOURS = {"red": (230, 40, 40), "green": (40, 210, 60), "blue": (50, 90, 240)}
+#: Their directions of motion (x, y steps).
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 __all__ = ["FRAME_SIZE", "DIGIT_SIZE", "MAX_SPEED", "trajectory", "release_set_plan"]
 
+#: Frame and digit sizes in pixels, and the largest speed in pixels per frame (the SRVP release's).
 FRAME_SIZE, DIGIT_SIZE, MAX_SPEED = 64, 28, 4
 EPS = 1e-8  # the release's tolerance at the borders
 

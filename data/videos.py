@@ -56,12 +56,13 @@ __all__ = ["VideoFolder", "find_sources", "decode_cached", "VIDEO_EXTENSIONS", "
 
 log = logging.getLogger(__name__)
 
+#: Files read as videos (anything else in the folder is a frame image or ignored).
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".webm", ".mkv", ".m4v", ".gif")
 IMAGE_SIZE = 64
 CACHE_VERSION = 1
 FOLDER_HINT = " (--videos)"
 
-# The dataset's options beyond its folder, as the runner's flags: dest -> (type, default, help).
+#: The dataset's options beyond its folder, as the runner's flags: dest -> (type, default, help).
 OPTIONS = {
     "channels": (int, 3, "1 (grey) or 3 (RGB; default)"),
     "fit": (str, "crop", "crop: centre-crop each frame to a square (default); pad: pad it with black"),

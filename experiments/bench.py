@@ -1,13 +1,12 @@
-"""Benchmarks: data-loading throughput, seconds per SVI step (with peak memory), time to quality.
+"""Benchmarks: data-loading throughput, seconds per SVI step (with peak memory), time to quality::
 
     python -m experiments.bench                  # data and steps, JSON to bench.json + a table
     python -m experiments.bench --only data      # data loading only
     python -m experiments.bench --only machine   # the CPU model and its fp32 matmul rate (every part records it)
     python -m experiments.bench --only steps --batch-sizes 5 10 --device cuda
-    python -m experiments.bench --only quality   # train the default Sprites run (~30 min on 2 cores)
+    python -m experiments.bench --only quality   # train the default Sprites run (~30 min on 2 cores) and
+                                                 # record judge accuracy on val sequences against training time
     python -m experiments.bench --only prediction --run-flags="--mnist PATH"   # SVG-LP and SRVP on SM-MNIST
-                                                 # and record judge accuracy on val sequences against
-                                                 # training time
 
 Every step configuration runs in its own subprocess so that its peak RSS is its own.
 Seconds per step are the median of ``--repeats`` steps after ``--warmup`` steps.

@@ -18,10 +18,10 @@ from .configs import load_model_preset
 __all__ = ["TRAIN_FLAGS", "RECORDED_DEFAULTS", "trained_as", "resolve", "new_config", "resume_config", "resume_changes",
            "apply_extension", "prepare"]
 
-# training flags a spec may take (``ModelSpec.train_flags``): each sets that key of every stage section
+#: training flags a spec may take (``ModelSpec.train_flags``): each sets that key of every stage section
 TRAIN_FLAGS = {"steps": int, "batch_size": int, "lr": float, "seq_len": int, "n_future": int, "clip_norm": float}
 COUNTS = ("steps", "batch_size", "seq_len", "n_future")
-# flags recorded in config.json (a different value on --resume is refused), with their defaults
+#: flags recorded in config.json (a different value on --resume is refused), with their defaults
 RECORDED_DEFAULTS = {"seed": 0, "train_split": "train", "max_bad_steps": 5, "lr_drop": 0.5}
 
 

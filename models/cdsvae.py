@@ -212,6 +212,7 @@ class CDSVAERun(DSARun):
     nets_cls, model_cls, guide_path = CDSVAENets, CDSVAEModel, "guides.cdsvae:CDSVAEGuide"
 
 
+#: C-DSVAE's declaration, read by the runner (``models.spec.ModelSpec``).
 SPEC = ModelSpec(
     names=("cdsvae",), config_cls=CDSVAEConfig, presets="cdsvae", run_cls=CDSVAERun,
     stages=(Stage("cdsvae", "train", pair=lambda run: (run.model, run.guide),

@@ -177,6 +177,7 @@ class DSARun(StaticLatentRun):
         return {f"z_{k}" for k in range(1, t + 1)}
 
 
+#: DSA's declaration, read by the runner (``models.spec.ModelSpec``).
 SPEC = ModelSpec(
     names=("dsa",), config_cls=DSAConfig, presets="dsa", run_cls=DSARun,
     stages=(Stage("dsa", "train", pair=lambda run: (run.model, run.guide), schedule=constant_schedule(("identity", "z")),

@@ -1,6 +1,6 @@
 """The hierarchical state-space family of video models, as one Pyro model with hooks.
 
-Generative process for a batch of sequences x[b, t]:
+Generative process for a batch of sequences x[b, t]::
 
     s ~ p(s)                        static latent, site "identity" (hook ``static_prior``)
     d ~ p(d)                        dynamics latent, site "dynamics" (hook ``dynamics_prior``)

@@ -19,7 +19,9 @@ from .vdsm import SPEC as VDSM
 
 __all__ = ["MODELS", "NAMES", "get", "spec_of_config", "load_run"]
 
+#: Every model of the library, as its spec.
 MODELS = (VDSM, SVG, SRVP, DSA, CDSVAE)
+#: Every name ``--model`` accepts (aliases included) -> its spec.
 NAMES = {name: spec for spec in MODELS for name in spec.names}
 
 

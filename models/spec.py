@@ -32,7 +32,8 @@ from .config import SequenceTrain, check_types, merged
 __all__ = ["Stage", "ModelSpec", "VideoRun", "StaticLatentRun", "PredictionFlags", "import_object", "constant_schedule",
            "JUDGE", "PREDICTION"]
 
-JUDGE, PREDICTION = "judge", "prediction"   # the evaluations a spec may name (experiments.evaluate)
+#: The evaluations a spec may name (``experiments.evaluate``).
+JUDGE, PREDICTION = "judge", "prediction"
 
 
 def import_object(path, what="object"):

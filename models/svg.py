@@ -274,6 +274,7 @@ def prediction_frames(config):
     return config["model"]["n_past"] + config["train"]["n_future"]
 
 
+#: SVG-LP/FP's declaration, read by the runner (``models.spec.ModelSpec``).
 SPEC = ModelSpec(
     names=("svg-lp", "svg-fp"), config_cls=SVGConfig, presets="svg", run_cls=SVGRun,
     stages=(Stage("svg", "train", pair=lambda run: (run.model, run.guide), schedule=constant_schedule(("z",)),

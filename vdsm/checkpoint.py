@@ -21,8 +21,8 @@ def _file_mode():
     return 0o666 & ~umask
 
 
-# what open() would give: temp files (mkstemp: 0600) get it before they are renamed into place, so a
-# shared run folder's checkpoints and JSON files are as readable as its pictures
+#: The mode open() would give a new file: temp files (mkstemp: 0600) get it before they are renamed into place,
+#: so a shared run folder's checkpoints and JSON files are as readable as its pictures.
 FILE_MODE = _file_mode()
 
 

@@ -23,7 +23,8 @@ import torch
 
 __all__ = ["DiagonalMixture", "fit_mixture", "fit_mixture_chosen_on_val", "posterior_values", "CANDIDATES"]
 
-CANDIDATES = (1, 4, 16, 64, 256, 1024)   # mixture sizes tried; the one with the best val likelihood is kept
+#: Mixture sizes tried; the one with the best val likelihood is kept.
+CANDIDATES = (1, 4, 16, 64, 256, 1024)
 
 
 @dataclass

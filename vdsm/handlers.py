@@ -6,6 +6,7 @@ from pyro.poutine.messenger import Messenger
 
 __all__ = ["use_means", "register_module", "MODULE_SEPARATOR"]
 
+#: Pyro's separator in the param-store names of module parameters.
 MODULE_SEPARATOR = "$$$"  # Pyro's separator in the param-store names of module parameters
 
 

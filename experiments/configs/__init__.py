@@ -13,6 +13,7 @@ from models.config import merged
 
 __all__ = ["load_model_preset", "preset_datasets", "load_preset", "PRESETS"]
 
+#: The presets every model has for every dataset it trains on.
 PRESETS = ("cpu", "paper")
 _HERE = Path(__file__).parent
 

@@ -47,5 +47,5 @@ def class_balanced(probs, labels):
     return torch.cat([torch.nonzero(labels == c).flatten()[:m] for c in classes])
 
 
-# the label-free numbers of the judge protocols, each a function of predictions [N, classes]
+#: The label-free numbers of the judge protocols, each a function of predictions [N, classes].
 JUDGE_METRICS = {"IS": inception_score, "H(y|x)": mean_entropy, "H(y)": entropy_of_mean}

@@ -19,6 +19,7 @@ from .frechet import frechet_from_features
 
 __all__ = ["FVD", "FVDError", "MIN_VIDEOS"]
 
+#: The fewest videos per set an FVD is computed on (fewer make the covariance meaningless).
 MIN_VIDEOS = 16
 
 

@@ -36,6 +36,7 @@ class JudgeSpec:
         return {**self.dynamic, **self.static}
 
 
+#: Each labelled dataset's judge: its dynamic heads and static heads, with their number of classes.
 JUDGES = {
     "sprites": JudgeSpec(dynamic={"action": 9}, static={"body": 6, "bottom": 6, "top": 6, "hair": 6}),
     "sprites-dsa": JudgeSpec(dynamic={"action": 3}, static={"body": 7, "shirt": 4, "pants": 5, "hair": 6}),
@@ -44,6 +45,7 @@ JUDGES = {
     # the rod length is what the pendulum looks like; the start angle and the damping are how it moves
     "pendulum": JudgeSpec(dynamic={"angle": 4, "damping": 2}, static={"length": 3}),
 }
+#: Each labelled dataset's judge heads: name -> number of classes.
 JUDGE_HEADS = {name: spec.heads for name, spec in JUDGES.items()}
 
 

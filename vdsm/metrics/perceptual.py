@@ -15,6 +15,7 @@ from torch import nn
 
 __all__ = ["LPIPS", "LPIPSError", "ALEXNET_URL"]
 
+#: torchvision's AlexNet weights (the hash prefix is in the name), the backbone of LPIPS.
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"  # torchvision's; hash prefix in the name
 HOW_TO_GET = (f"run once online (torchvision downloads {ALEXNET_URL} into torch's hub cache) or pass "
               "--lpips-backbone PATH (that file, a torchvision AlexNet state dict)")

@@ -16,7 +16,7 @@ __all__ = ["psnr", "ssim", "best_of_n", "running_best_of_n", "mean_with_interval
            "BASELINES", "baseline_scores", "baseline_predictors", "prediction_rows", "summarize", "METRICS",
            "LOWER_IS_BETTER"]
 
-# what a predictor must beat: frames anyone can predict without a model ("mean": the conditioning frames' mean)
+#: What a predictor must beat: frames anyone can predict without a model ("mean": the conditioning frames' mean).
 BASELINES = ("blank", "last", "mean")
 
 
@@ -185,7 +185,8 @@ def mean_with_interval(values):
     return mean, half
 
 
-# per-frame metrics of predicted frames [B, T, C, H, W] against the truth: higher is better, unless
-# the name is in LOWER_IS_BETTER (a distance: LPIPS)
+#: Per-frame metrics of predicted frames [B, T, C, H, W] against the truth: higher is better, unless the name is
+#: in ``LOWER_IS_BETTER``.
 METRICS = {"psnr": psnr, "ssim": ssim}
+#: Metrics that are distances (LPIPS).
 LOWER_IS_BETTER = {"lpips"}
