@@ -5,6 +5,8 @@ from setuptools import setup
 
 VERSION = re.search(r'__version__ = "(.+)"', (Path(__file__).parent / "vdsm" / "__init__.py").read_text()).group(1)
 
+DOCS = ["sphinx>=7,<10", "myst-nb>=1,<2", "furo>=2024.1"]
+
 setup(
     name="vdsm",
     version=VERSION,
@@ -30,7 +32,10 @@ setup(
         "simple-parsing>=0.1.5,<0.2",   # the help line of each config field, read from its comment
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-image>=0.21", "nbclient>=0.8", "nbformat>=5.9", "ipykernel>=6"],
+        # the docs site: Sphinx with autodoc, MyST pages and the notebooks rendered by myst-nb
+        "docs": DOCS,
+        # the suite builds the docs too (tests/test_docs.py)
+        "test": ["pytest>=7", "scikit-image>=0.21", "nbclient>=0.8", "nbformat>=5.9", "ipykernel>=6", *DOCS],
         "notebooks": ["jupyter", "matplotlib>=3.6"],
     },
 )
