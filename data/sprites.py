@@ -1,7 +1,7 @@
 """Sprites, the standard benchmark of Li & Mandt (ICML 2018): 1296 characters, 9000/2664 sequences.
 
 Layers, order, frame lists, 1/256 scaling and the seeded split follow
-``shared/data/sprites/README.md`` (the recipe of YingzhenLi/Sprites).
+docs/datasets.md, "How the two Sprites variants are drawn" (the recipe of YingzhenLi/Sprites).
 
 Splits: the benchmark's 1000 training characters are ``order[:1000]`` of numpy's legacy
 permutation of the 1296 characters with seed 423, its 296 test characters ``order[1000:]``.
@@ -17,7 +17,9 @@ from .layered import LayeredSprites
 
 __all__ = ["Sprites", "ACTIONS", "DIRECTIONS", "sprites_layers_dir", "SPRITES_FILES"]
 
-ACTIONS = ("walk", "spellcast", "slash")      # benchmark file order
+#: The benchmark's actions, in its file order.
+ACTIONS = ("walk", "spellcast", "slash")
+#: The benchmark's directions, in its file order (nine classes: action x direction).
 DIRECTIONS = ("front", "left", "right")
 ATTRIBUTES = {"body": "body", "bottom": "bottomwear", "top": "topwear", "hair": "hair"}
 NUM_CLASSES = 6
@@ -35,6 +37,7 @@ _COLUMNS = {"walk": [8, 1, 2, 3, 4, 5, 6, 7],
 SEQUENCES = [(_ROWS[a][d], _COLUMNS[a]) for a in ACTIONS for d in DIRECTIONS]
 
 BASE_URL = "https://raw.githubusercontent.com/YingzhenLi/Sprites/3ce4048c5227802bd8f1888e293fd3afdba91c0c"
+#: The benchmark's layer sheets (path below ``BASE_URL``) with their sha256, checked after every download.
 SPRITES_FILES = {
     "body/0.png": "27d1ac78db37c42f35a20d15c42705efc5e58d47c236cc01423879d4f797f151",
     "body/1.png": "1535e9228357b884df80f777a0d1dac10ac35e550e4d8d077105ccad014a1460",

@@ -1,6 +1,6 @@
 """Sprites as built by DSA (yatindandi) and used by VDSM: 7 x 4 x 5 x 6 = 840 characters.
 
-Rules from ``shared/data/lpc/README.md``: layers body, pants, shirt, hair drawn on a
+Rules from docs/datasets.md, "How the two Sprites variants are drawn": layers body, pants, shirt, hair drawn on a
 transparent canvas, alpha dropped (black background), 1/255 scaling; nine sequences per
 character in DSA's order with DSA's frame lists. By default the slash rows are DSA's
 off-by-one rows 14, 15, 16 (exactly the data VDSM trained on); ``corrected_slash=True``
@@ -33,6 +33,7 @@ def sequences(corrected_slash=False):
 # local name -> (path in makrohn/Universal-LPC-spritesheet @ 29c1d69, sha256)
 LPC_BASE_URL = ("https://raw.githubusercontent.com/makrohn/Universal-LPC-spritesheet/"
                 "29c1d69d0608e53decf1b4378f93c6d2b0d9443f")
+#: Local name -> (path in makrohn/Universal-LPC-spritesheet @ 29c1d69, sha256).
 LPC_FILES = {
     "body/light.png": ("body/male/light.png", "46824de9eaac7018007126db40c4e9607aa40621ec32d66ed330aa81c6f3b253"),
     "body/dark.png": ("body/male/dark.png", "98ac7ae944b0ea3892b540268c977d1481b5dff7cf752a6c9b05ae2d09b7f4a4"),
@@ -50,7 +51,7 @@ LPC_FILES = {
     "pants/teal.png": ("legs/pants/male/teal_pants_male.png", "cb92435ee80104612d08b5db85609074fa0090e521fe464917f44e90031e4ee2"),
     "pants/white.png": ("legs/pants/male/white_pants_male.png", "f5431342b24748d77327c8f7a8d3296e7553a774839aa211c19e18ef193a9c72"),
     "pants/robe_skirt.png": ("legs/skirt/male/robe_skirt_male.png", "d4195e3e9ffe87b92f9be0fe53b61adeac57dcfdbcdcb0cafcc11cd7ce709d07"),
-    # DSA's hair colours are the pre-rename files (see the lpc README's hair note).
+    # DSA's hair colours are the pre-rename files (docs/datasets.md, "Hair colours").
     "hair/green.png": ("hair/male/plain/green2.png", "8fa092a0cc9bfab20f16220b5a8f957fb58e1cee62f2f1551997c34f05b13185"),
     "hair/blue.png": ("hair/male/plain/blue2.png", "5ce3240abb45237bca5f06626c372b1b843dc93628b47153bc5385218529f124"),
     "hair/pink.png": ("hair/male/plain/pink2.png", "85f4cd39524a74c2c035b42eceacc32a094a22a36b417a5ea5bc306f3f11b629"),

@@ -2,7 +2,7 @@
 
     python -m experiments.damage --run runs/smmnist-svg-lp-<time> [--which all encoder decoder]
 
-A fork of the SRVP release added this probe (REFERENCE.md section 3): predict from fixed
+A fork of the SRVP release added this probe (docs/papers.md, "The damage experiment"): predict from fixed
 conditioning frames, damage the network (``--hits`` times: pick a state-dict tensor uniformly,
 one of its elements uniformly, multiply it by U(0, 1)), predict again, ``--iterations`` times,
 and watch the videos. Here it is also measured: PSNR and SSIM of the predictions against the

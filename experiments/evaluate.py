@@ -43,7 +43,7 @@ from .cli import (
     unfinished_stages,
 )
 
-PUBLISHED = {  # REFERENCE.md section 6
+PUBLISHED = {  # docs/papers.md, "Published numbers"
     "sprites": {"consistency": [("VDSM (paper, own protocol)", "99.53%")]},
     "mug": {"fix_dynamics": [("DBSE (best reported)", "86.90%", "5.598", "0.041", "1.782")],
             "consistency": [("VDSM (paper, own protocol)", "93.33%")]},
@@ -352,7 +352,7 @@ def batchnorm_mode(mode, run):
 
 @torch.no_grad()
 def evaluate_prediction(args, run_dir, config, device, spec):
-    """REFERENCE section 5: condition on n_past frames, N sampled futures per sequence, best per
+    """docs/papers.md, "Evaluation protocols": condition on n_past frames, N sampled futures per sequence, best per
     metric, predicted frames only, [0, 1] range; mean and 95% interval over sequences; the trivial
     baselines scored as predictors on the same sequences (``vdsm.metrics.prediction.prediction_rows``)."""
     from vdsm.metrics.prediction import BASELINES, METRICS, baseline_predictors, prediction_rows, summarize

@@ -48,11 +48,11 @@ class VDSMStage2Guide(nn.Module):
     of the sequences (the rest still go through d alone, so d keeps describing the motion);
     in evaluation it is always shown (unless ``show_poses_in_eval`` is False, as in
     ``models.vdsm.VDSMRun.reference_guide_inputs``). In the reference guide (p = 0) every pose comes
-    from d, and poses that d does not separate are drawn as their neighbours' (BENCHMARKS.md).
+    from d, and poses that d does not separate are drawn as their neighbours' (docs/journal.md, "Why stage 2 drops an action").
     With ``config.guide_pose_residual`` a shown pose is also added to the combiner's mean, so the
     combiner only learns a correction to the encoder's pose. Without it, the combiner did not
     learn to pass every pose through: with the poses shown, Sprites' slash-left was still
-    reconstructed as spellcast-left (6% right; 100% with the residual, BENCHMARKS.md).
+    reconstructed as spellcast-left (6% right; 100% with the residual: docs/journal.md, the same section).
     """
 
     show_poses_in_eval = True

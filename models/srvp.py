@@ -1,6 +1,6 @@
 """SRVP (Franceschi et al., ICML 2020: stochastic latent residual video prediction) as a Pyro model.
 
-Generative process for a batch of sequences x[b, 1..T] (REFERENCE.md section 3):
+Generative process for a batch of sequences x[b, 1..T] (docs/papers.md, "SRVP"):
 
     w = content(h(x_k) for nt_inf frames k)     deterministic, no KL (``pyro.module``, as the reference)
     y_1 ~ N(0, I)                               site "y_1" [B, ny]
@@ -271,6 +271,7 @@ class SRVPRun(VideoRun):
     nets_cls, model_cls, guide_path = SRVPNets, SRVPModel, "guides.srvp:SRVPGuide"
 
 
+#: SRVP's declaration, read by the runner (``models.spec.ModelSpec``).
 SPEC = ModelSpec(
     names=("srvp",), config_cls=SRVPConfig, presets="srvp", run_cls=SRVPRun,
     stages=(Stage("srvp", "train", pair=lambda run: (run.model, run.guide), schedule=constant_schedule(("z",)),

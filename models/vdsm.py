@@ -46,9 +46,9 @@ from .spec import (
 __all__ = ["VDSMConfig", "VDSMStage1Model", "VDSMStage2Model", "LatentOvershooting", "VDSMRun", "SPEC", "FITTED_PRIORS", "FITTED_FROM",
            "prior_path", "guide_factory"]
 
-# latents with a prior fitted after training (vdsm.fitted_prior), and the guide's sites each covers
+#: Latents with a prior fitted after training (``vdsm.fitted_prior``), and the guide's sites each covers.
 FITTED_PRIORS = {"identity": ("identity",), "dynamics": ("dynamics", "z_1")}
-# the stage whose posterior each fitted prior describes (stage 2 keeps stage 1's encoder frozen)
+#: The stage whose posterior each fitted prior describes (stage 2 keeps stage 1's encoder frozen).
 FITTED_FROM = {"identity": "stage1", "dynamics": "stage2"}
 STAGES = ("stage1", "stage2")
 
@@ -189,8 +189,8 @@ class LatentOvershooting(Stepped):
     its k-step predictions (k = 2..T-s) score the later latents, held fixed as in PlaNet:
     ``pyro.factor("overshooting", w / (T - 1) * sum_k sum_t log N(z_t | k-step prediction))``.
     Training sees only one-step transitions otherwise, while transfer and prediction roll the
-    transition out from z_1 for T - 1 steps (BENCHMARKS.md: the rollouts of some actions drift to
-    another action's poses).
+    transition out from z_1 for T - 1 steps (docs/journal.md, "Latent overshooting": the rollouts of some actions
+    drift to another action's poses).
     """
 
     def sample(self, model, b, t, d, ref, x=None):
@@ -554,6 +554,7 @@ def _fitted_priors(run, context):
     return metrics
 
 
+#: VDSM's declaration (two stages), read by the runner (``models.spec.ModelSpec``).
 SPEC = ModelSpec(
     names=("vdsm",), config_cls=VDSMConfig, presets="vdsm", run_cls=VDSMRun,
     stages=(Stage("stage1", "stage1", pair=lambda run: (run.model1, run.guide1), schedule=_schedule,

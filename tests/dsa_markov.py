@@ -1,4 +1,4 @@
-"""A model defined outside the library: DSA with a Markov per-frame prior (README, "Your own model").
+"""A model defined outside the library: DSA with a Markov per-frame prior (docs/own_model.md).
 
 DSA's static latent, guide and networks, but z_t ~ N(transition(z_{t-1})) from a small MLP instead
 of DSA's LSTM over every earlier z. ``python -m experiments.run --model dsa_markov:SPEC`` trains,

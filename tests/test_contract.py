@@ -15,7 +15,7 @@ from tests_helpers import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("vdsm", "models", "guides", "experiments", "data")
-# what each layer may not import (DESIGN.md, "The model contract")
+# what each layer may not import (docs/own_model.md, "Layers")
 FORBIDDEN = {"vdsm": {"models", "guides", "experiments"}, "models": {"guides", "experiments"},
              "guides": {"experiments"}, "data": {"models", "guides", "experiments"}}
 # the modules of the registered models (each may branch on its own names)

@@ -19,9 +19,8 @@ def keep_freed_memory():
 
     A training step allocates and frees gigabytes of activations; by default glibc serves
     large blocks with fresh ``mmap`` pages and unmaps them when freed, so every step pays
-    about half a million page faults again (SVG-LP's reference config on the 2-core machine of
-    BENCHMARKS.md: 520-750k faults and 15-19 s for the networks' forward + backward, against
-    60-190k faults and 12-13.5 s with this setting). Freed memory stays with the process
+    about half a million page faults again (SVG-LP's reference config on a 2-core machine: ~0.5 M
+    page faults per step saved by this setting, docs/journal.md, "Seconds per SVI step (re-measured 2026-11-22 ...)"). Freed memory stays with the process
     until it exits.
     Returns True when the setting was applied (Linux with glibc), False elsewhere or when
     ``$VDSM_KEEP_FREED_MEMORY`` is ``0``.

@@ -1,4 +1,4 @@
-"""The judge protocols (REFERENCE section 5) on a trained model, batched and repeated.
+"""The judge protocols (docs/papers.md, "Evaluation protocols") on a trained model, batched and repeated.
 
 The judge's heads come in two groups (``vdsm.metrics.judge.JudgeSpec``): dynamic heads (the
 motion, e.g. Sprites' action) and static heads (the appearance, e.g. hair colour). Each
