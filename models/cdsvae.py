@@ -28,12 +28,20 @@ through ``CDSVAENets.posterior`` (the default guide's networks; a custom guide t
 DDP each process's InfoNCE negatives and MI estimate are its own share of the batch (the release's
 DataParallel gathers the whole batch first).
 
-Augmentations: the release reads them precomputed from a data file it does not publish, so they
-are built on the fly here, as the paper describes their purpose: ``shuffle_frames`` keeps the
+Augmentations: the release reads them precomputed from its ``data.pkl`` (published: its README links
+it). With ``augmentations_file`` naming that file they are read from it (``ReleaseAugmentations``);
+otherwise they are built on the fly, as the paper describes their purpose: ``shuffle_frames`` keeps the
 content (the same frames, an independent random order per sequence: the motion is destroyed),
-``recolour`` keeps the motion (per sequence, the colour channels permuted and each channel's
-gamma drawn in [1/2, 2], the same for every frame: appearance changes, the silhouette and its
-movement do not).
+``recolour`` keeps the motion (per sequence, the colour channels permuted and each channel's gamma drawn
+in [1/2, 2], the same for every frame: appearance changes, the silhouette and its movement do not). The
+paper's own recipe for the motion view is not implemented.
+
+The release's other choices, as options: its initialisation (``init_std`` 0.01, the default) and its MI
+kernels (``mi_kernel="variance"``: it passes the log-variance where its ``log_density`` expects a log
+standard deviation, so its kernels are as wide as the variance; the default, "std", uses the
+posterior's own width, which changes the term's gradient). The posterior of x is computed once per step
+(``CDSVAENets.posterior`` reuses the guide's pass), so BatchNorm's running statistics move once per step
+where the release's move twice.
 
 Networks (release ``model.py``): SVG's DCGAN-64 encoder (tanh features) and decoder without skips,
 a two-layer LSTM prior from z_0 = 0, Gaussians as mean and log-variance; f's two heads are a
@@ -41,7 +49,11 @@ Linear then LeakyReLU(0.2), as the release's ``LinearUnit``. The release's likel
 summed squared error, i.e. ``emission="normal"`` with ``emission_scale`` = sqrt(1/2).
 """
 import math
+import pickle
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 import pyro
 import pyro.distributions as dist
@@ -49,13 +61,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vdsm.nets import LSTM, RNN
+from vdsm.nets import LSTM, RNN, normal_init
 
 from .config import check_values
 from .dsa import DSAModel, DSARun, FrameCodec, StaticAndFramesSizes
 from .spec import JUDGE, ModelSpec, Stage, constant_schedule
 
 __all__ = ["CDSVAEConfig", "CDSVAENets", "CDSVAEModel", "CDSVAERun", "SPEC", "shuffle_frames", "recolour",
+           "ReleaseAugmentations", "MI_KERNELS",
            "info_nce", "mi_penalty"]
 
 
@@ -70,10 +83,20 @@ class CDSVAEConfig(StaticAndFramesSizes):
     weight_mi: float = 1.0          # weight of the MI(f; z) penalty (the release adds it unweighted)
     temperature: float = 0.5        # temperature of both InfoNCE terms
     mws_dataset_size: int = 8100    # N of the minibatch estimate of q(f), q(z), q(f, z) (the train split's size)
+    mi_kernel: str = "std"          # width of the MI estimate's kernels: std (the posterior's), or variance (the release's)
+    init_std: float = 0.01          # conv and linear weights N(0, init_std), as the release (0: PyTorch's initialisation)
+    augmentations_file: str = ""    # the release's data.pkl: its precomputed content and motion views (empty: built on the fly)
 
     def check(self):
         check_values(self, positive=("emission_scale", "temperature"),
                      at_least_one=("nc", "f_dim", "z_dim", "g_dim", "nf", "rnn_dim", "mws_dataset_size"))
+        if self.mi_kernel not in MI_KERNELS:
+            raise ValueError(f"mi_kernel={self.mi_kernel!r}: use {' or '.join(MI_KERNELS)}")
+        if self.init_std < 0:
+            raise ValueError(f"init_std={self.init_std} must be at least 0")
+        if self.augmentations_file and not Path(self.augmentations_file).is_file():
+            raise ValueError(f"augmentations_file={self.augmentations_file!r} is not a file: pass the release's "
+                             f"data.pkl, or leave it empty to build the augmentations on the fly")
         for name in ("weight_content", "weight_motion", "weight_mi"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 0")
@@ -99,9 +122,36 @@ class CDSVAENets(FrameCodec):
         self.f_logvar = nn.Sequential(nn.Linear(2 * c.rnn_dim, c.f_dim), nn.LeakyReLU(0.2))
         self.z_rnn = RNN(2 * c.rnn_dim, c.rnn_dim, batch_first=True)
         self.z_out = nn.Linear(c.rnn_dim, 2 * c.z_dim)
+        normal_init(self, c.init_std)
+        self._cache = (None, None)
+        self._release_views = None
 
     def posterior(self, x):
-        """Frames [B, T, C, 64, 64] -> (f loc, f scale) [B, f_dim] and (z loc, z scale) [B, T, z_dim]."""
+        """Frames [B, T, C, 64, 64] -> (f loc, f scale) [B, f_dim] and (z loc, z scale) [B, T, z_dim].
+        Computed once per step: the guide's call is reused by the model's added terms on the same tensor
+        (the model, the last user, calls ``forget``), so the encoder runs, and BatchNorm's running
+        statistics move, once per step."""
+        if self._cache[0] is x and torch.is_grad_enabled() == self._cache[1][1]:
+            return self._cache[1][0]
+        out = self._posterior(x)
+        self._cache = (x, (out, torch.is_grad_enabled()))
+        return out
+
+    def forget(self):
+        self._cache = (None, None)
+
+    def views(self, x, content=True, motion=True):
+        """The content view (motion destroyed) and the motion view (appearance changed) of frames x, each
+        None where not asked for: the release's precomputed ones when ``augmentations_file`` names its
+        data.pkl, otherwise ``shuffle_frames`` and ``recolour``."""
+        if not self.config.augmentations_file:
+            return shuffle_frames(x) if content else None, recolour(x) if motion else None
+        if self._release_views is None:
+            self._release_views = ReleaseAugmentations(self.config.augmentations_file)
+        content_view, motion_view = self._release_views.views(x)
+        return content_view if content else None, motion_view if motion else None
+
+    def _posterior(self, x):
         b, t = x.shape[:2]
         h, _ = self.encoder(x.reshape(b * t, *x.shape[2:]))
         out, _ = self.birnn(h.reshape(b, t, -1))
@@ -156,15 +206,71 @@ def info_nce(a, b, temperature):
     return (terms[:n] + terms[n:]) / 2
 
 
+class ReleaseAugmentations:
+    """The release's precomputed augmentations, read from its ``data.pkl`` (a dict with ``X_train``,
+    ``X_test`` [N, T, 64, 64, 3] and ``c_augs_*``, ``m_augs_*`` [N, K, T, 64, 64, 3], as its
+    ``utils.load_dataset`` reads it). A sequence is found by its pixels (each value times 256, rounded:
+    the benchmark's scale), so the library's own loader, split and order stay as they are; as the
+    release's loader, each step picks one of the K views per sequence at random, the same index for the
+    content and the motion view. The file is a pickle: name only one you trust."""
+
+    KEYS = ("X_train", "X_test", "c_augs_train", "c_augs_test", "m_augs_train", "m_augs_test")
+
+    def __init__(self, path):
+        with open(path, "rb") as f:
+            data = pickle.load(f)
+        missing = [k for k in self.KEYS if k not in data]
+        if missing:
+            raise ValueError(f"{path} lacks {', '.join(missing)}: it is not the C-DSVAE release's data.pkl")
+        self.path, self.rows, self.content, self.motion = path, {}, [], []
+        for split in ("train", "test"):
+            for i, frames in enumerate(data[f"X_{split}"]):
+                self.rows.setdefault(self._key(frames), (len(self.content), i))
+            self.content.append(np.asarray(data[f"c_augs_{split}"]))
+            self.motion.append(np.asarray(data[f"m_augs_{split}"]))
+
+    @staticmethod
+    def _key(frames):
+        """Frames [T, 64, 64, 3] (floats on the benchmark's 1/256 scale, or bytes) -> a bytes key."""
+        frames = np.asarray(frames)
+        if frames.dtype.kind == "f":
+            frames = np.rint(frames * 256)
+        return frames.astype(np.uint8).tobytes()
+
+    def views(self, x):
+        """(content view, motion view) of frames x [B, T, C, H, W], from the file."""
+        keys = [self._key(seq) for seq in x.detach().permute(0, 1, 3, 4, 2).float().cpu().numpy()]
+        if any(k not in self.rows for k in keys):
+            raise ValueError(f"a training sequence is not in {self.path}: the augmentations file must be the "
+                             f"release's data.pkl of the same dataset, sequences of all {x.shape[1]} frames")
+        pick = torch.randint(self.content[0].shape[1], (len(keys),)).tolist()
+
+        def gather(views):
+            chosen = np.stack([views[part][row, k] for (part, row), k in zip((self.rows[key] for key in keys), pick)])
+            chosen = torch.from_numpy(chosen).permute(0, 1, 4, 2, 3).to(x.device, x.dtype)
+            return chosen / 256 if not np.issubdtype(views[0].dtype, np.floating) else chosen
+
+        return gather(self.content), gather(self.motion)
+
+
+#: Widths of the MI estimate's Gaussian kernels: the posterior's standard deviation, or the release's
+#: (its ``log_density`` receives the log-variance where it expects a log standard deviation, so the kernels
+#: are as wide as the variance).
+MI_KERNELS = ("std", "variance")
+
+
 def _log_density_matrix(value, loc, scale):
     """[..., B, B]: log N(value_i; loc_j, scale_j) summed over the last dim, for samples i and posteriors j."""
     return dist.Normal(loc.unsqueeze(-3), scale.unsqueeze(-3)).log_prob(value.unsqueeze(-2)).sum(-1)
 
 
-def mi_penalty(f, z, f_loc, f_scale, z_loc, z_scale, dataset_size):
+def mi_penalty(f, z, f_loc, f_scale, z_loc, z_scale, dataset_size, kernel="std"):
     """Per-sequence MI(f; z) penalty [B]: the mean over frames of ReLU(log q(f, z_t) - log q(f) -
     log q(z_t)), each density the batch's average posterior density over ``dataset_size`` (the
-    release's estimate); f [B, f_dim], z [B, T, z_dim]."""
+    release's estimate); f [B, f_dim], z [B, T, z_dim]. ``kernel`` (``MI_KERNELS``): "std" scores under
+    the posteriors, "variance" under Gaussians as wide as their variance, as the release does."""
+    if kernel == "variance":
+        f_scale, z_scale = f_scale ** 2, z_scale ** 2
     b = f.shape[0]
     log_norm = math.log(b * dataset_size)
     log_f = _log_density_matrix(f.float(), f_loc.float(), f_scale.float())            # [B, B]
@@ -187,16 +293,21 @@ class CDSVAEModel(DSAModel):
     def objective_terms(self, x, s, z, factors):
         c, nets = self.nets.config, self.nets
         if not (c.weight_content or c.weight_motion or c.weight_mi):
+            nets.forget()
             return
-        f_loc, f_scale, z_loc, z_scale = nets.posterior(x)
+        f_loc, f_scale, z_loc, z_scale = nets.posterior(x)   # the guide's pass of this step, when it made one
+        nets.forget()
+        content, motion = nets.views(x, content=bool(c.weight_content), motion=bool(c.weight_motion))
         if c.weight_content:
-            f_content = nets.posterior(shuffle_frames(x))[0]
+            f_content = nets.posterior(content)[0]
             pyro.factor("content_nce", -c.weight_content * info_nce(f_loc, f_content, c.temperature))
         if c.weight_motion:
-            z_motion = nets.posterior(recolour(x))[2]
+            z_motion = nets.posterior(motion)[2]
             pyro.factor("motion_nce", -c.weight_motion * info_nce(z_loc.flatten(1), z_motion.flatten(1), c.temperature))
         if c.weight_mi:
-            pyro.factor("mi_fz", -c.weight_mi * mi_penalty(s, z, f_loc, f_scale, z_loc, z_scale, c.mws_dataset_size))
+            pyro.factor("mi_fz", -c.weight_mi * mi_penalty(s, z, f_loc, f_scale, z_loc, z_scale, c.mws_dataset_size,
+                                                           c.mi_kernel))
+        nets.forget()
 
 
 class CDSVAERun(DSARun):

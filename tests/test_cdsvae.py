@@ -286,3 +286,105 @@ def test_its_weights_are_flags_refused_for_other_models(tmp_path):
     code, _, err = run_main("run", ["--dataset", "sprites", "--model", "dsa", "--weight-motion", "3", "--out", tmp_path / "x"])
     assert code == 2 and "--weight-motion only applies to --model cdsvae" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------ the release's options
+
+
+def test_the_mi_estimate_with_the_releases_kernels_is_the_releases_log_density():
+    """``mi_kernel="variance"``: the release's ``log_density(sample, mu, logsigma)`` called with the
+    log-variance as ``logsigma`` (mutual_info.py), in the release's minibatch-weighted estimate."""
+    from models.cdsvae import mi_penalty
+
+    g = torch.Generator().manual_seed(3)
+    b, t, df, dz, n = 5, 3, 4, 2, 50
+    f_mean, z_mean = torch.randn(b, df, generator=g), torch.randn(b, t, dz, generator=g)
+    f_logvar, z_logvar = torch.randn(b, df, generator=g) - 1, torch.randn(b, t, dz, generator=g) - 1
+    f = f_mean + torch.randn(b, df, generator=g) * (0.5 * f_logvar).exp()
+    z = z_mean + torch.randn(b, t, dz, generator=g) * (0.5 * z_logvar).exp()
+
+    def log_density(sample, mu, logsigma):   # the release's, as it is written
+        return -0.5 * (((sample - mu) * torch.exp(-logsigma)) ** 2 + 2 * logsigma + math.log(2 * math.pi))
+
+    logq_f = log_density(f[:, None], f_mean[None], f_logvar[None]).sum(-1)            # [B, B]
+    logq_z = log_density(z.transpose(0, 1)[:, :, None], z_mean.transpose(0, 1)[:, None],
+                         z_logvar.transpose(0, 1)[:, None]).sum(-1)                   # [T, B, B]
+    norm = math.log(b * n)
+    release = torch.relu(torch.logsumexp(logq_f + logq_z, -1) - torch.logsumexp(logq_f, -1)
+                         - torch.logsumexp(logq_z, -1) + norm).mean(0)
+    scales = (0.5 * f_logvar).exp(), (0.5 * z_logvar).exp()
+    ours = mi_penalty(f, z, f_mean, scales[0], z_mean, scales[1], n, kernel="variance")
+    assert torch.allclose(ours, release, atol=1e-5)
+    assert not torch.allclose(mi_penalty(f, z, f_mean, scales[0], z_mean, scales[1], n), release, atol=1e-3)
+
+
+def _release_file(path, sequences, k=2):
+    """A data.pkl in the release's layout: frames [N, T, 64, 64, 3] on the 1/256 scale; K views each,
+    view j of sequence i filled with a value that names (i, j)."""
+    import pickle
+
+    import numpy as np
+
+    x = sequences.permute(0, 1, 3, 4, 2).numpy()
+    marks = np.arange(len(x) * k, dtype=np.float32).reshape(len(x), k)[..., None, None, None, None] / 256
+    views = np.broadcast_to(marks, (len(x), k, *x.shape[1:])).astype(np.float32)
+    half = len(x) // 2
+    data = {"X_train": x[:half], "X_test": x[half:], "c_augs_train": views[:half], "c_augs_test": views[half:],
+            "m_augs_train": views[:half] + 0.5, "m_augs_test": views[half:] + 0.5}
+    path.write_bytes(pickle.dumps(data))
+    return path
+
+
+def test_the_releases_augmentations_file_is_read_sequence_by_sequence(tmp_path):
+    """--augmentations-file: each sequence's views are found by its pixels (train or test part of the
+    file), one of its K views per step, the same one for content and motion; a sequence the file lacks,
+    or a file that is not the release's, is one line."""
+    sequences = torch.randint(0, 256, (6, 3, 3, 64, 64), generator=torch.Generator().manual_seed(0)) / 256
+    path = _release_file(tmp_path / "data.pkl", sequences)
+    run = tiny(augmentations_file=str(path))
+    order = torch.tensor([4, 1, 5])   # test and train parts, in another order than the file's
+    content, motion = run.nets.views(sequences[order])
+    picked = (content[:, 0, 0, 0, 0] * 256).round().long()
+    assert torch.equal(picked // 2, order)   # view j of sequence i holds i * K + j
+    assert torch.allclose(motion, content + 0.5)
+    with pytest.raises(ValueError, match="a training sequence is not in"):
+        run.nets.views(torch.rand(2, 3, 3, 64, 64))
+    (tmp_path / "other.pkl").write_bytes(__import__("pickle").dumps({"X_train": 1}))
+    with pytest.raises(ValueError, match="not the C-DSVAE release's data.pkl"):
+        tiny(augmentations_file=str(tmp_path / "other.pkl")).nets.views(sequences[:1])
+    with pytest.raises(ValueError, match="is not a file"):
+        CDSVAEConfig(**TINY, augmentations_file=str(tmp_path / "missing.pkl")).check()
+
+
+def test_the_posterior_of_x_is_computed_once_per_step_with_the_same_loss_and_gradients():
+    """The guide's pass over x is the one the added terms read: three encoder calls per step (x and its
+    two views), not four, and the same loss and gradients as computing it again."""
+    run, x = tiny(), frames(4, 3)
+    calls = []
+    run.nets.encoder.register_forward_hook(lambda *args: calls.append(1))
+
+    def loss_and_grads():
+        for p in run.nets.parameters():
+            p.grad = None
+        pyro.set_rng_seed(1)
+        loss = TraceMeanField_ELBO().differentiable_loss(run.model, run.guide, x, factors=run.factors())
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in run.nets.parameters() if p.grad is not None]
+
+    shared = loss_and_grads()
+    assert len(calls) == 3
+    forget_after_guide = run.guide.forward
+
+    def guide_without_cache(*args, **kwargs):
+        out = forget_after_guide(*args, **kwargs)
+        run.nets.forget()
+        return out
+
+    run.guide.forward = guide_without_cache
+    calls.clear()
+    separate = loss_and_grads()
+    assert len(calls) == 4
+    assert torch.equal(shared[0], separate[0])
+    # equal up to rounding (the biases of convolutions before BatchNorm have a true gradient of 0: noise)
+    largest = max(float(b.abs().max()) for b in separate[1])
+    assert max(float((a - b).abs().max()) for a, b in zip(shared[1], separate[1])) < 1e-4 * largest
