@@ -11,8 +11,10 @@ from vdsm.checkpoint import CheckpointError
 from vdsm.runfolder import read_config_json
 
 from .cdsvae import SPEC as CDSVAE
+from .dbse import SPEC as DBSE
 from .dsa import SPEC as DSA
 from .spec import ModelSpec, import_object
+from .spyl import SPEC as SPYL
 from .srvp import SPEC as SRVP
 from .svg import SPEC as SVG
 from .vdsm import SPEC as VDSM
@@ -20,7 +22,7 @@ from .vdsm import SPEC as VDSM
 __all__ = ["MODELS", "NAMES", "get", "spec_of_config", "load_run"]
 
 #: Every model of the library, as its spec.
-MODELS = (VDSM, SVG, SRVP, DSA, CDSVAE)
+MODELS = (VDSM, SVG, SRVP, DSA, CDSVAE, DBSE, SPYL)
 #: Every name ``--model`` accepts (aliases included) -> its spec.
 NAMES = {name: spec for spec in MODELS for name in spec.names}
 

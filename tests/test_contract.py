@@ -122,6 +122,8 @@ def test_importing_the_core_imports_no_model():
 
 def _tiny_runs():
     from models.cdsvae import CDSVAEConfig, CDSVAERun
+    from models.dbse import DBSEConfig, DBSERun
+    from models.spyl import SPYLConfig, SPYLRun
     from models.dsa import DSAConfig, DSARun
     from models.srvp import SRVPConfig, SRVPRun
     from models.svg import SVGConfig, SVGRun
@@ -138,6 +140,8 @@ def _tiny_runs():
                                             mlp_hidden=9, nt_inf=2, n_past=2)), 1),
         "dsa": (lambda: DSARun(DSAConfig(f_dim=4, z_dim=3, g_dim=8, nf=4, rnn_dim=8)), 3),
         "cdsvae": (lambda: CDSVAERun(CDSVAEConfig(f_dim=4, z_dim=3, g_dim=8, nf=4, rnn_dim=8)), 3),
+        "dbse": (lambda: DBSERun(DBSEConfig(f_dim=4, z_dim=3, g_dim=8, nf=4, rnn_dim=8)), 3),
+        "spyl": (lambda: SPYLRun(SPYLConfig(f_dim=4, z_dim=3, g_dim=8, nf=4, rnn_dim=8, bank_factor=2)), 3),
     }
 
 

@@ -19,8 +19,9 @@ from api_pages import public_modules  # noqa: E402
 
 # the pages the site promises (issue #56), without their suffix
 PAGES = ["index", "getting_started", "models/index", "models/vdsm", "models/svg", "models/srvp", "models/dsa",
-         "models/cdsvae", "own_model", "own_guide", "own_videos", "long_runs", "evaluation", "datasets", "papers",
-         "results", "journal", "changelog", "notebooks/action_transfer", "notebooks/svg_prediction", "api/index"]
+         "models/cdsvae", "models/dbse", "models/spyl", "own_model", "own_guide", "own_videos", "long_runs", "evaluation",
+         "datasets", "papers", "results", "journal", "changelog", "notebooks/action_transfer",
+         "notebooks/svg_prediction", "api/index"]
 # files the commands write into a run folder: named in the code, never part of the repository
 RUN_FOLDER_DOCUMENTS = {"fragility.md", "disentanglement.md", "disentanglement_val.md"}
 
@@ -81,7 +82,8 @@ def _tiny_pairs():
 
     runs = _tiny_runs()
     return {"vdsm": {"stage 1": runs["vdsm stage1"], "stage 2": runs["vdsm stage2"]}, "svg": {"": runs["svg-lp"]},
-            "srvp": {"": runs["srvp"]}, "dsa": {"": runs["dsa"]}, "cdsvae": {"": runs["cdsvae"]}}
+            "srvp": {"": runs["srvp"]}, "dsa": {"": runs["dsa"]}, "cdsvae": {"": runs["cdsvae"]},
+            "dbse": {"": runs["dbse"]}, "spyl": {"": runs["spyl"]}}
 
 
 def _documented_sites(page):
@@ -112,7 +114,7 @@ def _traced_sites(build, nc):
     return sites
 
 
-@pytest.mark.parametrize("page", ["vdsm", "svg", "srvp", "dsa", "cdsvae"])
+@pytest.mark.parametrize("page", ["vdsm", "svg", "srvp", "dsa", "cdsvae", "dbse", "spyl"])
 def test_each_model_page_lists_the_sites_its_model_samples(page):
     """What a custom guide must sample: the page's table against a trace of the model (z_1..z_T as z_t)."""
     documented = _documented_sites(page)

@@ -1,0 +1,153 @@
+"""SPYL (Naiman, Berman & Azencot 2023) as a member of the family: sites, the objective against the
+release's train.py and sample_and_predict.py written out, the warm-up, and ``--model spyl`` through run,
+resume, evaluate and damage."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import TraceMeanField_ELBO
+
+from models.cdsvae import mi_penalty
+from models.spyl import SPYLConfig, SPYLFactors, SPYLRun, farthest_by_kl, sample_and_predict_nce
+from tests_helpers import run_main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"f_dim": 4, "z_dim": 3, "g_dim": 8, "nf": 4, "rnn_dim": 8, "bank_factor": 2, "mws_dataset_size": 50}
+TINY_FLAGS = ["--f-dim", "4", "--z-dim", "3", "--g-dim", "8", "--nf", "4", "--rnn-dim", "8", "--bank-factor", "2",
+              "--batch-size", "3", "--eval-sequences", "4", "--num-workers", "0", "--no-progress"]
+TERMS = ("mi_sd", "static_nce", "dynamics_nce")
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return SPYLRun(SPYLConfig(**{**TINY, **kw}))
+
+
+def frames(b, t):
+    return torch.rand(b, t, 3, 64, 64, generator=torch.Generator().manual_seed(b * 10 + t))
+
+
+def test_sites_and_shapes_do_not_depend_on_the_batch_size_and_one_svi_step_trains():
+    run = tiny()
+    names = {}
+    for b in (2, 5):
+        x = frames(b, 4)
+        guide_trace = poutine.trace(run.guide).get_trace(x, factors=run.factors())
+        trace = poutine.trace(poutine.replay(run.model, guide_trace)).get_trace(x, factors=run.factors())
+        names[b] = [(n, s["is_observed"]) for n, s in trace.nodes.items()
+                    if s["type"] == "sample" and not poutine.util.site_is_subsample(s)]
+        for term in TERMS:   # one value per sequence, in the plate
+            assert trace.nodes[term]["fn"].batch_shape == (b,), term
+        assert trace.nodes["identity"]["scale"] == 5.0 and guide_trace.nodes["identity"]["scale"] == 5.0
+    assert names[2] == names[5]
+    assert [n for n, observed in names[2] if not observed] == ["identity", "z_1", "z_2", "z_3", "z_4"]
+    svi = pyro.infer.SVI(run.model, run.guide, pyro.optim.Adam({"lr": 1e-3}), TraceMeanField_ELBO())
+    assert math.isfinite(svi.step(frames(3, 4), factors=run.factors()))
+
+
+def test_the_contrastive_pieces_are_the_releases_written_out():
+    """``sample_and_predict_nce`` is the release's ``contrastive_loss(tau=0.5, normalize=True)`` per
+    sequence, and ``farthest_by_kl`` its ``kl_contrast`` with ``neg_mode="soft"``."""
+    g = torch.Generator().manual_seed(0)
+    b, n, d, cneg = 4, 8, 5, 3
+    anchor, positive, bank = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g), torch.randn(n, d, generator=g)
+    logvar, bank_logvar = torch.randn(b, d, generator=g) * 0.3, torch.randn(n, d, generator=g) * 0.3
+
+    v_var = logvar.exp()[:, None]   # kl_contrast, as written
+    klf = 0.5 * torch.sum(bank_logvar - logvar[:, None] + ((v_var + (anchor[:, None] - bank) ** 2) / bank_logvar.exp()) - 1,
+                          dim=-1)
+    negatives = bank[torch.argsort(klf, dim=-1, descending=True)[:, :cneg]]
+    assert torch.equal(farthest_by_kl(anchor, (0.5 * logvar).exp(), bank, (0.5 * bank_logvar).exp(), cneg), negatives)
+
+    tau, xn = 0.5, negatives.transpose(0, 1)   # contrastive_loss.forward, as written
+    numerator = torch.exp(torch.sum(anchor * positive, dim=-1) / (anchor.norm(dim=1) * positive.norm(dim=1)) / tau)
+    denominator = torch.exp(torch.sum(anchor * xn, dim=-1) / (anchor.norm(dim=1) * xn.norm(dim=-1)) / tau).sum(dim=0)
+    release = torch.mean(-torch.log(numerator / (numerator + denominator)))
+    assert float(sample_and_predict_nce(anchor, positive, negatives, tau).mean()) == pytest.approx(float(release), rel=1e-5)
+
+
+def test_the_objective_before_the_contrastive_terms_is_the_releases_loss_written_out():
+    """During the warm-up (contrastive factor 0) what training optimises is B times the release's batch
+    loss: 10 x SSE / B + 5 x KL_s / B + KL_d / B + mi_sd, plus the Normal's constant, for one draw."""
+    run = tiny()
+    c, x = run.nets.config, frames(4, 3)
+    b = x.shape[0]
+    factors = SPYLFactors({}).factors(0.0)
+    assert factors["contrastive"] == 0.0 and SPYLFactors({}).factors(0.05)["contrastive"] == 1.0
+    pyro.set_rng_seed(1)
+    loss = TraceMeanField_ELBO().differentiable_loss(run.model, run.guide, x, factors=factors).detach()
+    pyro.set_rng_seed(1)
+    guide_trace = poutine.trace(run.guide).get_trace(x, factors=factors)
+    trace = poutine.trace(poutine.replay(run.model, guide_trace)).get_trace(x, factors=factors)
+    assert "mi_sd" in trace.nodes and not {"static_nce", "dynamics_nce"} & set(trace.nodes)
+    s = guide_trace.nodes["identity"]["value"]
+    d = torch.stack([guide_trace.nodes[f"z_{k}"]["value"] for k in (1, 2, 3)], 1)
+    with torch.no_grad():
+        s_mean, s_scale, d_mean, d_scale = run.nets.posterior(x)
+        s_logvar, d_logvar = 2 * s_scale.log(), 2 * d_scale.log()
+        l_recon = ((torch.sigmoid(run.nets.decode_logits(d, s)) - x) ** 2).sum()
+        kld_s = -0.5 * torch.sum(1 + s_logvar - s_mean ** 2 - s_logvar.exp())
+        p_mean, p_logvar, d_prev, state = [], [], torch.zeros(b, c.z_dim), None
+        for k in range(3):
+            loc, scale, state = run.nets.prior_step(d_prev, state)
+            p_mean.append(loc)
+            p_logvar.append(2 * scale.log())
+            d_prev = d[:, k]
+        p_mean, p_logvar = torch.stack(p_mean, 1), torch.stack(p_logvar, 1)
+        kld_d = 0.5 * torch.sum(p_logvar - d_logvar + (d_logvar.exp() + (d_mean - p_mean) ** 2) / p_logvar.exp() - 1)
+        mi_sd = mi_penalty(s, d, s_mean, s_scale, d_mean, d_scale, c.mws_dataset_size).mean()
+    expected = 10 * l_recon / b + 5 * kld_s / b + kld_d / b + mi_sd
+    constant = x.numel() * 0.5 * math.log(2 * math.pi / 20)   # per pixel: log (sqrt(1/20) sqrt(2 pi))
+    assert float(loss - constant) == pytest.approx(float(b * expected), rel=1e-5)
+
+
+def test_after_the_warm_up_each_contrastive_term_is_a_factor_per_sequence():
+    run, x = tiny(), frames(4, 3)
+    pyro.set_rng_seed(2)
+    guide_trace = poutine.trace(run.guide).get_trace(x, factors=run.factors())
+    trace = poutine.trace(poutine.replay(run.model, guide_trace)).get_trace(x, factors=run.factors())
+    for term in ("static_nce", "dynamics_nce"):
+        values = -trace.nodes[term]["fn"].log_factor.detach()
+        # InfoNCE with one positive among 1 + N candidates: between 0 and far above log(1 + N) at random
+        assert values.shape == (4,) and bool((values > 0).all()), term
+    unweighted = tiny(weight_static_nce=0.0, weight_dynamics_nce=0.0)
+    trace = poutine.trace(unweighted.model).get_trace(x, factors=unweighted.factors())
+    assert not {"static_nce", "dynamics_nce"} & set(trace.nodes)
+
+
+def test_spyl_runs_resumes_evaluates_and_damages_from_the_command_line(tmp_path, data_dirs, judge_root):
+    run, root = tmp_path / "spyl", judge_root
+    common = ["--sprites-layers", data_dirs.sprites, "--data-root", root]
+    code, _, err = run_main("run", ["--dataset", "sprites", "--model", "spyl", *common, "--out", run, "--steps", "2",
+                                    *TINY_FLAGS])
+    assert code == 0, err
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_name"] == "spyl" and config["train"]["kl_static"] == 5.0
+    code, _, err = run_main("run", ["--dataset", "sprites", *common, "--resume", run, "--steps", "4",
+                                    "--num-workers", "0", "--no-progress"])
+    assert code == 0, err
+    stats = json.loads((run / "metrics.json").read_text())["train"]
+    assert stats["steps"] == 4 and set(TERMS) <= set(stats["final_terms_per_frame"])
+    code, _, err = run_main("evaluate", ["--run", run, "--judge-steps", "3", "--batch-size", "6", "--repeats", "1",
+                                         *common])
+    assert code == 0, err
+    assert json.loads((run / "metrics.json").read_text())["judge_protocol"]["model"] == "spyl"
+    damage = subprocess.run([sys.executable, "-m", "experiments.damage", "--run", str(run), "--judge-steps", "3",
+                             "--iterations", "1", "--hits", "5", "--repeats", "1", "--sequences", "4", "--which",
+                             "decoder", "--data-root", str(root), "--sprites-layers", str(data_dirs.sprites),
+                             "--out", str(tmp_path / "damage"), "--no-progress"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert damage.returncode == 0, damage.stderr
+
+
+def test_its_options_are_flags_refused_for_other_models(tmp_path):
+    code, _, err = run_main("run", ["--dataset", "sprites", "--model", "cdsvae", "--bank-factor", "3",
+                                    "--out", tmp_path / "x"])
+    assert code == 2 and "--bank-factor only applies to --model spyl" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
