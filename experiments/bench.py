@@ -4,8 +4,9 @@
     python -m experiments.bench --only data      # data loading only
     python -m experiments.bench --only machine   # the CPU model and its fp32 matmul rate (every part records it)
     python -m experiments.bench --only steps --batch-sizes 5 10 --device cuda
-    python -m experiments.bench --only quality   # train the default Sprites run (~30 min on 2 cores) and
+    python -m experiments.bench --only quality   # train the default Sprites run (about an hour on 2 cores) and
                                                  # record judge accuracy on val sequences against training time
+    python -m experiments.bench --only quality --models vdsm dsa cdsvae dbse spyl   # one after the other, one figure
     python -m experiments.bench --only prediction --run-flags="--mnist PATH"   # SVG-LP and SRVP on SM-MNIST
 
 Every step configuration runs in its own subprocess so that its peak RSS is its own.
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from models.registry import NAMES
-from models.spec import PREDICTION
+from models.spec import JUDGE, PREDICTION
 
 STEP_CONFIGS = {
     # name: (model, stage, dataset of the preset, model overrides or preset name, frames per sequence)
@@ -225,19 +226,29 @@ def main(argv=None):
                    help='extra flags for experiments.run, written with "=": --run-flags="--stage1-steps 600"')
     pq = p.add_argument_group("prediction quality against time (--only prediction; also --quality-out, "
                               "--every-minutes, --val-sequences, --run-flags)")
-    pq.add_argument("--models", nargs="+", choices=[n for n, spec in NAMES.items() if PREDICTION in spec.evaluations], help="default: svg-lp srvp")
+    p.add_argument("--models", nargs="+", choices=list(NAMES),
+                   help="--only quality: Sprites models with the judge protocols, trained one after the other "
+                        "(default: vdsm); --only prediction: prediction models (default: svg-lp srvp)")
     pq.add_argument("--dataset", help="a dataset the models train on (default smmnist)")
     pq.add_argument("--samples", type=int, default=None, help="futures per sequence (default: the preset's)")
     pq.add_argument("--budget-minutes", type=float, help="the budgets reported: every-minutes up to this")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one step config
     args = p.parse_args(argv)
     prediction = args.only == "prediction"
-    if not prediction and any(v is not None for v in (args.models, args.dataset, args.samples, args.budget_minutes)):
-        p.error("--models, --dataset, --samples and --budget-minutes belong to --only prediction")
+    if not prediction and any(v is not None for v in (args.dataset, args.samples, args.budget_minutes)):
+        p.error("--dataset, --samples and --budget-minutes belong to --only prediction")
+    if args.models and args.only not in ("quality", "prediction"):
+        p.error("--models belongs to --only quality or --only prediction")
+    needs = PREDICTION if prediction else JUDGE
+    wrong = [m for m in args.models or () if needs not in NAMES[m].evaluations]
+    if wrong:
+        p.error(f"--models {' '.join(wrong)}: --only {args.only} takes models "
+                f"{' '.join(n for n, spec in NAMES.items() if needs in spec.evaluations)}")
     if args.bench_videos is not None and args.only not in (None, "data"):
         p.error("--bench-videos belongs to the data part (--only data, or no --only)")
     args.bench_videos = 200 if args.bench_videos is None else args.bench_videos
-    args.models, args.dataset = args.models or ["svg-lp", "srvp"], args.dataset or "smmnist"
+    args.models = args.models or (["svg-lp", "srvp"] if prediction else ["vdsm"])
+    args.dataset = args.dataset or "smmnist"
     args.budget_minutes = args.budget_minutes or 30.0
     args.quality_out = args.quality_out or ("bench_prediction" if prediction else "bench_quality")
     args.every_minutes = args.every_minutes if args.every_minutes is not None else (5.0 if prediction else 3.0)
@@ -265,7 +276,7 @@ def main(argv=None):
         from vdsm.checkpoint import CheckpointError
 
         try:
-            summary = time_to_quality(args.quality_out, every_minutes=args.every_minutes,
+            summary = time_to_quality(args.quality_out, models=args.models, every_minutes=args.every_minutes,
                                       val_sequences=args.val_sequences, run_flags=shlex.split(args.run_flags),
                                       data_root=args.data_root, sprites_layers=args.sprites_layers,
                                       judge_steps=args.judge_steps)
@@ -273,10 +284,11 @@ def main(argv=None):
             print(f"error: {first_line(err)}", file=sys.stderr)
             return 2
         results["quality"] = summary
-        print(f"{'minutes':>8}{'stage':>8}{'step':>6}{'action':>8}{'attributes':>11}")
-        for r in summary["rows"]:
-            print(f"{r['train_seconds'] / 60:>8.1f}{r['stage']:>8}{r['step']:>6}"
-                  f"{100 * r['action_accuracy']:>7.1f}%{100 * r['attribute_accuracy']:>10.1f}%")
+        print(f"{'model':<8}{'minutes':>8}{'stage':>8}{'step':>7}{'action':>8}{'all four':>10}")
+        for model, curve in summary["curves"].items():
+            for r in curve["rows"]:
+                print(f"{model:<8}{r['train_seconds'] / 60:>8.1f}{r['stage']:>8}{r['step']:>7}"
+                      f"{100 * r['action_accuracy']:>7.1f}%{100 * r['all_attributes']:>9.1f}%")
     if prediction:
         import shlex
 

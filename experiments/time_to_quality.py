@@ -1,22 +1,23 @@
-"""Time to quality: train the default Sprites run and score it with the judge every few minutes.
+"""Time to quality: train Sprites models one after the other and score each with the judge every few minutes.
 
-The run is the one ``python -m experiments.run --dataset sprites`` trains (cpu preset on a machine
-without a GPU), with a monitor called after every optimiser step. When ``every_minutes`` of
+Each run is the one ``python -m experiments.run --dataset sprites --model M`` trains (cpu preset on a
+machine without a GPU; VDSM by default), with a monitor called after every optimiser step. When ``every_minutes`` of
 training time have passed (and at the end of each stage) the monitor runs the judge protocol of
 ``vdsm.metrics.protocol`` once on a fixed subset of the **val** split (characters held out of
 training; the test split is for ``experiments.evaluate``'s final report only):
 
 * action accuracy: fixed dynamics, identity from the prior, judge's action head;
 * attribute accuracy: fixed identity, dynamics from the prior, mean over the attribute heads
-  (each head is also recorded).
+  (each head is also recorded), and the share with all four right at once.
 
 During stage 1 the same protocol uses what stage 1 has (poses of the real sequence kept, or
 drawn from the N(0, I) pose prior: not the protocol, and labelled so in the "protocol" column);
 from stage 2 on it uses the dynamics model. Training time
 excludes the evaluations, which run under ``vdsm.train_state.forked_rng`` so the run trains exactly as
 it would without the monitor. Writes ``time_to_quality.csv`` (a row per evaluation, written as
-it goes), ``time_to_quality.png`` and ``time_to_quality.json`` (first times at which each
-accuracy reached the target, and the accuracies at the time budget) into ``out_dir``.
+it goes) into ``out_dir/<model>/``, then one ``time_to_quality.png`` of every model's curves and
+``time_to_quality.json`` (per model: first times at which each accuracy reached the target, and the
+accuracies at the time budget) into ``out_dir``.
 """
 import csv
 import json
@@ -38,7 +39,7 @@ __all__ = ["TimedMonitor", "QualityMonitor", "time_to_quality"]
 
 ATTRIBUTES = list(JUDGES["sprites"].static)
 COLUMNS = ["train_seconds", "stage", "step", "protocol", "action_accuracy", "attribute_accuracy", *ATTRIBUTES,
-           "recon_action", "recon_attributes", "eval_seconds"]
+           "all_attributes", "recon_action", "recon_attributes", "eval_seconds"]
 
 
 class TimedMonitor:
@@ -109,6 +110,7 @@ class QualityMonitor(TimedMonitor):
                 "action_accuracy": statistics.fmean(result["fix_dynamics"]["heads"][k]["accuracy"]["mean"]
                                                     for k in dynamic),
                 "attribute_accuracy": statistics.fmean(heads.values()), **heads,
+                "all_attributes": result["fix_identity"]["all_static"]["mean"],
                 "recon_action": statistics.fmean(consistency[k] for k in dynamic),
                 "recon_attributes": statistics.fmean(consistency[k] for k in static)}
 
@@ -123,49 +125,59 @@ def at_budget(rows, key, budget_seconds):
     return inside[-1][key] if inside else None
 
 
-def plot(rows, path, target, budget_seconds):
+def plot(curves, path, target, budget_seconds):
+    """One picture of every model's curves: action accuracy (identity from the prior) solid, all four
+    attributes at once (dynamics from the prior) dashed; VDSM's stage-1 points are not the protocol."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    minutes = [r["train_seconds"] / 60 for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(minutes, [100 * r["action_accuracy"] for r in rows], "o-", label="action (fixed dynamics)")
-    ax.plot(minutes, [100 * r["attribute_accuracy"] for r in rows], "s-", label="attributes (fixed identity), mean")
-    for head in ATTRIBUTES:
-        ax.plot(minutes, [100 * r[head] for r in rows], ":", alpha=0.6, label=head)
-    switch = next((r["train_seconds"] / 60 for r in rows if r["stage"] == "stage2"), None)
-    if switch is not None:
-        ax.axvline(switch, color="grey", lw=0.8)
-        ax.text(switch, 2, " stage 2", color="grey")
-    ax.axhline(100 * target, color="red", lw=0.8, ls="--")
-    ax.axvline(budget_seconds / 60, color="red", lw=0.8, ls="--")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for k, (model, rows) in enumerate(curves.items()):
+        colour = f"C{k}"
+        minutes = [r["train_seconds"] / 60 for r in rows]
+        ax.plot(minutes, [100 * r["action_accuracy"] for r in rows], "o-", color=colour, ms=3,
+                label=f"{model}: action (identity from the prior)")
+        ax.plot(minutes, [100 * r["all_attributes"] for r in rows], "s--", color=colour, ms=3,
+                label=f"{model}: all four attributes (dynamics from the prior)")
+        switch = next((r["train_seconds"] / 60 for r in rows if r["stage"] == "stage2"), None)
+        if switch is not None and len(curves) == 1:
+            ax.axvline(switch, color="grey", lw=0.8)
+            ax.text(switch, 2, " stage 2", color="grey")
+    ax.axhline(100 * target, color="red", lw=0.8, ls=":")
+    ax.axvline(budget_seconds / 60, color="red", lw=0.8, ls=":")
     ax.set_xlabel("training wall-clock (minutes, evaluations excluded)")
-    ax.set_ylabel("judge accuracy (%)")
+    ax.set_ylabel("judge accuracy on val sequences (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title("Sprites, default run: time to quality (judge on val sequences)")
+    ax.set_title("Sprites: time to quality (judge on val sequences)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def time_to_quality(out_dir, *, every_minutes=3.0, val_sequences=128, run_flags=(), data_root=None,
+def time_to_quality(out_dir, *, models=("vdsm",), every_minutes=3.0, val_sequences=128, run_flags=(), data_root=None,
                     sprites_layers=None, judge_steps=1500, target=0.9, budget_minutes=30.0):
-    """Train the default Sprites run in ``out_dir/run`` with a :class:`QualityMonitor` on
-    ``val_sequences`` fixed val sequences; returns the summary."""
+    """Train each of ``models`` on Sprites in ``out_dir/<model>/run``, one after the other, each with a
+    :class:`QualityMonitor` on the same ``val_sequences`` fixed val sequences; returns the summary."""
     from experiments import run as runner
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    flags = ["--dataset", "sprites", "--out", str(out_dir / "run"), *run_flags]
-    if sprites_layers:
-        flags += ["--sprites-layers", str(sprites_layers)]
-    if data_root:
-        flags += ["--data-root", str(data_root)]
-    args = runner.build_parser().parse_args(flags)
-    if args.train_split == "trainval":  # before the judge is trained: that takes minutes
-        raise UsageError("the quality monitor scores val sequences, which --train-split trainval trains on")
+    parser = runner.build_parser()
+    flags = {}
+    for model in models:   # every model's flags are checked before the first run starts
+        flags[model] = ["--dataset", "sprites", "--model", model, "--out", str(out_dir / model / "run"), *run_flags]
+        if sprites_layers:
+            flags[model] += ["--sprites-layers", str(sprites_layers)]
+        if data_root:
+            flags[model] += ["--data-root", str(data_root)]
+        args = parser.parse_args(flags[model])
+        runner.check_flags(args, runner.given_flags(args))
+        if {"--model", "--out", "--resume"} & {flag.split("=")[0] for flag in run_flags}:
+            raise UsageError("--run-flags: the benchmark chooses the models (--models) and the run folders; "
+                             "drop --model/--out/--resume")
+        if args.train_split == "trainval":  # before the judge is trained: that takes minutes
+            raise UsageError("the quality monitor scores val sequences, which --train-split trainval trains on")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     options = {"seq_len": 8}
     if sprites_layers:
@@ -176,20 +188,24 @@ def time_to_quality(out_dir, *, every_minutes=3.0, val_sequences=128, run_flags=
     val = data.get_dataset("sprites", "val", data_root, **options)
     order = torch.randperm(len(val), generator=torch.Generator().manual_seed(4321))[:val_sequences]
     items = [val[int(i)] for i in order]
-    monitor = QualityMonitor(judge, items, out_dir / "time_to_quality.csv", 60 * every_minutes)
-    runner.run(args, monitor=monitor)
-    rows, budget = monitor.rows, 60 * budget_minutes
-    summary = {"date": time.strftime("%Y-%m-%d"), "flags": flags, "device": str(device),
-               "threads": torch.get_num_threads(), "split": "val", "val_sequences": len(items),
-               "every_minutes": every_minutes, "judge_val_accuracy": judge_accuracy["val"], "target": target,
-               "budget_minutes": budget_minutes,
-               "evaluations": len(rows), "train_seconds": rows[-1]["train_seconds"] if rows else None,
-               "final": rows[-1] if rows else None, "rows": rows,
-               **{f"{key}_first_reaches_target_s": first_time(rows, key, target)
-                  for key in ("action_accuracy", "attribute_accuracy")},
-               **{f"{key}_at_budget": at_budget(rows, key, budget)
-                  for key in ("action_accuracy", "attribute_accuracy")}}
-    (out_dir / "time_to_quality.json").write_text(json.dumps(summary, indent=1))
-    if rows:
-        plot(rows, out_dir / "time_to_quality.png", target, budget)
+    budget = 60 * budget_minutes
+    summary = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "models": list(models),
+               "run_flags": list(run_flags), "device": str(device), "threads": torch.get_num_threads(), "split": "val",
+               "val_sequences": len(items), "every_minutes": every_minutes,
+               "judge_val_accuracy": judge_accuracy["val"], "target": target, "budget_minutes": budget_minutes,
+               "curves": {}}
+    for model in models:
+        (out_dir / model).mkdir(parents=True, exist_ok=True)
+        monitor = QualityMonitor(judge, items, out_dir / model / "time_to_quality.csv", 60 * every_minutes)
+        runner.run(parser.parse_args(flags[model]), monitor=monitor)
+        rows = monitor.rows
+        summary["curves"][model] = {
+            "flags": flags[model], "evaluations": len(rows), "train_seconds": rows[-1]["train_seconds"] if rows else None,
+            "final": rows[-1] if rows else None, "rows": rows,
+            **{f"{key}_first_reaches_target_s": first_time(rows, key, target)
+               for key in ("action_accuracy", "all_attributes")},
+            **{f"{key}_at_budget": at_budget(rows, key, budget) for key in ("action_accuracy", "all_attributes")}}
+        (out_dir / "time_to_quality.json").write_text(json.dumps(summary, indent=1))
+        plot({m: c["rows"] for m, c in summary["curves"].items() if c["rows"]}, out_dir / "time_to_quality.png",
+             target, budget)
     return summary

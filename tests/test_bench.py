@@ -31,7 +31,7 @@ def test_time_to_quality_records_both_stages_and_leaves_training_unchanged(tmp_p
                        "--val-sequences", "6", "--data-root", str(judge_root), "--judge-steps", "3",
                        "--sprites-layers", str(data_dirs.sprites), "--run-flags", " ".join(flags),
                        "--json", str(tmp_path / "bench.json")]) == 0
-    with (out / "time_to_quality.csv").open() as f:
+    with (out / "vdsm" / "time_to_quality.csv").open() as f:
         rows = list(csv.DictReader(f))
     # every-minutes 0: an evaluation after every step of both stages
     assert [(r["stage"], int(r["step"])) for r in rows] == [("stage1", k) for k in (1, 2, 3)] + \
@@ -41,16 +41,16 @@ def test_time_to_quality_records_both_stages_and_leaves_training_unchanged(tmp_p
     seconds = [float(r["train_seconds"]) for r in rows]
     assert seconds == sorted(seconds) and seconds[0] > 0
     for r in rows:
-        for key in ("action_accuracy", "attribute_accuracy", "body", "hair", "recon_action"):
+        for key in ("action_accuracy", "attribute_accuracy", "all_attributes", "body", "hair", "recon_action"):
             assert 0 <= float(r[key]) <= 1
         heads = [float(r[h]) for h in ("body", "bottom", "top", "hair")]
         assert abs(float(r["attribute_accuracy"]) - sum(heads) / 4) < 1e-6
     summary = json.loads((out / "time_to_quality.json").read_text())
-    assert summary["evaluations"] == 6 and summary["val_sequences"] == 6 and summary["split"] == "val"
+    assert summary["curves"]["vdsm"]["evaluations"] == 6 and summary["val_sequences"] == 6 and summary["split"] == "val"
     assert (out / "time_to_quality.png").stat().st_size > 0
     assert "stage2" in capsys.readouterr().out
     assert "test" not in splits and {"train", "val"} <= set(splits)   # monitoring never reads the test split
-    assert json.loads((tmp_path / "bench.json").read_text())["quality"]["evaluations"] == 6
+    assert json.loads((tmp_path / "bench.json").read_text())["quality"]["curves"]["vdsm"]["evaluations"] == 6
 
     # the evaluations draw random numbers under forked_rng (CPU and CUDA generators): the same run
     # without the monitor ends with the same weights, exactly on a CPU; on CUDA up to its
@@ -60,13 +60,31 @@ def test_time_to_quality_records_both_stages_and_leaves_training_unchanged(tmp_p
                                                  str(data_dirs.sprites), *flags]))
     exact = not torch.cuda.is_available()
     for stage in ("stage1", "stage2"):
-        a = load_checkpoint(out / "run" / "checkpoints" / f"{stage}.pt", "cpu")
+        a = load_checkpoint(out / "vdsm" / "run" / "checkpoints" / f"{stage}.pt", "cpu")
         b = load_checkpoint(plain / "checkpoints" / f"{stage}.pt", "cpu")
         for key in ("model", "guide"):
             for name, value in a[key].items():
                 same = torch.equal(value, b[key][name]) if exact else torch.allclose(value, b[key][name], rtol=1e-4,
                                                                                       atol=1e-6)
                 assert same, (stage, key, name)
+
+
+def test_time_to_quality_trains_several_models_one_after_the_other_into_one_figure(tmp_path, data_dirs, judge_root):
+    out = tmp_path / "quality"
+    flags = ["--f-dim", "4", "--z-dim", "3", "--g-dim", "8", "--nf", "4", "--rnn-dim", "8", "--batch-size", "3",
+             "--steps", "2", "--eval-sequences", "4", "--num-workers", "0", "--no-progress"]
+    assert bench_main(["--only", "quality", "--models", "dsa", "dbse", "--quality-out", str(out), "--every-minutes", "0",
+                       "--val-sequences", "6", "--data-root", str(judge_root), "--judge-steps", "3",
+                       "--sprites-layers", str(data_dirs.sprites), "--run-flags", " ".join(flags),
+                       "--json", str(tmp_path / "bench.json")]) == 0
+    summary = json.loads((out / "time_to_quality.json").read_text())
+    assert list(summary["curves"]) == ["dsa", "dbse"]
+    for model in ("dsa", "dbse"):
+        rows = summary["curves"][model]["rows"]
+        assert [(r["stage"], r["step"]) for r in rows] == [(model, 1), (model, 2)]
+        assert all(r["protocol"] == "yes" and 0 <= r["all_attributes"] <= 1 for r in rows)
+        assert json.loads((out / model / "run" / "config.json").read_text())["model_name"] == model
+    assert (out / "time_to_quality.png").stat().st_size > 0
 
 
 def test_bad_bench_input_exits_2(capsys, tmp_path):
@@ -81,6 +99,12 @@ def test_bad_bench_input_exits_2(capsys, tmp_path):
                        "--run-flags", "--train-split trainval"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--train-split trainval" in err[0]
+    with pytest.raises(SystemExit) as stop:   # a model without the judge protocols
+        bench_main(["--only", "quality", "--models", "srvp"])
+    assert stop.value.code == 2 and "--only quality takes models" in capsys.readouterr().err
+    assert bench_main(["--only", "quality", "--quality-out", str(tmp_path / "q"), "--data-root", str(tmp_path),
+                       "--run-flags", "--model dsa"]) == 2
+    assert "--models" in capsys.readouterr().err
 
 
 def test_keep_freed_memory_applies_on_glibc_and_can_be_switched_off(monkeypatch):
