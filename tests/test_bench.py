@@ -155,8 +155,10 @@ def test_every_step_config_runs_an_svi_step_with_its_sample_sites():
     # DSA (8 frames): identity, z_1..z_8, obs
     from models.registry import get
 
-    # C-DSVAE (8 frames): DSA's and its three factors (content_nce, motion_nce, mi_fz)
-    sites = {"stage1": 3, "stage2": 3 + 8, "svg": 2, "srvp": 1 + 14 + 2, "dsa": 1 + 8 + 1, "cdsvae": 1 + 8 + 1 + 3}
+    # C-DSVAE (8 frames): DSA's and its three factors (content_nce, motion_nce, mi_fz); DBSE: DSA's and
+    # first_frame; SPYL: DSA's and mi_sd, static_nce, dynamics_nce
+    sites = {"stage1": 3, "stage2": 3 + 8, "svg": 2, "srvp": 1 + 14 + 2, "dsa": 1 + 8 + 1, "cdsvae": 1 + 8 + 1 + 3,
+             "dbse": 1 + 8 + 1 + 1, "spyl": 1 + 8 + 1 + 3}
     for name, (model, stage, dataset, overrides, _) in STEP_CONFIGS.items():
         config = _model_config(get(model), model, dataset, overrides)
         expected = sites[stage] + (stage == "stage2" and config.overshooting > 0)
