@@ -38,6 +38,8 @@ import pyro
 import torch
 import torch.nn.functional as F
 
+from vdsm.annealing import ConstantFactors
+
 from .cdsvae import MI_KERNELS, CDSVAENets, mi_penalty
 from .config import SequenceTrain, check_values
 from .dsa import DSAModel, DSARun, StaticAndFramesSizes
@@ -87,23 +89,17 @@ class SPYLTrain(SequenceTrain):
     contrastive_warmup_frac: float = 0.05   # the contrastive terms are off for this first fraction (the release: 50 of 1000 epochs)
 
 
-class SPYLFactors:
+class SPYLFactors(ConstantFactors):
     """The schedule of a SPYL stage: "identity" is the static KL's constant weight, "z" 1, "contrastive" 0
-    during the warm-up and 1 afterwards; the learning rate constant, then decaying linearly to 0 over the
-    last ``lr_decay_frac``."""
+    during the warm-up and 1 afterwards; the learning rate as ``ConstantFactors``'."""
 
     def __init__(self, section):
+        super().__init__(section.get("lr_decay_frac", 0.0), groups=("identity", "z"))
         self.kl_static = section.get("kl_static", 5.0)
         self.warmup = section.get("contrastive_warmup_frac", 0.05)
-        self.lr_decay_frac = section.get("lr_decay_frac", 0.0)
 
     def factors(self, progress):
         return {"identity": self.kl_static, "z": 1.0, "contrastive": 0.0 if progress < self.warmup else 1.0}
-
-    def lr_factor(self, progress):
-        if self.lr_decay_frac <= 0:
-            return 1.0
-        return min(1.0, max(0.0, (1.0 - progress) / self.lr_decay_frac))
 
 
 class SPYLNets(CDSVAENets):

@@ -1,11 +1,7 @@
 """C-DSVAE (Bai, Wang & Gomes 2021) as a member of the family: sites, the objective written out as
 the release's train_cdsvae.py computes it, the augmentations against an oracle on Sprites, and
 ``--model cdsvae`` through run, resume, evaluate and damage."""
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pyro
 import pytest
@@ -15,12 +11,11 @@ from pyro.infer import TraceMeanField_ELBO
 
 import data
 from models.cdsvae import CDSVAEConfig, CDSVAERun, recolour, shuffle_frames
-from tests_helpers import run_main
+from tests_helpers import frames, release_kls, run_main, train_resume_evaluate_damage
 from vdsm.annealing import ConstantFactors
 from vdsm.train import ELBOLoss, TrainOptions, train_stage
 from vdsm.train_hooks import TensorBoardLog
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = {"f_dim": 4, "z_dim": 3, "g_dim": 8, "nf": 4, "rnn_dim": 8, "mws_dataset_size": 50}
 TINY_FLAGS = ["--f-dim", "4", "--z-dim", "3", "--g-dim", "8", "--nf", "4", "--rnn-dim", "8", "--batch-size", "3",
               "--eval-sequences", "4", "--num-workers", "0", "--no-progress"]
@@ -29,10 +24,6 @@ TINY_FLAGS = ["--f-dim", "4", "--z-dim", "3", "--g-dim", "8", "--nf", "4", "--rn
 def tiny(**kw):
     torch.manual_seed(0)
     return CDSVAERun(CDSVAEConfig(**{**TINY, **kw}))
-
-
-def frames(b, t):
-    return torch.rand(b, t, 3, 64, 64, generator=torch.Generator().manual_seed(b * 10 + t))
 
 
 def test_sites_and_shapes_do_not_depend_on_the_batch_size_and_one_svi_step_trains():
@@ -64,15 +55,7 @@ def _release_loss(nets, x, f, z, views, c):
     f_logvar, z_logvar = 2 * f_scale.log(), 2 * z_scale.log()
     recon = torch.sigmoid(nets.decode_logits(z, f))
     l_recon = ((recon - x) ** 2).sum()
-    kld_f = -0.5 * torch.sum(1 + f_logvar - f_mean ** 2 - f_logvar.exp())
-    p_mean, p_logvar, z_prev, state = [], [], torch.zeros(b, c.z_dim), None
-    for k in range(t):   # the prior teacher-forced on the posterior's draws, from z_0 = 0
-        loc, scale, state = nets.prior_step(z_prev, state)
-        p_mean.append(loc)
-        p_logvar.append(2 * scale.log())
-        z_prev = z[:, k]
-    p_mean, p_logvar = torch.stack(p_mean, 1), torch.stack(p_logvar, 1)
-    kld_z = 0.5 * torch.sum(p_logvar - z_logvar + (z_logvar.exp() + (z_mean - p_mean) ** 2) / p_logvar.exp() - 1)
+    kld_f, kld_z = release_kls(nets, x, z)
 
     def contrastive(xi, xj, tau=c.temperature):   # contrastive_loss(tau=0.5, normalize=True)
         both = torch.cat((xi, xj), 0)
@@ -251,35 +234,10 @@ def test_each_augmentation_keeps_what_it_should_by_an_oracle_on_sprites(data_dir
 
 
 def test_cdsvae_runs_resumes_evaluates_and_damages_from_the_command_line(tmp_path, data_dirs, judge_root):
-    run, root = tmp_path / "cdsvae", judge_root
-    common = ["--sprites-layers", data_dirs.sprites, "--data-root", root]
-    code, _, err = run_main("run", ["--dataset", "sprites", "--model", "cdsvae", *common, "--out", run, "--steps", "2",
-                                    *TINY_FLAGS])
-    assert code == 0, err
-    config = json.loads((run / "config.json").read_text())
+    config, _, protocol = train_resume_evaluate_damage("cdsvae", TINY_FLAGS, tmp_path, data_dirs, judge_root)
     assert config["model_name"] == "cdsvae" and config["preset"] == "cpu" and config["model"]["weight_content"] == 10.0
     assert any("augmentations built on the fly" in line for line in config["departs_from_paper"])
-    for picture in ("reconstructions.png", "identity_swap.png", "action_transfer.png", "samples.gif"):
-        assert (run / picture).stat().st_size > 0, picture
-    # no --model: a resumed run is the model it was trained as
-    code, _, err = run_main("run", ["--dataset", "sprites", *common, "--resume", run, "--steps", "4",
-                                    "--num-workers", "0", "--no-progress"])
-    assert code == 0, err
-    stats = json.loads((run / "metrics.json").read_text())["train"]
-    assert stats["steps"] == 4 and stats["resumed_at_step"] == 2, stats
-    code, _, err = run_main("evaluate", ["--run", run, "--judge-steps", "3", "--batch-size", "6", "--repeats", "1",
-                                         *common])
-    assert code == 0, err
-    protocol = json.loads((run / "metrics.json").read_text())["judge_protocol"]
-    assert protocol["model"] == "cdsvae" and set(protocol["fix_dynamics"]["prior_identity"]) == {"body", "bottom", "top", "hair"}
     assert "pooled" in protocol["fix_dynamics"]
-    damage = subprocess.run([sys.executable, "-m", "experiments.damage", "--run", str(run), "--judge-steps", "3",
-                             "--iterations", "1", "--hits", "5", "--repeats", "1", "--sequences", "4", "--which",
-                             "decoder", "--data-root", str(root), "--sprites-layers", str(data_dirs.sprites),
-                             "--out", str(tmp_path / "damage"), "--no-progress"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert damage.returncode == 0, damage.stderr
-    assert "| decoder |" in (tmp_path / "damage" / "fragility.md").read_text()
 
 
 def test_its_weights_are_flags_refused_for_other_models(tmp_path):

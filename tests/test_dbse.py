@@ -1,11 +1,7 @@
 """DBSE (Berman et al. 2024) as a member of the family: sites, the objective written out as the release's
 run_sprites.py computes it, what each posterior reads, and ``--model dbse`` through run, resume, evaluate
 and damage."""
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pyro
 import pytest
@@ -14,9 +10,8 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 
 from models.dbse import DBSEConfig, DBSERun
-from tests_helpers import run_main
+from tests_helpers import frames, release_kls, run_main, train_resume_evaluate_damage
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = {"f_dim": 4, "z_dim": 3, "g_dim": 8, "nf": 4, "rnn_dim": 8}
 TINY_FLAGS = ["--f-dim", "4", "--z-dim", "3", "--g-dim", "8", "--nf", "4", "--rnn-dim", "8", "--batch-size", "3",
               "--eval-sequences", "4", "--num-workers", "0", "--no-progress"]
@@ -25,10 +20,6 @@ TINY_FLAGS = ["--f-dim", "4", "--z-dim", "3", "--g-dim", "8", "--nf", "4", "--rn
 def tiny(**kw):
     torch.manual_seed(0)
     return DBSERun(DBSEConfig(**{**TINY, **kw}))
-
-
-def frames(b, t):
-    return torch.rand(b, t, 3, 64, 64, generator=torch.Generator().manual_seed(b * 10 + t))
 
 
 def test_sites_and_shapes_do_not_depend_on_the_batch_size_and_one_svi_step_trains():
@@ -52,22 +43,12 @@ def test_sites_and_shapes_do_not_depend_on_the_batch_size_and_one_svi_step_train
 def _release_loss(nets, x, f, z, c):
     """The release's batch loss (run_sprites.py ``train``), written as it computes it, on the guide's draws
     f and z: 5 x SSE(sequence) / B + 1 x SSE(frame 1 decoded again) / B + KL_f / B + KL_z / B."""
-    b, t = x.shape[:2]
-    f_mean, f_scale, z_mean, z_scale = nets.posterior(x)
-    f_logvar, z_logvar = 2 * f_scale.log(), 2 * z_scale.log()
+    b = x.shape[0]
     recon_seq = torch.sigmoid(nets.decode_logits(z, f))
     recon_frame = torch.sigmoid(nets.decode_logits(z[:, :1], f))[:, 0]
     l_recon = ((recon_seq - x) ** 2).sum()
     l_recon_frame = ((recon_frame - x[:, 0]) ** 2).sum()
-    kld_f = -0.5 * torch.sum(1 + f_logvar - f_mean ** 2 - f_logvar.exp())
-    p_mean, p_logvar, z_prev, state = [], [], torch.zeros(b, c.z_dim), None
-    for k in range(t):   # sample_motion_prior_train: the prior teacher-forced on the posterior's draws
-        loc, scale, state = nets.prior_step(z_prev, state)
-        p_mean.append(loc)
-        p_logvar.append(2 * scale.log())
-        z_prev = z[:, k]
-    p_mean, p_logvar = torch.stack(p_mean, 1), torch.stack(p_logvar, 1)
-    kld_z = 0.5 * torch.sum(p_logvar - z_logvar + (z_logvar.exp() + (z_mean - p_mean) ** 2) / p_logvar.exp() - 1)
+    kld_f, kld_z = release_kls(nets, x, z)
     return (5 * l_recon + 1 * l_recon_frame + kld_f + kld_z) / b, l_recon_frame / b
 
 
@@ -123,32 +104,9 @@ def test_its_initialisation_is_the_releases():
 
 
 def test_dbse_runs_resumes_evaluates_and_damages_from_the_command_line(tmp_path, data_dirs, judge_root):
-    run, root = tmp_path / "dbse", judge_root
-    common = ["--sprites-layers", data_dirs.sprites, "--data-root", root]
-    code, _, err = run_main("run", ["--dataset", "sprites", "--model", "dbse", *common, "--out", run, "--steps", "2",
-                                    *TINY_FLAGS])
-    assert code == 0, err
-    config = json.loads((run / "config.json").read_text())
+    config, stats, _ = train_resume_evaluate_damage("dbse", TINY_FLAGS, tmp_path, data_dirs, judge_root)
     assert config["model_name"] == "dbse" and config["preset"] == "cpu" and config["model"]["first_difference"] == "zero"
-    for picture in ("reconstructions.png", "identity_swap.png", "action_transfer.png", "samples.gif"):
-        assert (run / picture).stat().st_size > 0, picture
-    code, _, err = run_main("run", ["--dataset", "sprites", *common, "--resume", run, "--steps", "4",
-                                    "--num-workers", "0", "--no-progress"])
-    assert code == 0, err
-    stats = json.loads((run / "metrics.json").read_text())["train"]
-    assert stats["steps"] == 4 and stats["resumed_at_step"] == 2 and "first_frame" in stats["final_terms_per_frame"]
-    code, _, err = run_main("evaluate", ["--run", run, "--judge-steps", "3", "--batch-size", "6", "--repeats", "1",
-                                         *common])
-    assert code == 0, err
-    protocol = json.loads((run / "metrics.json").read_text())["judge_protocol"]
-    assert protocol["model"] == "dbse" and set(protocol["fix_dynamics"]["prior_identity"]) == {"body", "bottom", "top", "hair"}
-    damage = subprocess.run([sys.executable, "-m", "experiments.damage", "--run", str(run), "--judge-steps", "3",
-                             "--iterations", "1", "--hits", "5", "--repeats", "1", "--sequences", "4", "--which",
-                             "decoder", "--data-root", str(root), "--sprites-layers", str(data_dirs.sprites),
-                             "--out", str(tmp_path / "damage"), "--no-progress"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert damage.returncode == 0, damage.stderr
-    assert "| decoder |" in (tmp_path / "damage" / "fragility.md").read_text()
+    assert "first_frame" in stats["final_terms_per_frame"]
 
 
 def test_its_options_are_flags_refused_for_other_models(tmp_path):

@@ -1,11 +1,7 @@
 """SPYL (Naiman, Berman & Azencot 2023) as a member of the family: sites, the objective against the
 release's train.py and sample_and_predict.py written out, the warm-up, and ``--model spyl`` through run,
 resume, evaluate and damage."""
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pyro
 import pytest
@@ -15,9 +11,8 @@ from pyro.infer import TraceMeanField_ELBO
 
 from models.cdsvae import mi_penalty
 from models.spyl import SPYLConfig, SPYLFactors, SPYLRun, farthest_by_kl, sample_and_predict_nce
-from tests_helpers import run_main
+from tests_helpers import frames, release_kls, run_main, train_resume_evaluate_damage
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = {"f_dim": 4, "z_dim": 3, "g_dim": 8, "nf": 4, "rnn_dim": 8, "bank_factor": 2, "mws_dataset_size": 50}
 TINY_FLAGS = ["--f-dim", "4", "--z-dim", "3", "--g-dim", "8", "--nf", "4", "--rnn-dim", "8", "--bank-factor", "2",
               "--batch-size", "3", "--eval-sequences", "4", "--num-workers", "0", "--no-progress"]
@@ -27,10 +22,6 @@ TERMS = ("mi_sd", "static_nce", "dynamics_nce")
 def tiny(**kw):
     torch.manual_seed(0)
     return SPYLRun(SPYLConfig(**{**TINY, **kw}))
-
-
-def frames(b, t):
-    return torch.rand(b, t, 3, 64, 64, generator=torch.Generator().manual_seed(b * 10 + t))
 
 
 def test_sites_and_shapes_do_not_depend_on_the_batch_size_and_one_svi_step_trains():
@@ -90,17 +81,8 @@ def test_the_objective_before_the_contrastive_terms_is_the_releases_loss_written
     d = torch.stack([guide_trace.nodes[f"z_{k}"]["value"] for k in (1, 2, 3)], 1)
     with torch.no_grad():
         s_mean, s_scale, d_mean, d_scale = run.nets.posterior(x)
-        s_logvar, d_logvar = 2 * s_scale.log(), 2 * d_scale.log()
         l_recon = ((torch.sigmoid(run.nets.decode_logits(d, s)) - x) ** 2).sum()
-        kld_s = -0.5 * torch.sum(1 + s_logvar - s_mean ** 2 - s_logvar.exp())
-        p_mean, p_logvar, d_prev, state = [], [], torch.zeros(b, c.z_dim), None
-        for k in range(3):
-            loc, scale, state = run.nets.prior_step(d_prev, state)
-            p_mean.append(loc)
-            p_logvar.append(2 * scale.log())
-            d_prev = d[:, k]
-        p_mean, p_logvar = torch.stack(p_mean, 1), torch.stack(p_logvar, 1)
-        kld_d = 0.5 * torch.sum(p_logvar - d_logvar + (d_logvar.exp() + (d_mean - p_mean) ** 2) / p_logvar.exp() - 1)
+        kld_s, kld_d = release_kls(run.nets, x, d)
         mi_sd = mi_penalty(s, d, s_mean, s_scale, d_mean, d_scale, c.mws_dataset_size).mean()
     expected = 10 * l_recon / b + 5 * kld_s / b + kld_d / b + mi_sd
     constant = x.numel() * 0.5 * math.log(2 * math.pi / 20)   # per pixel: log (sqrt(1/20) sqrt(2 pi))
@@ -122,28 +104,9 @@ def test_after_the_warm_up_each_contrastive_term_is_a_factor_per_sequence():
 
 
 def test_spyl_runs_resumes_evaluates_and_damages_from_the_command_line(tmp_path, data_dirs, judge_root):
-    run, root = tmp_path / "spyl", judge_root
-    common = ["--sprites-layers", data_dirs.sprites, "--data-root", root]
-    code, _, err = run_main("run", ["--dataset", "sprites", "--model", "spyl", *common, "--out", run, "--steps", "2",
-                                    *TINY_FLAGS])
-    assert code == 0, err
-    config = json.loads((run / "config.json").read_text())
+    config, stats, _ = train_resume_evaluate_damage("spyl", TINY_FLAGS, tmp_path, data_dirs, judge_root)
     assert config["model_name"] == "spyl" and config["train"]["kl_static"] == 5.0
-    code, _, err = run_main("run", ["--dataset", "sprites", *common, "--resume", run, "--steps", "4",
-                                    "--num-workers", "0", "--no-progress"])
-    assert code == 0, err
-    stats = json.loads((run / "metrics.json").read_text())["train"]
-    assert stats["steps"] == 4 and set(TERMS) <= set(stats["final_terms_per_frame"])
-    code, _, err = run_main("evaluate", ["--run", run, "--judge-steps", "3", "--batch-size", "6", "--repeats", "1",
-                                         *common])
-    assert code == 0, err
-    assert json.loads((run / "metrics.json").read_text())["judge_protocol"]["model"] == "spyl"
-    damage = subprocess.run([sys.executable, "-m", "experiments.damage", "--run", str(run), "--judge-steps", "3",
-                             "--iterations", "1", "--hits", "5", "--repeats", "1", "--sequences", "4", "--which",
-                             "decoder", "--data-root", str(root), "--sprites-layers", str(data_dirs.sprites),
-                             "--out", str(tmp_path / "damage"), "--no-progress"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert damage.returncode == 0, damage.stderr
+    assert set(TERMS) <= set(stats["final_terms_per_frame"])
 
 
 def test_its_options_are_flags_refused_for_other_models(tmp_path):
