@@ -293,6 +293,16 @@ def _per_class_table(per_class):
             cells = [f"{100 * r / n:.0f}" if n else "-" for r, n in zip(counts["right"], counts["of"])]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
+        parts = per_class["fix_dynamics"][head].get("parts")
+        if parts:   # a combined head: which of its factors a model keeps
+            names = list(parts)
+            lines += [f"{head}'s factors (% right on each factor alone):", "",
+                      "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+            for name, label in (("fix_dynamics", "dynamics kept, identity from the prior"),
+                                ("reconstruction", "reconstructions"), ("transfer", "transfer")):
+                shares = per_class[name][head]["parts"]
+                lines.append(f"| {label} | " + " | ".join(f"{100 * shares[n]:.1f}" for n in names) + " |")
+            lines.append("")
     return lines
 
 

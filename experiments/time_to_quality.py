@@ -6,9 +6,13 @@ training time have passed (and at the end of each stage) the monitor runs the ju
 ``vdsm.metrics.protocol`` once on a fixed subset of the **val** split (characters held out of
 training; the test split is for ``experiments.evaluate``'s final report only):
 
-* action accuracy: fixed dynamics, identity from the prior, judge's action head;
+* action accuracy: fixed dynamics, identity from the prior, judge's action head; and each of its two
+  factors alone (``action_type``: walk / spellcast / slash, ``direction``: front / left / right);
 * attribute accuracy: fixed identity, dynamics from the prior, mean over the attribute heads
-  (each head is also recorded), and the share with all four right at once.
+  (each head is also recorded), and the share with all four right at once;
+* swap action accuracy: the dynamics of one val sequence with the identity of another (an identity a
+  posterior gave, not the prior's): where it is kept and the prior's is not, the prior's draws fall
+  where the posteriors' identities are not.
 
 During stage 1 the same protocol uses what stage 1 has (poses of the real sequence kept, or
 drawn from the N(0, I) pose prior: not the protocol, and labelled so in the "protocol" column);
@@ -38,8 +42,10 @@ from .cli import UsageError
 __all__ = ["TimedMonitor", "QualityMonitor", "time_to_quality"]
 
 ATTRIBUTES = list(JUDGES["sprites"].static)
-COLUMNS = ["train_seconds", "stage", "step", "protocol", "action_accuracy", "attribute_accuracy", *ATTRIBUTES,
-           "all_attributes", "recon_action", "recon_attributes", "eval_seconds"]
+#: the factors of the action head (motion, direction): which one a model loses with a new identity
+ACTION_PARTS = [name for name, _ in JUDGES["sprites"].parts["action"]]
+COLUMNS = ["train_seconds", "stage", "step", "protocol", "action_accuracy", *ACTION_PARTS, "attribute_accuracy",
+           *ATTRIBUTES, "all_attributes", "swap_action", "recon_action", "recon_attributes", "eval_seconds"]
 
 
 class TimedMonitor:
@@ -109,8 +115,10 @@ class QualityMonitor(TimedMonitor):
         return {"protocol": "yes" if result["fix_dynamics"]["protocol"] else "no (stage 1)",
                 "action_accuracy": statistics.fmean(result["fix_dynamics"]["heads"][k]["accuracy"]["mean"]
                                                     for k in dynamic),
+                **result["per_class"]["fix_dynamics"]["action"]["parts"],
                 "attribute_accuracy": statistics.fmean(heads.values()), **heads,
                 "all_attributes": result["fix_identity"]["all_static"]["mean"],
+                "swap_action": result["transfer"]["dynamics_of_A"]["mean"],
                 "recon_action": statistics.fmean(consistency[k] for k in dynamic),
                 "recon_attributes": statistics.fmean(consistency[k] for k in static)}
 

@@ -41,8 +41,11 @@ def test_time_to_quality_records_both_stages_and_leaves_training_unchanged(tmp_p
     seconds = [float(r["train_seconds"]) for r in rows]
     assert seconds == sorted(seconds) and seconds[0] > 0
     for r in rows:
-        for key in ("action_accuracy", "attribute_accuracy", "all_attributes", "body", "hair", "recon_action"):
+        for key in ("action_accuracy", "attribute_accuracy", "all_attributes", "body", "hair", "swap_action",
+                    "recon_action"):
             assert 0 <= float(r[key]) <= 1
+        # the action is right only where both of its factors are
+        assert float(r["action_accuracy"]) <= min(float(r["action_type"]), float(r["direction"])) + 1e-9
         heads = [float(r[h]) for h in ("body", "bottom", "top", "hair")]
         assert abs(float(r["attribute_accuracy"]) - sum(heads) / 4) < 1e-6
     summary = json.loads((out / "time_to_quality.json").read_text())

@@ -12,15 +12,16 @@ import pytest
 import torch
 
 from vdsm.metrics.judge import JUDGES
-from vdsm.metrics.protocol import judge_protocol
+from vdsm.metrics.protocol import judge_protocol, part_accuracy
 
 
 class OracleJudge:
     """Reads each head's class from its channel: pixel value = (class + 0.5) / classes."""
 
-    def __init__(self, dynamic, static):
+    def __init__(self, dynamic, static, parts=None):
         self.heads_spec = {**dynamic, **static}
         self.dynamic_heads, self.static_heads = list(dynamic), list(static)
+        self.head_parts = dict(parts or {})
 
     def predict(self, x):
         out = {}
@@ -244,6 +245,39 @@ def test_per_class_accuracy_shows_an_action_that_is_never_drawn():
 
     table = "\n".join(_per_class_table(r["per_class"]))
     assert "| transfer | 100 | 100 | 100 | 100 | 100 | 100 | 100 | 0 | 100 |" in table
+
+
+class TurnsWithTheIdentity(StandIn):
+    """Keeps the motion of the real sequence but turns it one direction on (Sprites' action = motion * 3 +
+    direction) wherever the identity is drawn anew: as a model whose identity latent holds the direction."""
+
+    def fix_dynamics(self, x):
+        labels = decode(super().fix_dynamics(x), self.judge.heads_spec)
+        motion, direction = labels["action"].div(3, rounding_mode="floor"), labels["action"] % 3
+        labels["action"] = motion * 3 + (direction + 1) % 3
+        return encode(labels, self.judge.heads_spec, x.shape[1], x.shape[-1])
+
+
+def test_the_action_heads_factors_tell_a_lost_direction_from_a_lost_motion():
+    judge = OracleJudge(SPRITES.dynamic, SPRITES.static, SPRITES.parts)
+    r = judge_protocol(TurnsWithTheIdentity(judge), judge, dataset(judge), batch_size=64, repeats=2)
+    assert r["fix_dynamics"]["heads"]["action"]["accuracy"]["mean"] == 0.0
+    assert r["per_class"]["fix_dynamics"]["action"]["parts"] == {"action_type": 1.0, "direction": 0.0}
+    assert r["per_class"]["transfer"]["action"]["parts"] == {"action_type": 1.0, "direction": 1.0}
+    confusion = r["per_class"]["fix_dynamics"]["action"]["confusion"]
+    assert sum(map(sum, confusion)) == 128 and all(row[t] == 0 for t, row in enumerate(confusion))
+    assert [sum(row) for row in confusion] == r["per_class"]["fix_dynamics"]["action"]["of"]
+    from experiments.evaluate import _per_class_table
+
+    table = "\n".join(_per_class_table(r["per_class"]))
+    assert "| dynamics kept, identity from the prior | 100.0 | 0.0 |" in table
+    # three factors, the middle one lost: the mixed-radix digits are read in order
+    sizes = (("a", 2), ("b", 3), ("c", 2))
+    confusion = [[0] * 12 for _ in range(12)]
+    for t in range(12):
+        a, b, c = t // 6, (t // 2) % 3, t % 2
+        confusion[t][a * 6 + ((b + 1) % 3) * 2 + c] = 5
+    assert part_accuracy(confusion, sizes) == {"a": 1.0, "b": 0.0, "c": 1.0}
 
 
 def test_pooled_entropies_remove_the_small_batch_bias_and_balance_classes_as_the_release():

@@ -3,7 +3,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -25,11 +25,14 @@ log = logging.getLogger(__name__)
 class JudgeSpec:
     """The labels a dataset's judge predicts (head -> number of classes), in two groups: ``dynamic``
     heads describe the motion (what fixing the dynamics latent must keep), ``static`` heads the
-    appearance (what fixing the identity latent must keep). The judge, the protocols and
-    ``experiments.evaluate`` all read this one spec."""
+    appearance (what fixing the identity latent must keep). ``parts``: a head whose classes combine
+    several factors, head -> ((factor, classes), ...), class = mixed-radix number of the factors (first
+    most significant), so that the protocols can tell which factor a model loses. The judge, the
+    protocols and ``experiments.evaluate`` all read this one spec."""
 
     dynamic: dict
     static: dict
+    parts: dict = field(default_factory=dict)
 
     @property
     def heads(self):
@@ -38,7 +41,9 @@ class JudgeSpec:
 
 #: Each labelled dataset's judge: its dynamic heads and static heads, with their number of classes.
 JUDGES = {
-    "sprites": JudgeSpec(dynamic={"action": 9}, static={"body": 6, "bottom": 6, "top": 6, "hair": 6}),
+    # Sprites' 9 actions are 3 motions x 3 directions (data.sprites: action_type * 3 + direction)
+    "sprites": JudgeSpec(dynamic={"action": 9}, static={"body": 6, "bottom": 6, "top": 6, "hair": 6},
+                         parts={"action": (("action_type", 3), ("direction", 3))}),
     "sprites-dsa": JudgeSpec(dynamic={"action": 3}, static={"body": 7, "shirt": 4, "pants": 5, "hair": 6}),
     # MUG's identities are subjects, disjoint between splits: no static head a judge could score
     "mug": JudgeSpec(dynamic={"action": 6}, static={}),
@@ -73,6 +78,7 @@ class Judge(nn.Module):
 
     :param heads: dict ``label -> number of classes``.
     :param dynamic: the heads that describe motion (the others describe appearance).
+    :param parts: the factors a head's classes combine (``JudgeSpec.parts``).
 
     Example::
 
@@ -80,9 +86,10 @@ class Judge(nn.Module):
         logits = judge(torch.rand(4, 8, 3, 64, 64))   # {"action": [4, 9], "hair": [4, 6]}
     """
 
-    def __init__(self, nc, heads, width=16, hidden=128, dynamic=()):
+    def __init__(self, nc, heads, width=16, hidden=128, dynamic=(), parts=None):
         super().__init__()
         self.heads_spec = dict(heads)
+        self.head_parts = dict(parts or {})
         self.dynamic_heads = [k for k in heads if k in dynamic]
         self.static_heads = [k for k in heads if k not in dynamic]
         layers, c = [], nc
@@ -157,7 +164,7 @@ def train_judge(dataset_name, *, root=None, steps=1500, batch_size=32, lr=2e-3, 
         raise ValueError(f"the judge of {dataset_name!r} has no training sequences")
     batch_size = min(batch_size, len(train))   # a small dataset (the user's videos) still fills one batch
     nc = train[0][0].shape[1]
-    judge = Judge(nc, heads, dynamic=list(spec.dynamic)).to(device)
+    judge = Judge(nc, heads, dynamic=list(spec.dynamic), parts=spec.parts).to(device)
     optimizer = torch.optim.Adam(judge.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True,
@@ -209,7 +216,7 @@ def load_or_train_judge(dataset_name, *, root=None, device="cpu", steps=1500, pr
     path = _cache_path(dataset_name, root, settings)
     if path.is_file():
         state = load_checkpoint(path, device)
-        judge = Judge(state["nc"], state["heads"], dynamic=state["dynamic"]).to(device)
+        judge = Judge(state["nc"], state["heads"], dynamic=state["dynamic"], parts=spec.parts).to(device)
         judge.load_state_dict(state["judge"])
         acc, changed = dict(state["accuracy"]), False
     else:

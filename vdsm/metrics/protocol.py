@@ -31,7 +31,10 @@ protocol runs the part its judge has heads for and says so when it skips the res
   labels, whose static heads read B's, and both.
 * ``per_class``: each dynamic head's accuracy per true class (right / of, summed over the repeats)
   in ``fix_dynamics``, ``reconstruction`` and ``transfer``: a motion the model never draws (e.g.
-  one of Sprites' nine actions) shows as one class near 0% where the mean loses only 1/9.
+  one of Sprites' nine actions) shows as one class near 0% where the mean loses only 1/9; with the
+  ``confusion`` matrix (rows: true class, columns: predicted) and, for a head whose classes combine
+  factors (``judge.head_parts``, e.g. Sprites' action = motion x direction), each factor's accuracy
+  (``parts``): which of them a model loses.
 
 A model is what ``models.spec.StaticLatentRun`` declares: ``fix_dynamics``, ``fix_identity``,
 ``reconstruct`` and ``transfer_action`` taking frames [B, T, C, H, W]; ``fitted_priors``, the latents
@@ -48,7 +51,7 @@ from tqdm.auto import tqdm
 
 from .disentanglement import class_balanced, prediction_summary
 
-__all__ = ["judge_protocol"]
+__all__ = ["judge_protocol", "part_accuracy"]
 
 _STAGE1 = "stage-1 model (no dynamics latent): "
 WHAT = {
@@ -83,11 +86,32 @@ def _frechet(judge, generated, real):
 
 
 def _count_per_class(counts, probs, labels):
-    """Add right / total per true class of one batch to ``counts`` ({"right": [...], "of": [...]})."""
+    """Add right / total per true class of one batch to ``counts`` ({"right": [...], "of": [...]}), and
+    the batch's (true, predicted) pairs to its ``confusion`` matrix (rows: true class)."""
     n = len(counts["of"])
-    right = labels[probs.argmax(-1) == labels]
+    predicted = probs.argmax(-1)
+    right = labels[predicted == labels]
     for key, present in (("of", labels), ("right", right)):
         counts[key] = [a + b for a, b in zip(counts[key], torch.bincount(present, minlength=n).tolist())]
+    pairs = torch.bincount(labels * n + predicted, minlength=n * n).reshape(n, n).tolist()
+    counts["confusion"] = [[a + b for a, b in zip(row, new)] for row, new in zip(counts["confusion"], pairs)]
+
+
+def part_accuracy(confusion, parts):
+    """Accuracy of each factor of a combined head from its confusion matrix (rows: true class): a
+    prediction is right on a factor when its digit of the class number is the true one (``parts``:
+    ((factor, classes), ...), first most significant; ``JudgeSpec.parts``)."""
+    sizes = [n for _, n in parts]
+    total = sum(map(sum, confusion))
+    result = {}
+    for k, (name, n) in enumerate(parts):
+        below = 1
+        for size in sizes[k + 1:]:
+            below *= size
+        right = sum(count for t, row in enumerate(confusion) for p, count in enumerate(row)
+                    if (t // below) % n == (p // below) % n)
+        result[name] = right / total if total else None
+    return result
 
 
 def _agreement(a, b, heads):
@@ -112,7 +136,9 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
             "consistency_with_pose_input": [], "transfer": [], "prior_identity": {h: [] for h in static},
             "prior_dynamics": {h: [] for h in dynamic}, "all_static": [], "reconstruction": [],
             "frechet_fix_dynamics": [], "frechet_fix_identity": []}
-    per_class = {name: {h: {"right": [0] * judge.heads_spec[h], "of": [0] * judge.heads_spec[h]} for h in dynamic}
+    per_class = {name: {h: {"right": [0] * judge.heads_spec[h], "of": [0] * judge.heads_spec[h],
+                            "confusion": [[0] * judge.heads_spec[h] for _ in range(judge.heads_spec[h])]}
+                        for h in dynamic}
                  for name in ("fix_dynamics", "reconstruction", "transfer")}
     frechet = hasattr(judge, "frame_features")
     pooled = {}   # (section, head) -> [(probs, labels or None)] over the repeats
@@ -215,6 +241,11 @@ def judge_protocol(model, judge, dataset, *, batch_size=128, repeats=5, seed=0, 
               "transfer": {"what": WHAT["transfer"][stage == 1], "protocol": stage == 2,
                            **_aggregate(rows["transfer"])}}
     if dynamic:
+        parts = getattr(judge, "head_parts", {})
+        for counts in per_class.values():
+            for head, c in counts.items():
+                if head in parts:
+                    c["parts"] = part_accuracy(c["confusion"], parts[head])
         result["per_class"] = per_class
     if pose_input:
         result["consistency_with_pose_input"] = {
