@@ -7,6 +7,8 @@
     python -m experiments.bench --only quality   # train the default Sprites run (about an hour on 2 cores) and
                                                  # record judge accuracy on val sequences against training time
     python -m experiments.bench --only quality --models vdsm dsa cdsvae dbse spyl   # one after the other, one figure
+                                                 # (called again into the same --quality-out: finished curves
+                                                 # of the same settings are reused, the others trained)
     python -m experiments.bench --only prediction --run-flags="--mnist PATH"   # SVG-LP and SRVP on SM-MNIST
 
 Every step configuration runs in its own subprocess so that its peak RSS is its own.
@@ -279,7 +281,7 @@ def main(argv=None):
             summary = time_to_quality(args.quality_out, models=args.models, every_minutes=args.every_minutes,
                                       val_sequences=args.val_sequences, run_flags=shlex.split(args.run_flags),
                                       data_root=args.data_root, sprites_layers=args.sprites_layers,
-                                      judge_steps=args.judge_steps)
+                                      judge_steps=args.judge_steps, machine=results["machine"])
         except (UsageError, DataError, CheckpointError) as err:  # e.g. a bad --run-flags flag: one line, exit 2
             print(f"error: {first_line(err)}", file=sys.stderr)
             return 2

@@ -22,9 +22,16 @@ it would without the monitor. Writes ``time_to_quality.csv`` (a row per evaluati
 it goes) into ``out_dir/<model>/``, then one ``time_to_quality.png`` of every model's curves and
 ``time_to_quality.json`` (per model: first times at which each accuracy reached the target, and the
 accuracies at the time budget) into ``out_dir``.
+
+Each model's finished curve is kept in ``out_dir/<model>/curve.json`` with what makes curves comparable
+(its run flags, the machine, the val subset, the evaluation interval, the judge's steps): a later call
+into the same ``out_dir`` reuses it instead of training again, so that a figure of several models can be
+built over several sessions (five Sprites models take hours on a 2-core CPU); a curve of other settings
+is refused before anything trains.
 """
 import csv
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -35,11 +42,17 @@ import data
 from models.spec import JUDGE
 from vdsm.metrics.judge import JUDGES, load_or_train_judge
 from vdsm.metrics.protocol import judge_protocol
+from vdsm.runfolder import holds_a_run
 from vdsm.train_state import forked_rng
 
 from .cli import UsageError
 
-__all__ = ["TimedMonitor", "QualityMonitor", "time_to_quality"]
+__all__ = ["TimedMonitor", "QualityMonitor", "time_to_quality", "CURVE"]
+
+#: a model's finished curve and its settings, in ``out_dir/<model>/``
+CURVE = "curve.json"
+#: what a curve's machine must share with this one to be drawn in the same figure
+MACHINE_KEYS = ("processor", "device", "threads", "cpu_kernels", "onednn_max_cpu_isa")
 
 ATTRIBUTES = list(JUDGES["sprites"].static)
 #: the factors of the action head (motion, direction): which one a model loses with a new identity
@@ -164,10 +177,40 @@ def plot(curves, path, target, budget_seconds):
     plt.close(fig)
 
 
+def curve_settings(flags, machine, val_sequences, every_minutes, judge_steps):
+    """What two curves must share to be drawn together: the run flags (the run folder aside), the
+    machine, the val subset, the evaluation interval and the judge."""
+    kept = [f for i, f in enumerate(flags) if f != "--out" and not (i and flags[i - 1] == "--out")]
+    return {"flags": kept, "machine": {k: (machine or {}).get(k) for k in MACHINE_KEYS},
+            "val_sequences": val_sequences, "every_minutes": every_minutes, "judge_steps": judge_steps}
+
+
+def finished_curve(path, settings):
+    """The rows of the finished curve in ``path`` when its settings are ``settings``; None when there is
+    none; a one-line UsageError when it was measured with other settings."""
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text())
+    differ = sorted(k for k in settings if stored["settings"].get(k) != settings[k])
+    if differ:
+        raise UsageError(f"{path} holds a finished curve measured with other {', '.join(differ)}: delete it to "
+                         f"train that model again, or choose another --quality-out")
+    return stored["rows"]
+
+
+def _write_json(path, value):
+    """Atomically: a curve is either whole or absent."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
 def time_to_quality(out_dir, *, models=("vdsm",), every_minutes=3.0, val_sequences=128, run_flags=(), data_root=None,
-                    sprites_layers=None, judge_steps=1500, target=0.9, budget_minutes=30.0):
+                    sprites_layers=None, judge_steps=1500, target=0.9, budget_minutes=30.0, machine=None):
     """Train each of ``models`` on Sprites in ``out_dir/<model>/run``, one after the other, each with a
-    :class:`QualityMonitor` on the same ``val_sequences`` fixed val sequences; returns the summary."""
+    :class:`QualityMonitor` on the same ``val_sequences`` fixed val sequences; returns the summary.
+    A model whose finished curve (``CURVE``) in ``out_dir`` has the same settings is not trained again
+    (``machine``: ``vdsm.runtime.machine_summary()``, part of the settings)."""
     from experiments import run as runner
 
     out_dir = Path(out_dir)
@@ -186,6 +229,13 @@ def time_to_quality(out_dir, *, models=("vdsm",), every_minutes=3.0, val_sequenc
                              "drop --model/--out/--resume")
         if args.train_split == "trainval":  # before the judge is trained: that takes minutes
             raise UsageError("the quality monitor scores val sequences, which --train-split trainval trains on")
+    settings = {model: curve_settings(flags[model], machine, val_sequences, every_minutes, judge_steps)
+                for model in models}
+    reused = {model: finished_curve(out_dir / model / CURVE, settings[model]) for model in models}
+    for model in models:
+        if reused[model] is None and holds_a_run(out_dir / model / "run"):
+            raise UsageError(f"{out_dir / model / 'run'} holds a run without a finished curve (a benchmark "
+                             f"stopped early): delete {out_dir / model}, or choose another --quality-out")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     options = {"seq_len": 8}
     if sprites_layers:
@@ -203,12 +253,20 @@ def time_to_quality(out_dir, *, models=("vdsm",), every_minutes=3.0, val_sequenc
                "judge_val_accuracy": judge_accuracy["val"], "target": target, "budget_minutes": budget_minutes,
                "curves": {}}
     for model in models:
-        (out_dir / model).mkdir(parents=True, exist_ok=True)
-        monitor = QualityMonitor(judge, items, out_dir / model / "time_to_quality.csv", 60 * every_minutes)
-        runner.run(parser.parse_args(flags[model]), monitor=monitor)
-        rows = monitor.rows
+        rows = reused[model]
+        if rows is None:
+            (out_dir / model).mkdir(parents=True, exist_ok=True)
+            monitor = QualityMonitor(judge, items, out_dir / model / "time_to_quality.csv", 60 * every_minutes)
+            runner.run(parser.parse_args(flags[model]), monitor=monitor)
+            rows = monitor.rows
+            _write_json(out_dir / model / CURVE, {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                                  "settings": settings[model], "rows": rows})
+        else:
+            print(f"{model}: its finished curve in {out_dir / model / CURVE} is reused (delete it to train again)",
+                  flush=True)
         summary["curves"][model] = {
-            "flags": flags[model], "evaluations": len(rows), "train_seconds": rows[-1]["train_seconds"] if rows else None,
+            "flags": flags[model], "reused": reused[model] is not None, "evaluations": len(rows),
+            "train_seconds": rows[-1]["train_seconds"] if rows else None,
             "final": rows[-1] if rows else None, "rows": rows,
             **{f"{key}_first_reaches_target_s": first_time(rows, key, target)
                for key in ("action_accuracy", "all_attributes")},

@@ -72,14 +72,16 @@ def test_time_to_quality_records_both_stages_and_leaves_training_unchanged(tmp_p
                 assert same, (stage, key, name)
 
 
-def test_time_to_quality_trains_several_models_one_after_the_other_into_one_figure(tmp_path, data_dirs, judge_root):
+def test_time_to_quality_trains_several_models_one_after_the_other_into_one_figure(tmp_path, data_dirs, judge_root,
+                                                                                   monkeypatch, capsys):
     out = tmp_path / "quality"
     flags = ["--f-dim", "4", "--z-dim", "3", "--g-dim", "8", "--nf", "4", "--rnn-dim", "8", "--batch-size", "3",
              "--steps", "2", "--eval-sequences", "4", "--num-workers", "0", "--no-progress"]
-    assert bench_main(["--only", "quality", "--models", "dsa", "dbse", "--quality-out", str(out), "--every-minutes", "0",
-                       "--val-sequences", "6", "--data-root", str(judge_root), "--judge-steps", "3",
-                       "--sprites-layers", str(data_dirs.sprites), "--run-flags", " ".join(flags),
-                       "--json", str(tmp_path / "bench.json")]) == 0
+    common = ["--only", "quality", "--quality-out", str(out), "--every-minutes", "0",
+              "--val-sequences", "6", "--data-root", str(judge_root), "--judge-steps", "3",
+              "--sprites-layers", str(data_dirs.sprites), "--run-flags", " ".join(flags),
+              "--json", str(tmp_path / "bench.json")]
+    assert bench_main(common + ["--models", "dsa", "dbse"]) == 0
     summary = json.loads((out / "time_to_quality.json").read_text())
     assert list(summary["curves"]) == ["dsa", "dbse"]
     for model in ("dsa", "dbse"):
@@ -88,6 +90,27 @@ def test_time_to_quality_trains_several_models_one_after_the_other_into_one_figu
         assert all(r["protocol"] == "yes" and 0 <= r["all_attributes"] <= 1 for r in rows)
         assert json.loads((out / model / "run" / "config.json").read_text())["model_name"] == model
     assert (out / "time_to_quality.png").stat().st_size > 0
+    # a later call into the same folder reuses the finished curves and trains only the new model
+    from experiments import run as runner
+
+    trained = []
+    real_run = runner.run
+    monkeypatch.setattr(runner, "run", lambda args, monitor: trained.append(args.model) or real_run(args, monitor))
+    assert bench_main(common + ["--models", "dbse", "spyl", "dsa"]) == 0
+    summary2 = json.loads((out / "time_to_quality.json").read_text())
+    assert trained == ["spyl"] and list(summary2["curves"]) == ["dbse", "spyl", "dsa"]
+    assert summary2["curves"]["dbse"]["rows"] == summary["curves"]["dbse"]["rows"]
+    assert [summary2["curves"][m]["reused"] for m in ("dbse", "spyl", "dsa")] == [True, False, True]
+    # a finished curve of other settings is refused in one line before anything trains
+    capsys.readouterr()
+    assert bench_main([*common[:common.index("--every-minutes")], "--every-minutes", "5",
+                       *common[common.index("--every-minutes") + 2:], "--models", "dsa"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other every_minutes" in err[0] and trained == ["spyl"]
+    # a run stopped before its curve was written is not mistaken for a finished one
+    (out / "spyl" / "curve.json").unlink()
+    assert bench_main(common + ["--models", "spyl"]) == 2
+    assert "without a finished curve" in capsys.readouterr().err and trained == ["spyl"]
 
 
 def test_bad_bench_input_exits_2(capsys, tmp_path):

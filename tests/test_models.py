@@ -260,15 +260,22 @@ def test_train_stage_follows_the_schedules_learning_rate():
     assert stats["last_lr"] == 1e-3
 
 
-def test_train_stage_logs_its_step_time_and_expected_end_once(caplog):
+def test_train_stage_logs_its_step_time_and_expected_end_then_again_from_the_later_steps(caplog):
     vdsm = VDSM(TINY)
     with caplog.at_level("INFO", logger="vdsm.train"):
         train_stage(vdsm.model1, vdsm.guide1, _batches(2, 3), schedule=Schedule(), device="cpu", tag="stage1",
-                    options=TrainOptions(steps=5, progress=False, report_after=2))
+                    options=TrainOptions(steps=10, progress=False, report_after=2))
     lines = [r.getMessage() for r in caplog.records if "s/step" in r.getMessage()]
-    assert len(lines) == 1, lines
-    assert re.fullmatch(r"stage1: \d+\.\d{3} s/step over its first 2 steps; 3 steps left, ends about \d\d:\d\d "
+    assert len(lines) == 2, lines
+    assert re.fullmatch(r"stage1: \d+\.\d{3} s/step over its first 2 steps; 8 steps left, ends about \d\d:\d\d "
                         r"\(in \d+\.\d min\)", lines[0])
+    # the second estimate times the steps after the first report only (a warm-up's cheap steps left out)
+    assert re.fullmatch(r"stage1: \d+\.\d{3} s/step over steps 3-8; 2 steps left, ends about .*", lines[1])
+    caplog.clear()
+    with caplog.at_level("INFO", logger="vdsm.train"):   # a stage that ends first: one line
+        train_stage(vdsm.model1, vdsm.guide1, _batches(2, 3), schedule=Schedule(), device="cpu", tag="stage1",
+                    options=TrainOptions(steps=5, progress=False, report_after=2))
+    assert len([r for r in caplog.records if "s/step" in r.getMessage()]) == 1
 
 
 def test_autonormal_guide_refuses_a_batch_of_another_size_with_one_line():

@@ -53,19 +53,26 @@ def last_tenth(values):
 
 class ProgressBar(Hook):
     """tqdm over the stage's steps, and after ``report_after`` steps one log line with the measured
-    s/step and the expected end (also with the bar off)."""
+    s/step and the expected end (also with the bar off); again after ``4 x report_after`` steps, from
+    the steps since the first line, since a model's steps may grow dearer after a warm-up (SPYL's
+    contrastive terms start after 5% of its steps)."""
 
     def __init__(self, options, start, tag, show):
         self.start, self.tag, self.report_after, self.started = start, tag, options.report_after, time.perf_counter()
-        self.show = show
+        self.show, self.first_report = show, None
         self.bar = tqdm(total=options.steps, initial=start, desc=tag, disable=not (options.progress and show),
                         dynamic_ncols=True)
 
     def after_step(self, r):
         self.bar.update(1)
-        if self.show and r.step - self.start == self.report_after and r.step < r.steps:
-            log.info("%s", expected_end(self.tag, time.perf_counter() - self.started, r.step - self.start,
-                                        r.steps - r.step))
+        done = r.step - self.start
+        if self.show and done == self.report_after and r.step < r.steps:
+            self.first_report = (time.perf_counter(), r.step)
+            log.info("%s", expected_end(self.tag, self.first_report[0] - self.started, done, r.steps - r.step))
+        elif self.show and done == 4 * self.report_after and r.step < r.steps and self.first_report:
+            since, step = self.first_report
+            log.info("%s", expected_end(self.tag, time.perf_counter() - since, r.step - step, r.steps - r.step,
+                                        over=f"steps {step + 1}-{r.step}"))
         if self.show:
             self.bar.set_postfix(loss_per_frame=f"{r.loss_per_frame:.1f}", **{k: f"{v:.3g}" for k, v in r.factors.items()})
 
@@ -76,12 +83,13 @@ class ProgressBar(Hook):
         self.bar.close()
 
 
-def expected_end(tag, seconds, done, left):
-    """``stage1: 0.193 s/step over its first 100 steps; 6300 steps left, ends about 14:02 (in 20.3 min)``."""
+def expected_end(tag, seconds, done, left, over=None):
+    """``stage1: 0.193 s/step over its first 100 steps; 6300 steps left, ends about 14:02 (in 20.3 min)``
+    (``over``: which steps were timed, when not the first ``done``)."""
     per_step = seconds / done
     end = time.time() + per_step * left
     when = time.strftime("%H:%M" if per_step * left < 12 * 3600 else "%Y-%m-%d %H:%M", time.localtime(end))
-    return (f"{tag}: {per_step:.3f} s/step over its first {done} steps; {left} steps left, ends about {when} "
+    return (f"{tag}: {per_step:.3f} s/step over {over or f'its first {done} steps'}; {left} steps left, ends about {when} "
             f"(in {per_step * left / 60:.1f} min)")
 
 
