@@ -153,7 +153,7 @@ def plot(curves, path, target, budget_seconds):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
     for k, (model, rows) in enumerate(curves.items()):
         colour = f"C{k}"
         minutes = [r["train_seconds"] / 60 for r in rows]
@@ -165,12 +165,12 @@ def plot(curves, path, target, budget_seconds):
         if switch is not None and len(curves) == 1:
             ax.axvline(switch, color="grey", lw=0.8)
             ax.text(switch, 2, " stage 2", color="grey")
-    ax.axhline(100 * target, color="red", lw=0.8, ls=":")
-    ax.axvline(budget_seconds / 60, color="red", lw=0.8, ls=":")
+    ax.axhline(100 * target, color="red", lw=0.8, ls=":", label=f"target {100 * target:.0f}%")
+    ax.axvline(budget_seconds / 60, color="red", lw=0.8, ls="-.", label=f"budget {budget_seconds / 60:g} min")
     ax.set_xlabel("training wall-clock (minutes, evaluations excluded)")
     ax.set_ylabel("judge accuracy on val sequences (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))   # beside the curves, never over them
     ax.set_title("Sprites: time to quality (judge on val sequences)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
