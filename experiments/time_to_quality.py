@@ -31,7 +31,6 @@ is refused before anything trains.
 """
 import csv
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch
 import data
 from models.spec import JUDGE
 from vdsm.metrics.judge import JUDGES, load_or_train_judge
+from vdsm.checkpoint import write_text_atomic
 from vdsm.metrics.protocol import judge_protocol
 from vdsm.runfolder import holds_a_run
 from vdsm.train_state import forked_rng
@@ -198,13 +198,6 @@ def finished_curve(path, settings):
     return stored["rows"]
 
 
-def _write_json(path, value):
-    """Atomically: a curve is either whole or absent."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
-
-
 def time_to_quality(out_dir, *, models=("vdsm",), every_minutes=3.0, val_sequences=128, run_flags=(), data_root=None,
                     sprites_layers=None, judge_steps=1500, target=0.9, budget_minutes=30.0, machine=None):
     """Train each of ``models`` on Sprites in ``out_dir/<model>/run``, one after the other, each with a
@@ -259,8 +252,9 @@ def time_to_quality(out_dir, *, models=("vdsm",), every_minutes=3.0, val_sequenc
             monitor = QualityMonitor(judge, items, out_dir / model / "time_to_quality.csv", 60 * every_minutes)
             runner.run(parser.parse_args(flags[model]), monitor=monitor)
             rows = monitor.rows
-            _write_json(out_dir / model / CURVE, {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                                  "settings": settings[model], "rows": rows})
+            write_text_atomic(out_dir / model / CURVE, json.dumps(   # a curve is either whole or absent
+                {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "settings": settings[model], "rows": rows},
+                indent=1))
         else:
             print(f"{model}: its finished curve in {out_dir / model / CURVE} is reused (delete it to train again)",
                   flush=True)
