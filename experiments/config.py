@@ -19,7 +19,8 @@ __all__ = ["TRAIN_FLAGS", "RECORDED_DEFAULTS", "trained_as", "resolve", "new_con
            "apply_extension", "prepare"]
 
 #: training flags a spec may take (``ModelSpec.train_flags``): each sets that key of every stage section
-TRAIN_FLAGS = {"steps": int, "batch_size": int, "lr": float, "seq_len": int, "n_future": int, "clip_norm": float}
+TRAIN_FLAGS = {"steps": int, "batch_size": int, "lr": float, "seq_len": int, "n_future": int, "clip_norm": float,
+               "identity_kl": float}
 COUNTS = ("steps", "batch_size", "seq_len", "n_future")
 #: flags recorded in config.json (a different value on --resume is refused), with their defaults
 RECORDED_DEFAULTS = {"seed": 0, "train_split": "train", "max_bad_steps": 5, "lr_drop": 0.5}
@@ -67,6 +68,8 @@ def resolve(args, base, spec):
                 raise UsageError(f"{_flag(key)}={section[key]}{where} must be at least 1")
         if section["lr"] <= 0:
             raise UsageError(f"--lr={section['lr']}{where} must be positive")
+        if section.get("identity_kl", 0) < 0:
+            raise UsageError(f"--identity-kl={section['identity_kl']}{where} must be at least 0")
     try:
         spec.config_cls.from_dict(config["model"]).check()
     except (ValueError, TypeError) as err:

@@ -31,7 +31,8 @@ TRAIN_HELP = {"steps": "training steps of each stage; with --resume: extend the 
               "batch_size": "sequences per step", "lr": "Adam's learning rate",
               "seq_len": "frames per training sequence (VDSM's stage 1 pairs two of them)",
               "n_future": "frames predicted in training (a sequence is n_past + n_future frames)",
-              "clip_norm": "bound on the gradient norm of the loss per frame (0: no clipping)"}
+              "clip_norm": "bound on the gradient norm of the loss per frame (0: no clipping)",
+              "identity_kl": "weight of the identity's KL term, in model and guide (a beta on the static latent)"}
 USAGE = ("python -m experiments.run --dataset DATASET [--model MODEL] [flags]\n"
          "       python -m experiments.run --resume RUN [flags]")
 

@@ -328,5 +328,5 @@ SPEC = ModelSpec(
     names=("cdsvae",), config_cls=CDSVAEConfig, presets="cdsvae", run_cls=CDSVAERun,
     stages=(Stage("cdsvae", "train", pair=lambda run: (run.model, run.guide),
                   schedule=constant_schedule(("identity", "z")), frames=lambda config: config["train"]["seq_len"]),),
-    evaluations=frozenset({JUDGE}), train_flags=("steps", "batch_size", "lr", "seq_len", "clip_norm"))
+    evaluations=frozenset({JUDGE}), train_flags=("steps", "batch_size", "lr", "seq_len", "clip_norm", "identity_kl"))
 CDSVAERun.spec = SPEC

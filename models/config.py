@@ -20,9 +20,10 @@ class TrainConfig:
 
 @dataclass
 class SequenceTrain(TrainConfig):
-    """A stage trained on whole sequences without annealing (DSA, C-DSVAE)."""
+    """A stage trained on whole sequences without annealing (DSA, C-DSVAE, DBSE, SPYL)."""
 
     seq_len: int = 8               # frames per training sequence
+    identity_kl: float = 1.0       # weight of the identity's KL term, in model and guide (a beta on the static latent)
     lr_decay_frac: float = 0.0     # the learning rate decays linearly to 0 over this last fraction (0: constant)
 
 

@@ -133,5 +133,5 @@ SPEC = ModelSpec(
     names=("dbse",), config_cls=DBSEConfig, presets="dbse", run_cls=DBSERun,
     stages=(Stage("dbse", "train", pair=lambda run: (run.model, run.guide),
                   schedule=constant_schedule(("identity", "z")), frames=lambda config: config["train"]["seq_len"]),),
-    evaluations=frozenset({JUDGE}), train_flags=("steps", "batch_size", "lr", "seq_len", "clip_norm"))
+    evaluations=frozenset({JUDGE}), train_flags=("steps", "batch_size", "lr", "seq_len", "clip_norm", "identity_kl"))
 DBSERun.spec = SPEC

@@ -182,5 +182,5 @@ SPEC = ModelSpec(
     names=("dsa",), config_cls=DSAConfig, presets="dsa", run_cls=DSARun,
     stages=(Stage("dsa", "train", pair=lambda run: (run.model, run.guide), schedule=constant_schedule(("identity", "z")),
                   frames=lambda config: config["train"]["seq_len"]),),
-    evaluations=frozenset({JUDGE}), train_flags=("steps", "batch_size", "lr", "seq_len", "clip_norm"))
+    evaluations=frozenset({JUDGE}), train_flags=("steps", "batch_size", "lr", "seq_len", "clip_norm", "identity_kl"))
 DSARun.spec = SPEC

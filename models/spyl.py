@@ -8,7 +8,7 @@ What SPYL changes is the objective (the release's ``train.py`` and ``sample_and_
 sequence:
 
     10 x squared error         a Normal likelihood of scale sqrt(1/20) per pixel (site "obs")
-    + 5 x KL(q(s) || p(s))     the "identity" KL scaled by the train section's ``kl_static`` (model and guide)
+    + 5 x KL(q(s) || p(s))     the "identity" KL scaled by the train section's ``identity_kl`` (model and guide)
     + KL of the d_t            every KL in closed form (``TraceMeanField_ELBO``)
     + MI(s; d)                 C-DSVAE's ReLU-clamped minibatch estimate (site "mi_sd")
     + static_nce, dynamics_nce the sample-and-predict contrastive terms (sites "static_nce", "dynamics_nce")
@@ -83,9 +83,9 @@ class SPYLConfig(StaticAndFramesSizes):
 
 @dataclass
 class SPYLTrain(SequenceTrain):
-    """SPYL's training stage: C-DSVAE's, with the static KL's weight and the contrastive warm-up."""
+    """SPYL's training stage: C-DSVAE's, with the release's identity KL weight and the contrastive warm-up."""
 
-    kl_static: float = 5.0                  # weight of KL(q(s) || p(s)) (the release's --weight_s)
+    identity_kl: float = 5.0                # weight of KL(q(s) || p(s)) (the release's --weight_s)
     contrastive_warmup_frac: float = 0.05   # the contrastive terms are off for this first fraction (the release: 50 of 1000 epochs)
 
 
@@ -95,11 +95,11 @@ class SPYLFactors(ConstantFactors):
 
     def __init__(self, section):
         super().__init__(section.get("lr_decay_frac", 0.0), groups=("identity", "z"))
-        self.kl_static = section.get("kl_static", 5.0)
+        self.identity_kl = section.get("identity_kl", 5.0)
         self.warmup = section.get("contrastive_warmup_frac", 0.05)
 
     def factors(self, progress):
-        return {"identity": self.kl_static, "z": 1.0, "contrastive": 0.0 if progress < self.warmup else 1.0}
+        return {"identity": self.identity_kl, "z": 1.0, "contrastive": 0.0 if progress < self.warmup else 1.0}
 
 
 class SPYLNets(CDSVAENets):
@@ -195,5 +195,5 @@ SPEC = ModelSpec(
     names=("spyl",), config_cls=SPYLConfig, presets="spyl", run_cls=SPYLRun,
     stages=(Stage("spyl", "train", pair=lambda run: (run.model, run.guide), schedule=SPYLFactors,
                   frames=lambda config: config["train"]["seq_len"], config_cls=SPYLTrain),),
-    evaluations=frozenset({JUDGE}), train_flags=("steps", "batch_size", "lr", "seq_len", "clip_norm"))
+    evaluations=frozenset({JUDGE}), train_flags=("steps", "batch_size", "lr", "seq_len", "clip_norm", "identity_kl"))
 SPYLRun.spec = SPEC

@@ -3,8 +3,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyro
 import pytest
 import torch
+from pyro import poutine
 
 import data
 from tests_helpers import SHARED_RUN_FLAGS, copy_run, run_main, tiny_run_flags
@@ -385,3 +387,29 @@ def test_what_the_command_line_changed_in_the_preset_is_recorded_beside_its_depa
     assert config["changed_from_preset"] == {"train.steps": {"preset": 4400, "run": 1400},
                                              "train.lr": {"preset": 0.002, "run": 0.001}}
     assert "changed_from_preset" not in _config_of(["--dataset", "smmnist", "--model", "srvp"])
+
+
+@pytest.mark.parametrize("model", ["dsa", "cdsvae", "dbse", "spyl"])
+def test_identity_kl_weights_the_identity_site_in_model_and_guide_and_nothing_else(model):
+    from models import registry
+    preset = _config_of(["--dataset", "sprites", "--model", model])["train"]["identity_kl"]
+    config = _config_of(["--dataset", "sprites", "--model", model, "--identity-kl", "3"])
+    assert config["train"]["identity_kl"] == 3.0
+    assert config["changed_from_preset"]["train.identity_kl"] == {"preset": preset, "run": 3.0}
+    run = registry.get(model).run_cls.from_config(config)
+    x = torch.rand(2, 3, 3, 64, 64)
+    pyro.set_rng_seed(0)
+    guide_trace = poutine.trace(run.guide).get_trace(x, factors=run.factors())
+    trace = poutine.trace(poutine.replay(run.model, guide_trace)).get_trace(x, factors=run.factors())
+    for t in (guide_trace, trace):
+        assert t.nodes["identity"]["scale"] == 3.0
+        assert all(t.nodes[f"z_{i}"]["scale"] == 1.0 for i in (1, 2, 3))
+
+
+def test_identity_kl_is_refused_below_zero_and_for_models_without_its_weight(tmp_path):
+    code, _, err = run_main("run", ["--dataset", "sprites", "--model", "dbse", "--identity-kl", "-1",
+                                    "--out", tmp_path / "a"])
+    assert code == 2 and "--identity-kl=-1.0 must be at least 0" in err and not (tmp_path / "a").exists()
+    code, _, err = run_main("run", ["--dataset", "sprites", "--model", "vdsm", "--identity-kl", "2",
+                                    "--out", tmp_path / "b"])
+    assert code == 2 and "--identity-kl only applies to" in err and not (tmp_path / "b").exists()

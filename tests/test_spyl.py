@@ -1,6 +1,7 @@
 """SPYL (Naiman, Berman & Azencot 2023) as a member of the family: sites, the objective against the
 release's train.py and sample_and_predict.py written out, the warm-up, and ``--model spyl`` through run,
 resume, evaluate and damage."""
+import json
 import math
 
 import pyro
@@ -10,8 +11,10 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 
 from models.cdsvae import mi_penalty
-from models.spyl import SPYLConfig, SPYLFactors, SPYLRun, farthest_by_kl, sample_and_predict_nce
+from models.spyl import SPEC, SPYLConfig, SPYLFactors, SPYLRun, farthest_by_kl, sample_and_predict_nce
 from tests_helpers import frames, release_kls, run_main, train_resume_evaluate_damage
+from vdsm import __version__
+from vdsm.checkpoint import CheckpointError
 
 TINY = {"f_dim": 4, "z_dim": 3, "g_dim": 8, "nf": 4, "rnn_dim": 8, "bank_factor": 2, "mws_dataset_size": 50}
 TINY_FLAGS = ["--f-dim", "4", "--z-dim", "3", "--g-dim", "8", "--nf", "4", "--rnn-dim", "8", "--bank-factor", "2",
@@ -105,7 +108,7 @@ def test_after_the_warm_up_each_contrastive_term_is_a_factor_per_sequence():
 
 def test_spyl_runs_resumes_evaluates_and_damages_from_the_command_line(tmp_path, data_dirs, judge_root):
     config, stats, _ = train_resume_evaluate_damage("spyl", TINY_FLAGS, tmp_path, data_dirs, judge_root)
-    assert config["model_name"] == "spyl" and config["train"]["kl_static"] == 5.0
+    assert config["model_name"] == "spyl" and config["train"]["identity_kl"] == 5.0
     assert set(TERMS) <= set(stats["final_terms_per_frame"])
 
 
@@ -114,3 +117,14 @@ def test_its_options_are_flags_refused_for_other_models(tmp_path):
                                     "--out", tmp_path / "x"])
     assert code == 2 and "--bank-factor only applies to --model spyl" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_run_folder_with_the_old_kl_static_key_is_refused_with_the_rename(tmp_path):
+    config = {**SPEC.defaults(), "model_name": "spyl", "vdsm_version": __version__}
+    config["train"]["kl_static"] = config["train"].pop("identity_kl")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="written before 'kl_static' was renamed 'identity_kl'"):
+        SPYLRun.read_config(tmp_path)
+    config["train"]["identity_kl"] = config["train"].pop("kl_static")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert SPYLRun.read_config(tmp_path)["train"]["identity_kl"] == 5.0

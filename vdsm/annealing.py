@@ -91,15 +91,16 @@ class Schedule:
 
 class ConstantFactors:
     """The schedule of a model trained without annealing (SVG, SRVP, DSA): each KL factor of
-    ``groups`` is always 1 (a model's own constant weights, such as SVG's beta, are in the model).
-    The learning rate is constant, then (SRVP) decays linearly to 0 over the last
-    ``lr_decay_frac`` of training."""
+    ``groups`` is constant, 1 unless ``weights`` gives it another (a beta on that latent; a model's own
+    weights of other terms, such as SVG's beta, are in the model). The learning rate is constant, then
+    (SRVP) decays linearly to 0 over the last ``lr_decay_frac`` of training."""
 
-    def __init__(self, lr_decay_frac=0.0, groups=("z",)):
+    def __init__(self, lr_decay_frac=0.0, groups=("z",), weights=None):
         self.lr_decay_frac, self.groups = lr_decay_frac, tuple(groups)
+        self.weights = dict(weights or {})
 
     def factors(self, progress):
-        return {group: 1.0 for group in self.groups}
+        return {group: self.weights.get(group, 1.0) for group in self.groups}
 
     def lr_factor(self, progress):
         if self.lr_decay_frac <= 0:
