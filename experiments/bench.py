@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+import data
 from models.registry import NAMES
 from models.spec import JUDGE, PREDICTION
 
@@ -69,8 +70,6 @@ STEP_CONFIGS.update(_registered_step_configs())
 
 def bench_data(dataset="sprites", batch_size=20, num_workers=2, batches=100, sprites_layers=None, root=None,
                **options):
-    import data
-
     opts = dict(options)
     if sprites_layers:
         opts["sprites_layers"] = sprites_layers
@@ -205,16 +204,20 @@ def main(argv=None):
     p.add_argument("--only", choices=["machine", "data", "steps", "quality", "prediction"], default=None,
                    help="one part; without it: data and steps (quality takes half an hour, prediction an hour); "
                         "every part records the machine probe (CPU model, fp32 matmul rate), machine alone")
-    p.add_argument("--configs", nargs="+", default=list(STEP_CONFIGS), choices=list(STEP_CONFIGS))
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[5, 10, 20, 40])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--amp", action="store_true", help="bf16 autocast, as experiments.run --amp")
-    p.add_argument("--sprites-layers", default=None)
+    st = p.add_argument_group("seconds per SVI step (the steps part: no --only, or --only steps)")
+    st.add_argument("--configs", nargs="+", choices=list(STEP_CONFIGS), metavar="CONFIG",
+                    help=f"the configs timed, of {' '.join(STEP_CONFIGS)} (default: all)")
+    st.add_argument("--batch-sizes", nargs="+", type=int, metavar="N",
+                    help="batch sizes of the reference configs (default: 5 10 20 40)")
+    st.add_argument("--repeats", type=int, help="timed steps per config (default: 10)")
+    st.add_argument("--warmup", type=int, help="untimed steps before them (default: 3)")
+    p.add_argument("--device", default="cpu", help="where steps and quality runs train (default: cpu)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast, as experiments.run --amp (default: off)")
+    p.add_argument("--sprites-layers", default=None,
+                   help="the Sprites layers folder (default: the data root's, downloaded when missing)")
     p.add_argument("--bench-videos", type=int, default=None,
                    help="--only data: generated videos of 10 s at 30 fps, 320 x 240, for the videos row (0: no row)")
-    p.add_argument("--json", default="bench.json", help="where to write the results")
+    p.add_argument("--json", default="bench.json", help="where to write the results (default: bench.json)")
     q = p.add_argument_group("time to quality (--only quality)")
     q.add_argument("--quality-out", help="folder for the runs, CSV, PNG and JSON (default bench_quality; "
                                          "prediction: bench_prediction)")
@@ -222,10 +225,11 @@ def main(argv=None):
                    help="training minutes between evaluations (default 3; prediction 5)")
     q.add_argument("--val-sequences", type=int, default=None,
                    help="size of the fixed subset of val sequences (default 128; prediction 64)")
-    q.add_argument("--data-root", default=None)
-    q.add_argument("--judge-steps", type=int, default=1500, help="training steps of the judge if none is cached")
-    q.add_argument("--run-flags", default="",
-                   help='extra flags for experiments.run, written with "=": --run-flags="--stage1-steps 600"')
+    q.add_argument("--data-root", default=None,
+                   help="downloads, caches and the judge (default: $VDSM_DATA_ROOT or ./data_cache)")
+    q.add_argument("--judge-steps", type=int, help="training steps of the judge if none is cached (default 1500)")
+    q.add_argument("--run-flags", help='extra flags for experiments.run, written with "=": '
+                                       '--run-flags="--stage1-steps 600" (default: none)')
     pq = p.add_argument_group("prediction quality against time (--only prediction; also --quality-out, "
                               "--every-minutes, --val-sequences, --run-flags)")
     p.add_argument("--models", nargs="+", choices=list(NAMES),
@@ -249,6 +253,24 @@ def main(argv=None):
     if args.bench_videos is not None and args.only not in (None, "data"):
         p.error("--bench-videos belongs to the data part (--only data, or no --only)")
     args.bench_videos = 200 if args.bench_videos is None else args.bench_videos
+    step_flags = [flag for flag, value in (("--configs", args.configs), ("--batch-sizes", args.batch_sizes),
+                                           ("--repeats", args.repeats), ("--warmup", args.warmup)) if value is not None]
+    if step_flags and args.only not in (None, "steps"):
+        p.error(f"{', '.join(step_flags)} {'belongs' if len(step_flags) == 1 else 'belong'} to the steps part "
+                f"(--only steps, or no --only)")
+    quality_flags = [flag for flag, value in (("--quality-out", args.quality_out), ("--every-minutes", args.every_minutes),
+                                              ("--val-sequences", args.val_sequences), ("--run-flags", args.run_flags),
+                                              ("--judge-steps", args.judge_steps)) if value is not None]
+    if quality_flags and args.only not in ("quality", "prediction"):
+        p.error(f"{', '.join(quality_flags)}: flags of --only quality or --only prediction")
+    if args.judge_steps is not None and prediction:
+        p.error("--judge-steps belongs to --only quality (the prediction models have no judge)")
+    args.judge_steps = 1500 if args.judge_steps is None else args.judge_steps
+    args.run_flags = args.run_flags or ""
+    args.configs = args.configs or list(STEP_CONFIGS)
+    args.batch_sizes = args.batch_sizes or [5, 10, 20, 40]
+    args.repeats = 10 if args.repeats is None else args.repeats
+    args.warmup = 3 if args.warmup is None else args.warmup
     args.models = args.models or (["svg-lp", "srvp"] if prediction else ["vdsm"])
     args.dataset = args.dataset or "smmnist"
     args.budget_minutes = args.budget_minutes or 30.0
@@ -315,10 +337,11 @@ def main(argv=None):
                 if r["psnr"] is not None:
                     print(f"{model:<8}{r['minutes']:>8.1f}{r['step']:>7}{r['psnr']:>8.2f}{r['ssim']:>8.3f}")
     if args.only in (None, "data"):
-        results["data"] = [bench_data(num_workers=w, sprites_layers=args.sprites_layers, pair_actions=pair)
+        results["data"] = [bench_data(num_workers=w, sprites_layers=args.sprites_layers, root=args.data_root,
+                                      pair_actions=pair)
                            for w in (0, 1, 2) for pair in (False, True)]
         if args.bench_videos:
-            results["videos"] = bench_videos(Path(args.data_root or "data_cache") / "bench_videos", args.bench_videos)
+            results["videos"] = bench_videos(data.data_root(args.data_root) / "bench_videos", args.bench_videos)
             results["data"] += results["videos"]["loading"]
         print(f"{'data':<28}{'workers':>8}{'pairs':>7}{'seq/s':>10}")
         for r in results["data"]:

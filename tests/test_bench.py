@@ -133,6 +133,20 @@ def test_bad_bench_input_exits_2(capsys, tmp_path):
     assert "--models" in capsys.readouterr().err
 
 
+def test_bench_refuses_a_flag_of_another_part_before_it_runs(capsys, tmp_path):
+    import pytest
+
+    for argv, named in ((["--only", "quality", "--repeats", "2"], "--repeats belongs to the steps part"),
+                        (["--only", "machine", "--configs", "dsa-cpu"], "--configs belongs to the steps part"),
+                        (["--only", "steps", "--every-minutes", "1", "--run-flags=--lr 1"],
+                         "--every-minutes, --run-flags: flags of --only quality or --only prediction"),
+                        (["--only", "prediction", "--judge-steps", "9"], "--judge-steps belongs to --only quality")):
+        with pytest.raises(SystemExit) as stop:
+            bench_main([*argv, "--json", str(tmp_path / "b.json")])
+        assert stop.value.code == 2 and named in capsys.readouterr().err, argv
+    assert not (tmp_path / "b.json").exists()
+
+
 def test_keep_freed_memory_applies_on_glibc_and_can_be_switched_off(monkeypatch):
     import ctypes
     import sys
