@@ -199,7 +199,7 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
             "peak_memory_gb": peak / 1e9, "sample_sites": sites}
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n")[0])
     p.add_argument("--only", choices=["machine", "data", "steps", "quality", "prediction"], default=None,
                    help="one part; without it: data and steps (quality takes half an hour, prediction an hour); "
@@ -239,6 +239,11 @@ def main(argv=None):
     pq.add_argument("--samples", type=int, default=None, help="futures per sequence (default: the preset's)")
     pq.add_argument("--budget-minutes", type=float, help="the budgets reported: every-minutes up to this")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one step config
+    return p
+
+
+def main(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     prediction = args.only == "prediction"
     if not prediction and any(v is not None for v in (args.dataset, args.samples, args.budget_minutes)):

@@ -4,12 +4,13 @@ import errno
 import math
 import sys
 
+import data
 from data import DataError
 from guides.common import GuideError
 from vdsm.checkpoint import CheckpointError
 from vdsm.stopping import Interrupted, signals_handled
 
-__all__ = ["UsageError", "cli_main", "choose_device", "choose_preset", "first_line", "refuse_other_data_folders",
+__all__ = ["UsageError", "cli_main", "add_place_flags", "choose_device", "choose_preset", "first_line", "refuse_other_data_folders",
            "given_data_folder", "recorded_data_options", "run_data_options", "read_run_config"]
 
 
@@ -102,6 +103,19 @@ def recorded_data_options(config, data_folder, **options):
 def run_data_options(args, config, **options):
     """``recorded_data_options`` with the data folder flag of ``args``."""
     return recorded_data_options(config, given_data_folder(args, config["dataset"]), **options)
+
+
+def add_place_flags(p, device=True, folders=None):
+    """``--device`` (when ``device``), ``--data-root`` and the raw-data folder flags (``folders``: their
+    dests; default: every dataset's), each with its help line."""
+    if device:
+        p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--data-root", default=None, help="downloads, caches and the judges (default: $VDSM_DATA_ROOT "
+                                                     "or ./data_cache)")
+    for dest in folders or sorted(set(data.FOLDER_OPTIONS.values())):
+        names = [name for name, option in data.FOLDER_OPTIONS.items() if option == dest]
+        p.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, metavar="PATH",
+                       help=f"the raw data of {' / '.join(names)} (default: under the data root)")
 
 
 def choose_device(name=None):

@@ -54,7 +54,7 @@ from vdsm.viz import save_gif
 from vdsm.checkpoint import write_text_atomic
 from vdsm.runfolder import RunLock
 
-from .cli import (UsageError, choose_device, cli_main, read_run_config, refuse_other_data_folders, run_data_options,
+from .cli import (UsageError, add_place_flags, choose_device, cli_main, read_run_config, refuse_other_data_folders, run_data_options,
                   unfinished_stages)
 
 __all__ = ["Damage", "main"]
@@ -178,23 +178,20 @@ def build_parser():
     p.add_argument("--which", nargs="+", default=["all"],
                    help="groups damaged, each in its own experiment: all, or submodules of the model")
     p.add_argument("--repeats", type=int, default=3, help="independent damage sequences per group (3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the damage and of the sequences drawn (default 0)")
     p.add_argument("--sequences", type=int, default=8, help="sequences scored (8; VDSM: the judge's batch)")
     p.add_argument("--judge-steps", type=int, default=None,
                    help="runs the judge scores (VDSM, DSA) only: training steps of the judge if none is cached "
                         "(default 1500)")
-    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--split", choices=["test", "val"], default="test", help="the sequences scored (default test)")
     p.add_argument("--include-buffers", action="store_true",
                    help="also damage BatchNorm running statistics and integer buffers (as the fork)")
     p.add_argument("--pictures-every", type=int, default=1,
                    help="a weight picture every N iterations of the first repeat (1; the pictures are most of the "
                         "cost on small models)")
     p.add_argument("--out", default=None, help="output folder (default RUN/damage)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--data-root", default=None)
-    for dest in sorted(set(data.FOLDER_OPTIONS.values())):
-        p.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None)
-    p.add_argument("--no-progress", action="store_true")
+    add_place_flags(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--unfinished", action="store_true",
                    help="damage a run whose training has not finished (refused without it; damage.json records "
                         "each stage's step)")

@@ -34,6 +34,7 @@ from vdsm.runfolder import RunLock, read_metrics
 
 from .cli import (
     UsageError,
+    add_place_flags,
     choose_device,
     choose_preset,
     cli_main,
@@ -58,10 +59,7 @@ def build_parser():
                    help="test (the final report; default) or val (monitoring and tuning)")
     p.add_argument("--protocol", choices=sorted(PREDICTION_PROTOCOLS),
                    help="paper (the published protocol) or quick (default without a GPU: minutes on a CPU)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--data-root", default=None)
-    for dest in sorted(set(data.FOLDER_OPTIONS.values())):
-        p.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None)
+    add_place_flags(p)
     p.add_argument("--batch-size", type=int, default=None,
                    help="judge protocols: sequences per repeat (default 128, the protocol's); prediction: "
                         "sequences per forward pass (default 32; only memory and speed depend on it)")

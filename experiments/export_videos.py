@@ -20,7 +20,7 @@ import data
 from data.shape_videos import write_video
 from vdsm.metrics.judge import JUDGES
 
-from .cli import UsageError, cli_main
+from .cli import UsageError, add_place_flags, cli_main
 
 __all__ = ["export_videos"]
 
@@ -31,10 +31,8 @@ def build_parser():
     p.add_argument("--out", required=True, help="the new folder of videos")
     p.add_argument("--format", choices=["mp4", "gif"], default="mp4", help="mp4 (default) or gif")
     p.add_argument("--fps", type=float, default=8.0, help="frame rate written into the files (default 8)")
-    p.add_argument("--data-root", default=None)
-    for dest in sorted(set(data.FOLDER_OPTIONS.values())):
-        p.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None)
-    p.add_argument("--no-progress", action="store_true")
+    add_place_flags(p, device=False)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 

@@ -19,7 +19,7 @@ import data
 
 from vdsm.runfolder import RunLock, read_metrics
 
-from .cli import (UsageError, choose_device, cli_main, read_run_config, refuse_other_data_folders, run_data_options,
+from .cli import (UsageError, add_place_flags, choose_device, cli_main, read_run_config, refuse_other_data_folders, run_data_options,
                   unfinished_stages)
 
 __all__ = ["fit_prior", "fit_and_save", "main"]
@@ -33,10 +33,7 @@ def build_parser():
     p.add_argument("--max-components", type=int, default=256,
                    help="largest mixture tried (sizes 1, 4, 16, ... up to it; default 256)")
     p.add_argument("--seed", type=int, default=0, help="seed of the k-means++ start")
-    p.add_argument("--device", default=None)
-    p.add_argument("--data-root", default=None)
-    for dest in sorted(set(data.FOLDER_OPTIONS.values())):
-        p.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None)
+    add_place_flags(p)
     return p
 
 

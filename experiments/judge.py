@@ -11,21 +11,17 @@ import data
 from experiments.configs import load_preset
 from vdsm.metrics.judge import JUDGES, load_or_train_judge
 
-from .cli import UsageError, choose_device, cli_main
+from .cli import UsageError, add_place_flags, choose_device, cli_main
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m experiments.judge", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, help=f"one of {', '.join(JUDGES)}")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=1500, help="training steps of the judge (default 1500)")
     p.add_argument("--seq-len", type=int, default=None,
                    help="frames per sequence (default: the dataset preset's stage-2 length, which "
                         "experiments.evaluate uses, so that it finds this judge in the cache)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--sprites-layers", default=None)
-    p.add_argument("--lpc-layers", default=None)
-    p.add_argument("--mug", default=None)
+    add_place_flags(p, folders=("sprites_layers", "lpc_layers", "mug"))
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

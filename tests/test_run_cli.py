@@ -413,3 +413,11 @@ def test_identity_kl_is_refused_below_zero_and_for_models_without_its_weight(tmp
     code, _, err = run_main("run", ["--dataset", "sprites", "--model", "vdsm", "--identity-kl", "2",
                                     "--out", tmp_path / "b"])
     assert code == 2 and "--identity-kl only applies to" in err and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "damage", "export_videos", "fit_prior", "judge", "bench"])
+def test_every_flag_of_the_other_commands_has_a_help_line(command):
+    import importlib
+    parser = importlib.import_module(f"experiments.{command}").build_parser()
+    silent = [a.option_strings[0] for a in parser._actions if a.option_strings and not a.help]
+    assert not silent, command
