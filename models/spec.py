@@ -45,10 +45,6 @@ def import_object(path, what="object"):
         raise ValueError(f"cannot import {what} {path!r} ({err}): give package.module:NAME") from None
 
 
-#: section keys renamed since a run folder of the current format could hold them: {old: new}
-RENAMED_KEYS = {"kl_static": "identity_kl"}
-
-
 def constant_schedule(groups):
     """A stage's schedule factory for models trained without annealing: every KL factor of ``groups``
     is 1 but the identity's, the section's ``identity_kl``; the learning rate decays linearly to 0 over
@@ -171,11 +167,6 @@ class ModelSpec:
         """A saved config.json with every key the commands read (a hand-made one may leave out the
         defaults); CheckpointError naming ``where`` and the key when the file was damaged or edited by hand
         (a key missing, of the wrong type, or unknown)."""
-        for section in (config.get(stage.section) for stage in self.stages):
-            old = next((key for key in RENAMED_KEYS if isinstance(section, dict) and key in section), None)
-            if old is not None:
-                raise CheckpointError(f"{where}: written before '{old}' was renamed '{RENAMED_KEYS[old]}': rename "
-                                      f"the key in the file to load the run")
         try:
             check_types(self.config_cls, config["model"], where="model")
             return self._complete(config)

@@ -119,11 +119,11 @@ def test_its_options_are_flags_refused_for_other_models(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_a_run_folder_with_the_old_kl_static_key_is_refused_with_the_rename(tmp_path):
+def test_the_identity_kl_key_loads_and_an_unknown_train_key_is_refused_in_one_line(tmp_path):
     config = {**SPEC.defaults(), "model_name": "spyl", "vdsm_version": __version__}
     config["train"]["kl_static"] = config["train"].pop("identity_kl")
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="written before 'kl_static' was renamed 'identity_kl'"):
+    with pytest.raises(CheckpointError, match="unknown train key 'kl_static'"):
         SPYLRun.read_config(tmp_path)
     config["train"]["identity_kl"] = config["train"].pop("kl_static")
     (tmp_path / "config.json").write_text(json.dumps(config))
