@@ -1,6 +1,6 @@
 """Benchmarks: data-loading throughput, seconds per SVI step (with peak memory), time to quality::
 
-    python -m experiments.bench                  # data and steps, JSON to bench.json + a table
+    python -m experiments.bench                  # data and steps: a table (--json FILE: every number as JSON)
     python -m experiments.bench --only data      # data loading only
     python -m experiments.bench --only machine   # the CPU model and its fp32 matmul rate (every part records it)
     python -m experiments.bench --only steps --batch-sizes 5 10 --device cuda
@@ -28,6 +28,8 @@ import torch
 import data
 from models.registry import NAMES
 from models.spec import JUDGE, PREDICTION
+
+from .cli import DATA_ROOT_HELP
 
 STEP_CONFIGS = {
     # name: (model, stage, dataset of the preset, model overrides or preset name, frames per sequence)
@@ -200,7 +202,9 @@ def bench_step(name, batch_size, device="cpu", warmup=3, repeats=10, amp=False):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.bench",
+                                usage="python -m experiments.bench [--only PART] [flags] (--help lists them)",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--only", choices=["machine", "data", "steps", "quality", "prediction"], default=None,
                    help="one part; without it: data and steps (quality takes half an hour, prediction an hour); "
                         "every part records the machine probe (CPU model, fp32 matmul rate), machine alone")
@@ -217,7 +221,9 @@ def build_parser():
                    help="the Sprites layers folder (default: the data root's, downloaded when missing)")
     p.add_argument("--bench-videos", type=int, default=None,
                    help="--only data: generated videos of 10 s at 30 fps, 320 x 240, for the videos row (0: no row)")
-    p.add_argument("--json", default="bench.json", help="where to write the results (default: bench.json)")
+    p.add_argument("--json", default=None,
+                   help="a file for every measured number as JSON (default: none; --only quality and prediction "
+                        "write theirs into --quality-out too)")
     q = p.add_argument_group("time to quality (--only quality)")
     q.add_argument("--quality-out", help="folder for the runs, CSV, PNG and JSON (default bench_quality; "
                                          "prediction: bench_prediction)")
@@ -225,8 +231,7 @@ def build_parser():
                    help="training minutes between evaluations (default 3; prediction 5)")
     q.add_argument("--val-sequences", type=int, default=None,
                    help="size of the fixed subset of val sequences (default 128; prediction 64)")
-    q.add_argument("--data-root", default=None,
-                   help="downloads, caches and the judge (default: $VDSM_DATA_ROOT or ./data_cache)")
+    q.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
     q.add_argument("--judge-steps", type=int, help="training steps of the judge if none is cached (default 1500)")
     q.add_argument("--run-flags", help='extra flags for experiments.run, written with "=": '
                                        '--run-flags="--stage1-steps 600" (default: none)')
@@ -375,8 +380,9 @@ def main(argv=None):
                 results["steps"].append(r)
                 print(f"{name:<20}{b:>6}{r['seconds_per_step']:>9.3f}{r['peak_memory_gb']:>9.2f}{r['sample_sites']:>7}")
         results["failed"] = failed
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=1)
+    if args.json:   # never a default file: it would overwrite a tracked record such as the repository's bench.json
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
     if results.get("failed"):  # the others are measured and written; the exit status still tells
         print(f"failed: {' '.join(results['failed'])}", file=sys.stderr)
         return 1

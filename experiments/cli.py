@@ -10,8 +10,9 @@ from guides.common import GuideError
 from vdsm.checkpoint import CheckpointError
 from vdsm.stopping import Interrupted, signals_handled
 
-__all__ = ["UsageError", "cli_main", "add_place_flags", "choose_device", "choose_preset", "first_line", "refuse_other_data_folders",
-           "given_data_folder", "recorded_data_options", "run_data_options", "read_run_config"]
+__all__ = ["UsageError", "cli_main", "add_place_flags", "DATA_ROOT_HELP", "folder_datasets", "folder_help",
+           "choose_device", "choose_preset", "first_line", "refuse_other_data_folders", "given_data_folder",
+           "recorded_data_options", "run_data_options", "read_run_config"]
 
 
 class UsageError(ValueError):
@@ -105,17 +106,27 @@ def run_data_options(args, config, **options):
     return recorded_data_options(config, given_data_folder(args, config["dataset"]), **options)
 
 
+#: the help line of every command's --data-root
+DATA_ROOT_HELP = "downloads, caches and the judges (default: $VDSM_DATA_ROOT or ./data_cache)"
+
+
+def folder_datasets(dest):
+    """The datasets whose raw-data folder flag is ``dest`` (a value of ``data.FOLDER_OPTIONS``)."""
+    return [name for name, option in data.FOLDER_OPTIONS.items() if option == dest]
+
+
+def folder_help(dest):
+    return f"the raw data of {' / '.join(folder_datasets(dest))} (default: under the data root)"
+
+
 def add_place_flags(p, device=True, folders=None):
     """``--device`` (when ``device``), ``--data-root`` and the raw-data folder flags (``folders``: their
     dests; default: every dataset's), each with its help line."""
     if device:
         p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--data-root", default=None, help="downloads, caches and the judges (default: $VDSM_DATA_ROOT "
-                                                     "or ./data_cache)")
+    p.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
     for dest in folders or sorted(set(data.FOLDER_OPTIONS.values())):
-        names = [name for name, option in data.FOLDER_OPTIONS.items() if option == dest]
-        p.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, metavar="PATH",
-                       help=f"the raw data of {' / '.join(names)} (default: under the data root)")
+        p.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, metavar="PATH", help=folder_help(dest))
 
 
 def choose_device(name=None):

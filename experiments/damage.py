@@ -169,7 +169,9 @@ def submodules(nets):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m experiments.damage", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.damage",
+                                usage="python -m experiments.damage --run RUN [flags] (--help lists them)",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True, help="run folder of experiments.run (SVG-LP/FP, SRVP, VDSM, DSA)")
     p.add_argument("--iterations", type=int, default=100, help="damage rounds, a prediction after each (100)")
     p.add_argument("--hits", type=int, default=100, help="elements damaged per iteration (100)")

@@ -53,7 +53,9 @@ PREDICTION_PROTOCOLS = {"paper": {"samples": 100, "sequences": None}, "quick": {
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.evaluate",
+                                usage="python -m experiments.evaluate --run RUN [flags] (--help lists them)",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True, help="run folder written by experiments.run")
     p.add_argument("--split", default="test", choices=["test", "val"],
                    help="test (the final report; default) or val (monitoring and tuning)")

@@ -26,7 +26,9 @@ __all__ = ["export_videos"]
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m experiments.export_videos", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.export_videos",
+                                usage="python -m experiments.export_videos --dataset DATASET --out FOLDER [flags] (--help lists them)",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, choices=sorted(JUDGES), help="a benchmark with a judge")
     p.add_argument("--out", required=True, help="the new folder of videos")
     p.add_argument("--format", choices=["mp4", "gif"], default="mp4", help="mp4 (default) or gif")

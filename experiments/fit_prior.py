@@ -26,7 +26,9 @@ __all__ = ["fit_prior", "fit_and_save", "main"]
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m experiments.fit_prior", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.fit_prior",
+                                usage="python -m experiments.fit_prior --run RUN [flags] (--help lists them)",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True, help="run folder of a VDSM run (experiments.run)")
     p.add_argument("--latents", nargs="+", choices=["identity", "dynamics"], default=None,
                    help="which priors to fit (default: identity, and dynamics when the run has stage 2)")

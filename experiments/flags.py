@@ -17,7 +17,7 @@ from models import registry
 from models.config import field_help
 from vdsm.runfolder import RunFolderError, read_config_json
 
-from .cli import UsageError, choose_preset
+from .cli import DATA_ROOT_HELP, UsageError, choose_preset, folder_datasets, folder_help
 from .config import RECORDED_DEFAULTS, TRAIN_FLAGS, trained_as
 from .configs import load_model_preset
 
@@ -106,7 +106,7 @@ def build_parser(model=None, dataset=None, preset=None):
     p.add_argument("--train-split", choices=["train", "trainval"],
                    help=_with_default("trainval: train on val too (the run's val numbers are then on trained "
                                       "sequences)", "train"))
-    p.add_argument("--data-root", help="downloads and caches (default: $VDSM_DATA_ROOT or ./data_cache)")
+    p.add_argument("--data-root", help=DATA_ROOT_HELP)
     p.add_argument("--num-workers", type=int, help=_with_default("DataLoader worker processes", 1))
     p.add_argument("--eval-sequences", type=int, help=_with_default("val sequences of the end-of-run numbers", 256))
     p.add_argument("--no-progress", action="store_true", default=None, help="no progress bar (default: a bar)")
@@ -131,10 +131,8 @@ def _data_flags(p, dataset):
     """The raw-data folder flags and the dataset options: those of ``dataset`` shown, when given."""
     folders = p.add_argument_group("raw data")
     for dest in sorted(set(data.FOLDER_OPTIONS.values())):
-        names = [name for name, option in data.FOLDER_OPTIONS.items() if option == dest]
-        shown = dataset is None or dataset in names
-        folders.add_argument(_flag(dest), dest=dest, metavar="PATH", help=f"the raw data of {' / '.join(names)}"
-                             if shown else argparse.SUPPRESS)
+        shown = dataset is None or dataset in folder_datasets(dest)
+        folders.add_argument(_flag(dest), dest=dest, metavar="PATH", help=folder_help(dest) if shown else argparse.SUPPRESS)
     for name, options in data.DATASET_OPTIONS.items():
         group = p.add_argument_group(f"--dataset {name} (recorded in config.json)" if name == dataset else None)
         for dest, (kind, default, text) in options.items():

@@ -15,7 +15,9 @@ from .cli import UsageError, add_place_flags, choose_device, cli_main
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m experiments.judge", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.judge",
+                                usage="python -m experiments.judge --dataset DATASET [flags] (--help lists them)",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, help=f"one of {', '.join(JUDGES)}")
     p.add_argument("--steps", type=int, default=1500, help="training steps of the judge (default 1500)")
     p.add_argument("--seq-len", type=int, default=None,

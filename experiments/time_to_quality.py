@@ -27,7 +27,9 @@ Each model's finished curve is kept in ``out_dir/<model>/curve.json`` with what 
 (its run flags, the machine, the val subset, the evaluation interval, the judge's steps): a later call
 into the same ``out_dir`` reuses it instead of training again, so that a figure of several models can be
 built over several sessions (five Sprites models take hours on a 2-core CPU); a curve of other settings
-is refused before anything trains.
+is refused before anything trains. Where the files lie (``--data-root``, the raw-data folders, the run
+folder) and ``--no-progress`` are not settings: a ``curve.json`` copied into another ``out_dir`` on a
+machine of the same processor is reused there.
 """
 import csv
 import json
@@ -185,13 +187,38 @@ def curve_settings(flags, machine, val_sequences, every_minutes, judge_steps):
             "val_sequences": val_sequences, "every_minutes": every_minutes, "judge_steps": judge_steps}
 
 
+#: run flags that say where the files are or how progress shows, not what trains: curves that differ only
+#: in these are comparable (a curve kept from another session, with another data root, is reused)
+PLACE_FLAGS = {"--out", "--data-root", *("--" + dest.replace("_", "-") for dest in data.FOLDER_OPTIONS.values())}
+QUIET_FLAGS = {"--no-progress"}
+
+
+def what_trains(flags):
+    """``flags`` without the place flags (and their values) and the quiet ones."""
+    kept, skip = [], False
+    for flag in flags:
+        name = flag.split("=")[0]
+        if skip or name in QUIET_FLAGS or (name in PLACE_FLAGS and "=" in flag):
+            skip = False
+        elif name in PLACE_FLAGS:
+            skip = True   # its value is the next word
+        else:
+            kept.append(flag)
+    return kept
+
+
 def finished_curve(path, settings):
-    """The rows of the finished curve in ``path`` when its settings are ``settings``; None when there is
-    none; a one-line UsageError when it was measured with other settings."""
+    """The rows of the finished curve in ``path`` when its settings are ``settings`` (where files are
+    aside); None when there is none; a one-line UsageError when it was measured with other settings."""
     if not path.is_file():
         return None
     stored = json.loads(path.read_text())
-    differ = sorted(k for k in settings if stored["settings"].get(k) != settings[k])
+
+    def comparable(s):
+        return {**s, "flags": what_trains(s.get("flags", []))}
+
+    stored_settings, settings = comparable(stored["settings"]), comparable(settings)
+    differ = sorted(k for k in settings if stored_settings.get(k) != settings[k])
     if differ:
         raise UsageError(f"{path} holds a finished curve measured with other {', '.join(differ)}: delete it to "
                          f"train that model again, or choose another --quality-out")

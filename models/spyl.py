@@ -94,12 +94,12 @@ class SPYLFactors(ConstantFactors):
     during the warm-up and 1 afterwards; the learning rate as ``ConstantFactors``'."""
 
     def __init__(self, section):
-        super().__init__(section.get("lr_decay_frac", 0.0), groups=("identity", "z"))
-        self.identity_kl = section.get("identity_kl", 5.0)
+        super().__init__(section.get("lr_decay_frac", 0.0), groups=("identity", "z"),
+                         weights={"identity": section.get("identity_kl", 5.0)})
         self.warmup = section.get("contrastive_warmup_frac", 0.05)
 
     def factors(self, progress):
-        return {"identity": self.identity_kl, "z": 1.0, "contrastive": 0.0 if progress < self.warmup else 1.0}
+        return {**super().factors(progress), "contrastive": 0.0 if progress < self.warmup else 1.0}
 
 
 class SPYLNets(CDSVAENets):

@@ -107,6 +107,16 @@ def test_time_to_quality_trains_several_models_one_after_the_other_into_one_figu
                        *common[common.index("--every-minutes") + 2:], "--models", "dsa"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "other every_minutes" in err[0] and trained == ["spyl"]
+    # a curve.json carried to another folder (another session, data root spelt another way, no --no-progress)
+    # is reused there: where the files lie is not a setting
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "dbse").mkdir(parents=True)
+    (elsewhere / "dbse" / "curve.json").write_bytes((out / "dbse" / "curve.json").read_bytes())
+    (tmp_path / "root-link").symlink_to(judge_root)
+    carried = [*common, "--quality-out", str(elsewhere), "--data-root", str(tmp_path / "root-link"), "--run-flags",
+               " ".join(f for f in flags if f != "--no-progress"), "--models", "dbse"]
+    assert bench_main(carried) == 0 and trained == ["spyl"]
+    assert json.loads((elsewhere / "time_to_quality.json").read_text())["curves"]["dbse"]["reused"]
     # a run stopped before its curve was written is not mistaken for a finished one
     (out / "spyl" / "curve.json").unlink()
     assert bench_main(common + ["--models", "spyl"]) == 2
@@ -291,3 +301,9 @@ def test_prediction_budgets_take_the_evaluation_due_at_each_budget():
     table = at_budgets(rows, [300, 600, 900, 1800])
     assert [r["step"] for r in table] == [1, 2, 2, 3]    # 300.2 s is the 5-minute evaluation
     assert at_budgets(rows, [100])[0]["psnr"] is None
+
+
+def test_bench_writes_no_file_unless_asked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)   # a default file here would overwrite a tracked record, as the repository's bench.json
+    assert bench_main(["--only", "machine"]) == 0
+    assert capsys.readouterr().out.startswith("machine: ") and not list(tmp_path.iterdir())

@@ -421,3 +421,13 @@ def test_every_flag_of_the_other_commands_has_a_help_line(command):
     parser = importlib.import_module(f"experiments.{command}").build_parser()
     silent = [a.option_strings[0] for a in parser._actions if a.option_strings and not a.help]
     assert not silent, command
+
+
+@pytest.mark.parametrize("command", ["run", "evaluate", "damage", "export_videos", "fit_prior", "judge", "bench"])
+def test_a_malformed_command_line_is_answered_in_a_short_usage_and_one_error_line(command, capsys):
+    import importlib
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(f"experiments.{command}").build_parser().parse_args(["--no-such-flag"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and err[-1].startswith(f"python -m experiments.{command}: error: ")
+    assert len(err) <= 3 and err[0].startswith(f"usage: python -m experiments.{command} "), err  # not every flag
