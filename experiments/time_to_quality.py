@@ -187,9 +187,10 @@ def curve_settings(flags, machine, val_sequences, every_minutes, judge_steps):
             "val_sequences": val_sequences, "every_minutes": every_minutes, "judge_steps": judge_steps}
 
 
-#: run flags that say where the files are or how progress shows, not what trains: curves that differ only
-#: in these are comparable (a curve kept from another session, with another data root, is reused)
-PLACE_FLAGS = {"--out", "--data-root", *("--" + dest.replace("_", "-") for dest in data.FOLDER_OPTIONS.values())}
+#: run flags that say where the files are (each with a value) or how progress shows (none), not what trains:
+#: curves that differ only in these are comparable (a curve kept from another session is reused); the run
+#: folder is already left out of the settings by ``curve_settings``
+PLACE_FLAGS = {"--data-root", *("--" + dest.replace("_", "-") for dest in data.FOLDER_OPTIONS.values())}
 QUIET_FLAGS = {"--no-progress"}
 
 
