@@ -6,6 +6,7 @@
     python -m experiments.bench --only steps --batch-sizes 5 10 --device cuda
     python -m experiments.bench --only quality   # train the default Sprites run (about an hour on 2 cores) and
                                                  # record judge accuracy on val sequences against training time
+                                                 # (its training time is the budget of a figure it is in)
     python -m experiments.bench --only quality --models vdsm dsa cdsvae dbse spyl   # one after the other, one figure
                                                  # (called again into the same --quality-out: finished curves
                                                  # of the same settings are reused, the others trained)
@@ -323,6 +324,12 @@ def main(argv=None):
             for r in curve["rows"]:
                 print(f"{model:<8}{r['train_seconds'] / 60:>8.1f}{r['stage']:>8}{r['step']:>7}"
                       f"{100 * r['action_accuracy']:>7.1f}%{100 * r['all_attributes']:>9.1f}%")
+        if summary["budget_minutes"] is not None:
+            print(f"budget: {summary['budget_model']}'s training time, {summary['budget_minutes']:.1f} min; the last "
+                  f"evaluation within it (action, all four):")
+            for model, curve in summary["curves"].items():
+                at = [curve[f"{key}_at_budget"] for key in ("action_accuracy", "all_attributes")]
+                print(f"  {model:<8}" + "  ".join("-" if v is None else f"{100 * v:.1f}%" for v in at))
     if prediction:
         import shlex
 

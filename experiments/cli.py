@@ -80,9 +80,16 @@ def refuse_other_data_folders(args, dataset):
     own = FOLDER_OPTIONS.get(dataset)
     wrong = [d for d in set(FOLDER_OPTIONS.values()) if d != own and getattr(args, d, None) is not None]
     if wrong:
-        raise UsageError(f"{', '.join('--' + d.replace('_', '-') for d in sorted(wrong))} do not apply to this "
+        raise UsageError(f"{', '.join(map(flag_name, sorted(wrong)))} do not apply to this "
                          f"{dataset} run: drop them")
     return {own: getattr(args, own)} if own and getattr(args, own, None) else {}
+
+
+def run_data_root(args, config):
+    """The data root (downloads, caches, the judges) of a command on a run: ``--data-root`` when given, else
+    the one the run was trained with (config.json's "data_root", recorded when its command gave one), else
+    None (the default root)."""
+    return args.data_root if args.data_root is not None else config.get("data_root")
 
 
 def given_data_folder(args, dataset):
@@ -107,12 +114,19 @@ def run_data_options(args, config, **options):
 
 
 #: the help line of every command's --data-root
-DATA_ROOT_HELP = "downloads, caches and the judges (default: $VDSM_DATA_ROOT or ./data_cache)"
+DATA_ROOT_HELP = (
+    "downloads, caches and the judges (default: $VDSM_DATA_ROOT or ./data_cache; a run trained with "
+    "--data-root records it for its later commands)")
 
 
 def folder_datasets(dest):
     """The datasets whose raw-data folder flag is ``dest`` (a value of ``data.FOLDER_OPTIONS``)."""
     return [name for name, option in data.FOLDER_OPTIONS.items() if option == dest]
+
+
+def flag_name(dest):
+    """The command-line spelling of an argparse dest: ``sprites_layers`` -> ``--sprites-layers``."""
+    return "--" + dest.replace("_", "-")
 
 
 def folder_help(dest):
@@ -126,7 +140,7 @@ def add_place_flags(p, device=True, folders=None):
         p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
     for dest in folders or sorted(set(data.FOLDER_OPTIONS.values())):
-        p.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, metavar="PATH", help=folder_help(dest))
+        p.add_argument(flag_name(dest), dest=dest, default=None, metavar="PATH", help=folder_help(dest))
 
 
 def choose_device(name=None):

@@ -12,7 +12,7 @@ from vdsm import __version__
 from vdsm.checkpoint import CheckpointManager
 from vdsm.runfolder import read_config_json
 
-from .cli import UsageError, choose_preset
+from .cli import UsageError, choose_preset, flag_name
 from .configs import load_model_preset
 
 __all__ = ["TRAIN_FLAGS", "RECORDED_DEFAULTS", "trained_as", "resolve", "new_config", "resume_config", "resume_changes",
@@ -29,10 +29,6 @@ RECORDED_DEFAULTS = {"seed": 0, "train_split": "train", "max_bad_steps": 5, "lr_
 def trained_as(saved):
     """The ``--model`` a saved config.json was trained as (an import path for a model outside the registry)."""
     return saved.get("model_spec") or saved.get("model_name")
-
-
-def _flag(dest):
-    return "--" + dest.replace("_", "-")
 
 
 def _plain(value):
@@ -65,7 +61,7 @@ def resolve(args, base, spec):
         section, where = config[stage.section], f" ({stage.section})" if several else ""
         for key in COUNTS:
             if key in section and section[key] < 1:
-                raise UsageError(f"{_flag(key)}={section[key]}{where} must be at least 1")
+                raise UsageError(f"{flag_name(key)}={section[key]}{where} must be at least 1")
         if section["lr"] <= 0:
             raise UsageError(f"--lr={section['lr']}{where} must be positive")
         if section.get("identity_kl", 0) < 0:
@@ -91,6 +87,8 @@ def new_config(args, device, spec):
                             "dataset": args.dataset, **sized}, spec)
     if options:
         config["data_options"] = options
+    if args.data_root is not None:   # the run's later commands find its caches and judge there
+        config["data_root"] = str(Path(args.data_root).expanduser().resolve())
     # the preset's departures list describes the preset: what the command line changed in it is listed too
     old, new = _flatten(base), _flatten(config)
     changed = {k: {"preset": old[k], "run": new[k]} for k in sorted(old) if k in new and old[k] != new[k]}

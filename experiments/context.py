@@ -10,7 +10,7 @@ import data
 from vdsm.checkpoint import CheckpointManager
 from vdsm.train import TrainOptions
 
-from .cli import UsageError, given_data_folder, recorded_data_options
+from .cli import UsageError, given_data_folder, recorded_data_options, run_data_root
 
 __all__ = ["RunContext", "check_frames"]
 
@@ -53,7 +53,7 @@ class RunContext:
     def from_args(cls, args, config, device, monitor=None):
         spec = args.spec
         stages = spec.cli.stages(args, spec) if spec.cli is not None else [stage.tag for stage in spec.stages]
-        return cls(spec=spec, config=config, device=device, stages=tuple(stages), data_root=args.data_root,
+        return cls(spec=spec, config=config, device=device, stages=tuple(stages), data_root=run_data_root(args, config),
                    data_folder=given_data_folder(args, config["dataset"]), num_workers=args.num_workers,
                    checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,
                    keep_last=args.keep_last, amp=args.amp, progress=not args.no_progress,

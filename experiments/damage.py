@@ -55,7 +55,7 @@ from vdsm.checkpoint import write_text_atomic
 from vdsm.runfolder import RunLock
 
 from .cli import (UsageError, add_place_flags, choose_device, cli_main, read_run_config, refuse_other_data_folders, run_data_options,
-                  unfinished_stages)
+                  run_data_root, unfinished_stages)
 
 __all__ = ["Damage", "main"]
 
@@ -278,6 +278,7 @@ def _cuda(device):
 def damage(args):
     run_dir = Path(args.run)
     spec, config = read_run_config(run_dir)
+    args.data_root = run_data_root(args, config)
     folder = refuse_other_data_folders(args, config["dataset"])
     for name in ("iterations", "hits", "repeats", "sequences", "pictures_every"):
         if getattr(args, name) < 1:

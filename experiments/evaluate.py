@@ -41,6 +41,7 @@ from .cli import (
     read_run_config,
     refuse_other_data_folders,
     run_data_options,
+    run_data_root,
     unfinished_stages,
 )
 
@@ -90,6 +91,7 @@ def build_parser():
 def evaluate(args):
     run_dir = Path(args.run)
     spec, config = read_run_config(run_dir)
+    args.data_root = run_data_root(args, config)
     for name in ("batch_size", "repeats", "judge_steps", "samples", "max_sequences", "n_future"):
         value = getattr(args, name)
         if value is not None and value < 1:

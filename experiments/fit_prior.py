@@ -20,7 +20,7 @@ import data
 from vdsm.runfolder import RunLock, read_metrics
 
 from .cli import (UsageError, add_place_flags, choose_device, cli_main, read_run_config, refuse_other_data_folders, run_data_options,
-                  unfinished_stages)
+                  run_data_root, unfinished_stages)
 
 __all__ = ["fit_prior", "fit_and_save", "main"]
 
@@ -50,6 +50,7 @@ def fit_and_save(vdsm, run_dir, dataset, train_split, options, components, data_
 def fit_prior(args):
     run_dir = Path(args.run)
     spec, config = read_run_config(run_dir)   # today's keys and dataset names
+    args.data_root = run_data_root(args, config)
     if not hasattr(spec.run_cls, "fit_priors"):
         raise UsageError(f"--run {run_dir} holds a {spec.name} run: it has no priors fitted after training "
                          f"(VDSM's identity and dynamics)")

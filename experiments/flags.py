@@ -17,7 +17,7 @@ from models import registry
 from models.config import field_help
 from vdsm.runfolder import RunFolderError, read_config_json
 
-from .cli import DATA_ROOT_HELP, UsageError, choose_preset, folder_datasets, folder_help
+from .cli import DATA_ROOT_HELP, UsageError, choose_preset, flag_name, folder_datasets, folder_help
 from .config import RECORDED_DEFAULTS, TRAIN_FLAGS, trained_as
 from .configs import load_model_preset
 
@@ -35,10 +35,6 @@ TRAIN_HELP = {"steps": "training steps of each stage; with --resume: extend the 
               "identity_kl": "weight of the identity's KL term, in model and guide (a beta on the static latent)"}
 USAGE = ("python -m experiments.run --dataset DATASET [--model MODEL] [flags]\n"
          "       python -m experiments.run --resume RUN [flags]")
-
-
-def _flag(dest):
-    return "--" + dest.replace("_", "-")
 
 
 def _shown(value):
@@ -132,15 +128,15 @@ def _data_flags(p, dataset):
     folders = p.add_argument_group("raw data")
     for dest in sorted(set(data.FOLDER_OPTIONS.values())):
         shown = dataset is None or dataset in folder_datasets(dest)
-        folders.add_argument(_flag(dest), dest=dest, metavar="PATH", help=folder_help(dest) if shown else argparse.SUPPRESS)
+        folders.add_argument(flag_name(dest), dest=dest, metavar="PATH", help=folder_help(dest) if shown else argparse.SUPPRESS)
     for name, options in data.DATASET_OPTIONS.items():
         group = p.add_argument_group(f"--dataset {name} (recorded in config.json)" if name == dataset else None)
         for dest, (kind, default, text) in options.items():
             text = text if name == dataset else argparse.SUPPRESS
             if kind is bool:
-                group.add_argument(_flag(dest), dest=dest, action="store_true", default=None, help=text)
+                group.add_argument(flag_name(dest), dest=dest, action="store_true", default=None, help=text)
             else:
-                group.add_argument(_flag(dest), dest=dest, type=kind, help=text)
+                group.add_argument(flag_name(dest), dest=dest, type=kind, help=text)
     if dataset is None and data.DATASET_OPTIONS:
         p.epilog += " " + " ".join(f"--dataset {name} --help: its options." for name in data.DATASET_OPTIONS)
 
@@ -174,7 +170,7 @@ def _model_flags(p, model, dataset, preset):
     for key in TRAIN_FLAGS:
         kind = TRAIN_FLAGS[key]
         shown = chosen is None or key in chosen.train_flags
-        training.add_argument(_flag(key), type=kind, help=TRAIN_HELP[key] if shown else argparse.SUPPRESS)
+        training.add_argument(flag_name(key), type=kind, help=TRAIN_HELP[key] if shown else argparse.SUPPRESS)
     if chosen is not None:
         _show_defaults(p, chosen, model, _preset_of(chosen, model, dataset, preset))
 
@@ -224,11 +220,11 @@ class _Once:
 def _model_flag(group, field, text):
     kind = type(field.default)
     if kind is tuple:
-        group.add_argument(_flag(field.name), type=int, nargs="+", metavar="N", help=text)
+        group.add_argument(flag_name(field.name), type=int, nargs="+", metavar="N", help=text)
     elif kind is bool:
-        group.add_argument(_flag(field.name), action=argparse.BooleanOptionalAction, help=text)
+        group.add_argument(flag_name(field.name), action=argparse.BooleanOptionalAction, help=text)
     else:
-        group.add_argument(_flag(field.name), type=kind, help=text)
+        group.add_argument(flag_name(field.name), type=kind, help=text)
 
 
 def own_flags(name, spec):
@@ -265,24 +261,24 @@ def check_flags(args, given):
     if foreign:
         owners = [name for name in owned if foreign[0] in owned[name]]
         verb = "applies" if len(foreign) == 1 else "apply"
-        raise UsageError(f"{', '.join(map(_flag, foreign))} only {verb} to --model {' / '.join(owners)}, "
+        raise UsageError(f"{', '.join(map(flag_name, foreign))} only {verb} to --model {' / '.join(owners)}, "
                          f"not --model {args.model}: drop them")
     own = data.FOLDER_OPTIONS.get(args.dataset)
     wrong = sorted(d for d in set(data.FOLDER_OPTIONS.values()) & given if d != own)
     if wrong:
-        hint = f"its data folder flag is {_flag(own)}" if own else "it is generated and needs no data folder"
+        hint = f"its data folder flag is {flag_name(own)}" if own else "it is generated and needs no data folder"
         verb = "does" if len(wrong) == 1 else "do"
-        raise UsageError(f"{', '.join(map(_flag, wrong))} {verb} not apply to --dataset {args.dataset} ({hint}): "
+        raise UsageError(f"{', '.join(map(flag_name, wrong))} {verb} not apply to --dataset {args.dataset} ({hint}): "
                          f"drop them")
     dataset_options = {dest for options in data.DATASET_OPTIONS.values() for dest in options}
     foreign = sorted(given & (dataset_options - set(data.DATASET_OPTIONS.get(args.dataset, {}))))
     if foreign:
         owners = [name for name, options in data.DATASET_OPTIONS.items() if foreign[0] in options]
-        raise UsageError(f"{', '.join(map(_flag, foreign))} only apply to --dataset {' / '.join(owners)}, not "
+        raise UsageError(f"{', '.join(map(flag_name, foreign))} only apply to --dataset {' / '.join(owners)}, not "
                          f"--dataset {args.dataset}: drop them")
     mine = sorted(given & set(data.DATASET_OPTIONS.get(args.dataset, {})))
     if args.resume and mine:
-        raise UsageError(f"{', '.join(map(_flag, mine))}: a resumed run reads its data options from its config.json; "
+        raise UsageError(f"{', '.join(map(flag_name, mine))}: a resumed run reads its data options from its config.json; "
                          f"drop them (or start a new run)")
     if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
         raise UsageError(f"--out {args.out} and --resume {args.resume} name different folders: give only --resume")
@@ -293,7 +289,7 @@ def check_flags(args, given):
     for name in ("checkpoint_every", "keep_last", "max_bad_steps", "num_workers", "eval_sequences"):
         minimum = 0 if name == "num_workers" else 1
         if getattr(args, name) < minimum:
-            raise UsageError(f"{_flag(name)}={getattr(args, name)} must be at least {minimum}")
+            raise UsageError(f"{flag_name(name)}={getattr(args, name)} must be at least {minimum}")
     if not 0 <= args.seed < 2 ** 32:
         raise UsageError(f"--seed={args.seed} must be between 0 and {2 ** 32 - 1} (NumPy's seeds)")
     if not 0 < args.lr_drop < 1:

@@ -21,7 +21,9 @@ excludes the evaluations, which run under ``vdsm.train_state.forked_rng`` so the
 it would without the monitor. Writes ``time_to_quality.csv`` (a row per evaluation, written as
 it goes) into ``out_dir/<model>/``, then one ``time_to_quality.png`` of every model's curves and
 ``time_to_quality.json`` (per model: first times at which each accuracy reached the target, and the
-accuracies at the time budget) into ``out_dir``.
+accuracies at the budget) into ``out_dir``. The budget is the training time of the default run
+(``experiments.run`` without ``--model``: VDSM) on the same machine, when its curve is in the figure;
+without it the figure has no budget.
 
 Each model's finished curve is kept in ``out_dir/<model>/curve.json`` with what makes curves comparable
 (its run flags, the machine, the val subset, the evaluation interval, the judge's steps): a later call
@@ -47,7 +49,7 @@ from vdsm.metrics.protocol import judge_protocol
 from vdsm.runfolder import holds_a_run
 from vdsm.train_state import forked_rng
 
-from .cli import UsageError
+from .cli import UsageError, flag_name
 
 __all__ = ["TimedMonitor", "QualityMonitor", "time_to_quality", "CURVE"]
 
@@ -148,9 +150,17 @@ def at_budget(rows, key, budget_seconds):
     return inside[-1][key] if inside else None
 
 
-def plot(curves, path, target, budget_seconds):
+def budget_of(curves, default_model):
+    """The figure's budget in seconds: the training time of ``default_model``'s curve (the library's default
+    run); None when that curve is not in ``curves`` (model -> rows)."""
+    rows = curves.get(default_model)
+    return rows[-1]["train_seconds"] if rows else None
+
+
+def plot(curves, path, target, budget_seconds, budget_model):
     """One picture of every model's curves: action accuracy (identity from the prior) solid, all four
-    attributes at once (dynamics from the prior) dashed; VDSM's stage-1 points are not the protocol."""
+    attributes at once (dynamics from the prior) dashed; VDSM's stage-1 points are not the protocol; the
+    budget (``budget_model``'s training time) as a vertical line where there is one."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -168,7 +178,9 @@ def plot(curves, path, target, budget_seconds):
             ax.axvline(switch, color="grey", lw=0.8)
             ax.text(switch, 2, " stage 2", color="grey")
     ax.axhline(100 * target, color="red", lw=0.8, ls=":", label=f"target {100 * target:.0f}%")
-    ax.axvline(budget_seconds / 60, color="red", lw=0.8, ls="-.", label=f"budget {budget_seconds / 60:g} min")
+    if budget_seconds is not None:
+        ax.axvline(budget_seconds / 60, color="red", lw=0.8, ls="-.",
+                   label=f"budget: {budget_model}'s training time ({budget_seconds / 60:.1f} min)")
     ax.set_xlabel("training wall-clock (minutes, evaluations excluded)")
     ax.set_ylabel("judge accuracy on val sequences (%)")
     ax.set_ylim(0, 100)
@@ -190,7 +202,7 @@ def curve_settings(flags, machine, val_sequences, every_minutes, judge_steps):
 #: run flags that say where the files are (each with a value) or how progress shows (none), not what trains:
 #: curves that differ only in these are comparable (a curve kept from another session is reused); the run
 #: folder is already left out of the settings by ``curve_settings``
-PLACE_FLAGS = {"--data-root", *("--" + dest.replace("_", "-") for dest in data.FOLDER_OPTIONS.values())}
+PLACE_FLAGS = {"--data-root", *map(flag_name, data.FOLDER_OPTIONS.values())}
 QUIET_FLAGS = {"--no-progress"}
 
 
@@ -227,7 +239,7 @@ def finished_curve(path, settings):
 
 
 def time_to_quality(out_dir, *, models=("vdsm",), every_minutes=3.0, val_sequences=128, run_flags=(), data_root=None,
-                    sprites_layers=None, judge_steps=1500, target=0.9, budget_minutes=30.0, machine=None):
+                    sprites_layers=None, judge_steps=1500, target=0.95, machine=None):
     """Train each of ``models`` on Sprites in ``out_dir/<model>/run``, one after the other, each with a
     :class:`QualityMonitor` on the same ``val_sequences`` fixed val sequences; returns the summary.
     A model whose finished curve (``CURVE``) in ``out_dir`` has the same settings is not trained again
@@ -267,12 +279,11 @@ def time_to_quality(out_dir, *, models=("vdsm",), every_minutes=3.0, val_sequenc
     val = data.get_dataset("sprites", "val", data_root, **options)
     order = torch.randperm(len(val), generator=torch.Generator().manual_seed(4321))[:val_sequences]
     items = [val[int(i)] for i in order]
-    budget = 60 * budget_minutes
     summary = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "models": list(models),
                "run_flags": list(run_flags), "device": str(device), "threads": torch.get_num_threads(), "split": "val",
                "val_sequences": len(items), "every_minutes": every_minutes,
-               "judge_val_accuracy": judge_accuracy["val"], "target": target, "budget_minutes": budget_minutes,
-               "curves": {}}
+               "judge_val_accuracy": judge_accuracy["val"], "target": target, "budget_model": parser.get_default("model"),
+               "budget_minutes": None, "curves": {}}
     for model in models:
         rows = reused[model]
         if rows is None:
@@ -291,9 +302,14 @@ def time_to_quality(out_dir, *, models=("vdsm",), every_minutes=3.0, val_sequenc
             "train_seconds": rows[-1]["train_seconds"] if rows else None,
             "final": rows[-1] if rows else None, "rows": rows,
             **{f"{key}_first_reaches_target_s": first_time(rows, key, target)
-               for key in ("action_accuracy", "all_attributes")},
-            **{f"{key}_at_budget": at_budget(rows, key, budget) for key in ("action_accuracy", "all_attributes")}}
+               for key in ("action_accuracy", "all_attributes")}}
+        # the budget is known once the default run's curve is: every curve is read at it again
+        curves = {m: c["rows"] for m, c in summary["curves"].items() if c["rows"]}
+        budget = budget_of(curves, summary["budget_model"])
+        summary["budget_minutes"] = None if budget is None else round(budget / 60, 2)
+        for curve in summary["curves"].values():
+            curve.update({f"{key}_at_budget": None if budget is None else at_budget(curve["rows"], key, budget)
+                          for key in ("action_accuracy", "all_attributes")})
         (out_dir / "time_to_quality.json").write_text(json.dumps(summary, indent=1))
-        plot({m: c["rows"] for m, c in summary["curves"].items() if c["rows"]}, out_dir / "time_to_quality.png",
-             target, budget)
+        plot(curves, out_dir / "time_to_quality.png", target, budget, summary["budget_model"])
     return summary

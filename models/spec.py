@@ -188,8 +188,9 @@ class ModelSpec:
             if name in config:
                 check_types(cls, config[name], where=name)
                 config[name] = merged(dataclasses.asdict(cls()), config[name])
-        if not isinstance(config.get("dataset", ""), str) or not isinstance(config["seed"], int):
-            raise ValueError("dataset must be a string and seed an int")
+        if not all(isinstance(config.get(key, ""), str) for key in ("dataset", "data_root")) or \
+                not isinstance(config["seed"], int):
+            raise ValueError("dataset and data_root must be strings and seed an int")
         return config
 
 

@@ -50,6 +50,10 @@ def test_time_to_quality_records_both_stages_and_leaves_training_unchanged(tmp_p
         assert abs(float(r["attribute_accuracy"]) - sum(heads) / 4) < 1e-6
     summary = json.loads((out / "time_to_quality.json").read_text())
     assert summary["curves"]["vdsm"]["evaluations"] == 6 and summary["val_sequences"] == 6 and summary["split"] == "val"
+    # the default run's training time is the budget: each curve is read at it (here: its own last evaluation)
+    vdsm_curve = summary["curves"]["vdsm"]
+    assert summary["budget_model"] == "vdsm" and summary["budget_minutes"] == round(seconds[-1] / 60, 2)
+    assert vdsm_curve["action_accuracy_at_budget"] == vdsm_curve["final"]["action_accuracy"]
     assert (out / "time_to_quality.png").stat().st_size > 0
     assert "stage2" in capsys.readouterr().out
     assert "test" not in splits and {"train", "val"} <= set(splits)   # monitoring never reads the test split
@@ -84,6 +88,8 @@ def test_time_to_quality_trains_several_models_one_after_the_other_into_one_figu
     assert bench_main(common + ["--models", "dsa", "dbse"]) == 0
     summary = json.loads((out / "time_to_quality.json").read_text())
     assert list(summary["curves"]) == ["dsa", "dbse"]
+    # without the default run's curve there is no budget to read the curves at
+    assert summary["budget_minutes"] is None and summary["curves"]["dsa"]["action_accuracy_at_budget"] is None
     for model in ("dsa", "dbse"):
         rows = summary["curves"][model]["rows"]
         assert [(r["stage"], r["step"]) for r in rows] == [(model, 1), (model, 2)]

@@ -220,9 +220,11 @@ def test_every_per_frame_prior_is_the_one_transition_hook():
 # ---------------------------------------------------------------- a model defined outside the library
 
 
-def test_a_model_defined_in_a_test_file_runs_resumes_evaluates_and_damages(tmp_path, data_dirs, judge_root):
+def test_a_model_defined_in_a_test_file_runs_resumes_evaluates_and_damages(tmp_path, data_dirs, judge_root,
+                                                                           monkeypatch):
     """``--model dsa_markov:SPEC`` (tests/dsa_markov.py: DSA with a Markov per-frame prior) through
-    the same commands as a library model, end to end."""
+    the same commands as a library model, end to end; the later commands find the run's data root
+    (its caches and judge) without --data-root."""
     run = tmp_path / "markov"
     tiny = ["--f-dim", "4", "--z-dim", "3", "--g-dim", "8", "--nf", "4", "--rnn-dim", "8", "--batch-size", "2",
             "--eval-sequences", "4", "--num-workers", "0", "--no-progress"]
@@ -232,29 +234,33 @@ def test_a_model_defined_in_a_test_file_runs_resumes_evaluates_and_damages(tmp_p
     assert code == 0, err
     config = json.loads((run / "config.json").read_text())
     assert config["model_name"] == "dsa-markov" and config["model_spec"] == "dsa_markov:SPEC"
+    assert config["data_root"] == str(Path(judge_root).resolve())
+    default_root = tmp_path / "default-root"   # where a command that forgot the run's root would write
+    monkeypatch.setenv("VDSM_DATA_ROOT", str(default_root))
+    later = [a for a in common if a not in ("--data-root", judge_root)]
     assert (run / "checkpoints" / "dsa-markov.pt").is_file() and (run / "identity_swap.png").is_file()
     loaded = registry.load_run(run)
     assert type(loaded.model).__name__ == "MarkovDSAModel"
     state, z_2 = loaded.model.transition(torch.zeros(1, 3), 2)
     assert z_2.shape == (1, 3) and state is z_2
     # resume: extends the run from its checkpoint
-    code, _, err = run_main("run", [*common, "--resume", run, "--steps", "3", *tiny])
+    code, _, err = run_main("run", [*later, "--resume", run, "--steps", "3", *tiny])
     assert code == 0, err
     assert torch.load(run / "checkpoints" / "dsa-markov.pt", weights_only=True)["step"] == 3
     # a flag of another model is refused for it as for any model
     code, _, err = run_main("run", [*common, "--out", tmp_path / "bad", "--n-future", "3", *tiny])
     assert code == 2 and "--n-future only applies" in err
     # the judge protocols and the damage experiment read it through the registry
-    code, _, err = run_main("evaluate", ["--run", run, "--sprites-layers", data_dirs.sprites, "--data-root",
-                                         judge_root, "--judge-steps", "3", "--repeats", "1", "--batch-size", "6",
-                                         "--no-progress"])
+    code, _, err = run_main("evaluate", ["--run", run, "--sprites-layers", data_dirs.sprites, "--judge-steps", "3",
+                                         "--repeats", "1", "--batch-size", "6", "--no-progress"])
     assert code == 0, err
     assert "dsa-markov model" in (run / "disentanglement.md").read_text()
-    code, _, err = run_main("damage", ["--run", run, "--sprites-layers", data_dirs.sprites, "--data-root", judge_root,
-                                       "--judge-steps", "3", "--which", "transition", "--iterations", "1", "--hits", "1",
-                                       "--repeats", "1", "--sequences", "4", "--no-progress"])
+    code, _, err = run_main("damage", ["--run", run, "--sprites-layers", data_dirs.sprites, "--judge-steps", "3",
+                                       "--which", "transition", "--iterations", "1", "--hits", "1", "--repeats", "1",
+                                       "--sequences", "4", "--no-progress"])
     assert code == 0, err
     assert json.loads((run / "damage" / "damage.json").read_text())["model"] == "dsa-markov"
+    assert not default_root.exists()   # resume, evaluate and damage read the run's own data root
 
 
 def test_an_unknown_model_path_is_one_line():
