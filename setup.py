@@ -30,6 +30,7 @@ setup(
         "scipy>=1.10,<2",
         "lpips>=0.1.4,<0.2",
         "simple-parsing>=0.1.5,<0.2",   # the help line of each config field, read from its comment
+        "kornia>=0.7,<1",   # C-DSVAE's SimCLR motion view: per-video random augmentations, batched
     ],
     extras_require={
         # the docs site: Sphinx with autodoc, MyST pages and the notebooks rendered by myst-nb

@@ -30,11 +30,14 @@ DataParallel gathers the whole batch first).
 
 Augmentations: the release reads them precomputed from its ``data.pkl`` (published: its README links
 it). With ``augmentations_file`` naming that file they are read from it (``ReleaseAugmentations``);
-otherwise they are built on the fly, as the paper describes their purpose: ``shuffle_frames`` keeps the
-content (the same frames, an independent random order per sequence: the motion is destroyed),
-``recolour`` keeps the motion (per sequence, the colour channels permuted and each channel's gamma drawn
-in [1/2, 2], the same for every frame: appearance changes, the silhouette and its movement do not). The
-paper's own recipe for the motion view is not implemented.
+otherwise they are built on the fly: ``shuffle_frames`` keeps the content (the same frames, an
+independent random order per sequence: the motion is destroyed), as the paper does. The motion view
+(appearance changed, movement kept) is ``motion_augmentation``'s: "recolour" (the library's default:
+per sequence, the colour channels permuted and each channel's gamma drawn in [1/2, 2], the same for
+every frame: the silhouette and its movement are kept exactly) or "simclr" (``simclr_view``: cropping
+and resizing, colour distortion and Gaussian blur after SimCLR, the paper's list as a third-party port
+of the release gives it, without settings; SimCLR's are used, each drawn once per sequence and applied
+to all its frames; see docs/models/cdsvae.md).
 
 The release's other choices, as options: its initialisation (``init_std`` 0.01, the default) and its MI
 kernels (``mi_kernel="variance"``: it passes the log-variance where its ``log_density`` expects a log
@@ -48,6 +51,7 @@ a two-layer LSTM prior from z_0 = 0, Gaussians as mean and log-variance; f's two
 Linear then LeakyReLU(0.2), as the release's ``LinearUnit``. The release's likelihood is the
 summed squared error, i.e. ``emission="normal"`` with ``emission_scale`` = sqrt(1/2).
 """
+import functools
 import math
 import pickle
 from dataclasses import dataclass
@@ -68,7 +72,7 @@ from .dsa import DSAModel, DSARun, FrameCodec, StaticAndFramesSizes
 from .spec import JUDGE, ModelSpec, Stage, constant_schedule
 
 __all__ = ["CDSVAEConfig", "CDSVAENets", "CDSVAEModel", "CDSVAERun", "SPEC", "shuffle_frames", "recolour",
-           "ReleaseAugmentations", "MI_KERNELS",
+           "simclr_view", "MOTION_AUGMENTATIONS", "ReleaseAugmentations", "MI_KERNELS",
            "info_nce", "mi_penalty"]
 
 
@@ -86,6 +90,7 @@ class CDSVAEConfig(StaticAndFramesSizes):
     mi_kernel: str = "std"          # width of the MI estimate's kernels: std (the posterior's), or variance (the release's)
     init_std: float = 0.01          # conv and linear weights N(0, init_std), as the release (0: PyTorch's initialisation)
     augmentations_file: str = ""    # the release's data.pkl: its precomputed content and motion views (empty: built on the fly)
+    motion_augmentation: str = "recolour"   # the motion view built on the fly: recolour, or simclr (the paper's list)
 
     def check(self):
         check_values(self, positive=("emission_scale", "temperature"),
@@ -94,6 +99,15 @@ class CDSVAEConfig(StaticAndFramesSizes):
             raise ValueError(f"mi_kernel={self.mi_kernel!r}: use {' or '.join(MI_KERNELS)}")
         if self.init_std < 0:
             raise ValueError(f"init_std={self.init_std} must be at least 0")
+        if self.motion_augmentation not in MOTION_AUGMENTATIONS:
+            raise ValueError(f"motion_augmentation={self.motion_augmentation!r}: use "
+                             f"{' or '.join(MOTION_AUGMENTATIONS)}")
+        if self.motion_augmentation == "simclr" and self.nc != 3:
+            raise ValueError(f"motion_augmentation='simclr' distorts RGB colours and these frames have {self.nc} "
+                             f"channels: use motion_augmentation='recolour'")
+        if self.augmentations_file and self.motion_augmentation != "recolour":
+            raise ValueError(f"motion_augmentation={self.motion_augmentation!r} builds the motion view on the fly, "
+                             f"augmentations_file reads the release's: give one of them")
         if self.augmentations_file and not Path(self.augmentations_file).is_file():
             raise ValueError(f"augmentations_file={self.augmentations_file!r} is not a file: pass the release's "
                              f"data.pkl, or leave it empty to build the augmentations on the fly")
@@ -143,9 +157,10 @@ class CDSVAENets(FrameCodec):
     def views(self, x, content=True, motion=True):
         """The content view (motion destroyed) and the motion view (appearance changed) of frames x, each
         None where not asked for: the release's precomputed ones when ``augmentations_file`` names its
-        data.pkl, otherwise ``shuffle_frames`` and ``recolour``."""
+        data.pkl, otherwise ``shuffle_frames`` and ``MOTION_AUGMENTATIONS[motion_augmentation]``."""
         if not self.config.augmentations_file:
-            return shuffle_frames(x) if content else None, recolour(x) if motion else None
+            motion_view = MOTION_AUGMENTATIONS[self.config.motion_augmentation]
+            return shuffle_frames(x) if content else None, motion_view(x) if motion else None
         if self._release_views is None:
             self._release_views = ReleaseAugmentations(self.config.augmentations_file)
         content_view, motion_view = self._release_views.views(x)
@@ -190,6 +205,33 @@ def recolour(x):
     gamma = torch.exp((torch.rand(b, 1, c, 1, 1, device=x.device) * 2 - 1) * math.log(2.0))
     picked = torch.gather(x, 2, perm[:, None, :, None, None].expand_as(x))
     return picked.clamp(min=0).pow(gamma.to(x.dtype))
+
+
+@functools.lru_cache(maxsize=4)
+def _simclr_pipeline(height, width):
+    import kornia.augmentation as K
+
+    blur = 2 * int(0.05 * min(height, width)) + 1   # SimCLR: a kernel of about a tenth of the side, odd
+    return K.VideoSequential(
+        K.RandomResizedCrop((height, width), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
+        K.ColorJitter(0.8, 0.8, 0.8, 0.2, p=0.8),
+        K.RandomGrayscale(p=0.2),
+        K.RandomGaussianBlur((blur, blur), (0.1, 2.0), p=0.5),
+        data_format="BTCHW", same_on_frame=True)
+
+
+def simclr_view(x):
+    """The paper's motion augmentation as listed (see the module's docstring), with SimCLR's parameters:
+    a random crop of 8-100% of the area and aspect 3/4-4/3 resized back, colour
+    distortion of strength 1 (brightness, contrast, saturation 0.8, hue 0.2, with probability 0.8; grey
+    with probability 0.2) and a Gaussian blur of sigma in [0.1, 2] with probability 0.5. Each is drawn
+    once per sequence and applied to every frame (kornia's ``VideoSequential``), so the movement is kept.
+    RGB frames [B, T, 3, H, W] in [0, 1]."""
+    return _simclr_pipeline(*x.shape[-2:])(x.float()).clamp(0, 1).to(x.dtype)
+
+
+#: the motion views built on the fly, by ``motion_augmentation``
+MOTION_AUGMENTATIONS = {"recolour": recolour, "simclr": simclr_view}
 
 
 def info_nce(a, b, temperature):

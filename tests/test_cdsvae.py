@@ -10,7 +10,7 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 
 import data
-from models.cdsvae import CDSVAEConfig, CDSVAERun, recolour, shuffle_frames
+from models.cdsvae import CDSVAEConfig, CDSVAERun, recolour, shuffle_frames, simclr_view
 from tests_helpers import frames, release_kls, run_main, train_resume_evaluate_damage
 from vdsm.annealing import ConstantFactors
 from vdsm.train import ELBOLoss, TrainOptions, train_stage
@@ -228,6 +228,27 @@ def test_each_augmentation_keeps_what_it_should_by_an_oracle_on_sprites(data_dir
     assert (oracle.action(motion, own) == labels["action"]).float().mean() > 0.9
     assert (oracle.static(motion, own) == true_static).all(1).float().mean() < 0.3
     assert motion.min() >= 0 and motion.max() <= 1
+
+
+def test_the_simclr_motion_view_is_drawn_once_per_sequence_and_trains():
+    """--motion-augmentation simclr: one draw per sequence applied to every frame (a still sequence stays
+    still, so a moving one moves as before under one map), a different draw for each sequence; frames
+    in [0, 1]; a step trains with it; the settings it cannot serve are refused."""
+    torch.manual_seed(0)
+    still = torch.rand(1, 1, 3, 64, 64).expand(6, 4, 3, 64, 64).contiguous()   # six copies of one still sequence
+    view = simclr_view(still)
+    assert view.shape == still.shape and view.dtype == still.dtype and 0 <= view.min() and view.max() <= 1
+    assert torch.allclose(view, view[:, :1].expand_as(view))            # every frame: the same transform
+    apart = (view[:, None] - view[None]).abs().flatten(2).amax(2)
+    assert (apart + torch.eye(6) > 1e-3).all()                         # every sequence: its own draw
+    run, x = tiny(motion_augmentation="simclr"), frames(3, 3)
+    trace = poutine.trace(run.model).get_trace(x, factors=run.factors())
+    assert torch.isfinite(trace.nodes["motion_nce"]["fn"].log_factor).all()
+    for bad, message in (({"motion_augmentation": "flip"}, "use recolour or simclr"),
+                         ({"motion_augmentation": "simclr", "nc": 1}, "RGB"),
+                         ({"motion_augmentation": "simclr", "augmentations_file": __file__}, "give one of them")):
+        with pytest.raises(ValueError, match=message):
+            CDSVAEConfig(**{**TINY, **bad}).check()
 
 
 # ------------------------------------------------------------ through the commands
