@@ -150,10 +150,10 @@ def at_budget(rows, key, budget_seconds):
     return inside[-1][key] if inside else None
 
 
-def budget_of(curves, default_model):
-    """The figure's budget in seconds: the training time of ``default_model``'s curve (the library's default
-    run); None when that curve is not in ``curves`` (model -> rows)."""
-    rows = curves.get(default_model)
+def budget_of(curves, model):
+    """The figure's budget in seconds: the training time of ``model``'s curve (the library's default run);
+    None when that curve is not in ``curves`` (model -> rows)."""
+    rows = curves.get(model)
     return rows[-1]["train_seconds"] if rows else None
 
 
@@ -245,6 +245,7 @@ def time_to_quality(out_dir, *, models=("vdsm",), every_minutes=3.0, val_sequenc
     A model whose finished curve (``CURVE``) in ``out_dir`` has the same settings is not trained again
     (``machine``: ``vdsm.runtime.machine_summary()``, part of the settings)."""
     from experiments import run as runner
+    from experiments.flags import default_model
 
     out_dir = Path(out_dir)
     parser = runner.build_parser()
@@ -282,7 +283,7 @@ def time_to_quality(out_dir, *, models=("vdsm",), every_minutes=3.0, val_sequenc
     summary = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "models": list(models),
                "run_flags": list(run_flags), "device": str(device), "threads": torch.get_num_threads(), "split": "val",
                "val_sequences": len(items), "every_minutes": every_minutes,
-               "judge_val_accuracy": judge_accuracy["val"], "target": target, "budget_model": parser.get_default("model"),
+               "judge_val_accuracy": judge_accuracy["val"], "target": target, "budget_model": default_model(None),
                "budget_minutes": None, "curves": {}}
     for model in models:
         rows = reused[model]
