@@ -52,7 +52,7 @@ def check_numbers(args):
     for a seed NumPy refuses."""
     for name, value in sorted(vars(args).items()):
         if isinstance(value, float) and not math.isfinite(value):
-            raise UsageError(f"--{name.replace('_', '-')}={value} must be a finite number")
+            raise UsageError(f"{flag_name(name)}={value} must be a finite number")
     seed = getattr(args, "seed", None)
     if isinstance(seed, int) and not 0 <= seed < 2 ** 32:
         raise UsageError(f"--seed={seed} must be between 0 and {2 ** 32 - 1} (NumPy's seeds)")

@@ -54,7 +54,8 @@ from vdsm.viz import save_gif
 from vdsm.checkpoint import write_text_atomic
 from vdsm.runfolder import RunLock
 
-from .cli import (UsageError, add_place_flags, choose_device, cli_main, read_run_config, refuse_other_data_folders, run_data_options,
+from .cli import (UsageError, add_place_flags, choose_device, cli_main, flag_name, read_run_config, refuse_other_data_folders,
+                  run_data_options,
                   run_data_root, unfinished_stages)
 
 __all__ = ["Damage", "main"]
@@ -282,7 +283,7 @@ def damage(args):
     folder = refuse_other_data_folders(args, config["dataset"])
     for name in ("iterations", "hits", "repeats", "sequences", "pictures_every"):
         if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")
+            raise UsageError(f"{flag_name(name)}={getattr(args, name)} must be at least 1")
     device = choose_device(args.device)
     with RunLock(run_dir, "damage"):   # not while a training or an evaluation writes there
         unfinished = unfinished_stages(run_dir, spec, config, args.unfinished)

@@ -38,6 +38,7 @@ from .cli import (
     choose_device,
     choose_preset,
     cli_main,
+    flag_name,
     read_run_config,
     refuse_other_data_folders,
     run_data_options,
@@ -95,7 +96,7 @@ def evaluate(args):
     for name in ("batch_size", "repeats", "judge_steps", "samples", "max_sequences", "n_future"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')}={value} must be at least 1")
+            raise UsageError(f"{flag_name(name)}={value} must be at least 1")
     refuse_other_data_folders(args, config["dataset"])
     device = choose_device(args.device)
     with RunLock(run_dir, "evaluate"):   # not while a training or another evaluation writes there
@@ -109,7 +110,7 @@ def _evaluate_judged(args, run_dir, config, device, spec):
     for name in ("samples", "max_sequences", "n_future", "protocol", "lpips_backbone", "fvd_model", "batchnorm"):
         if getattr(args, name) is not None:
             predicting = ", ".join(s.name for s in MODELS if PREDICTION in s.evaluations)
-            raise UsageError(f"--{name.replace('_', '-')} applies to prediction runs ({predicting}), not to this "
+            raise UsageError(f"{flag_name(name)} applies to prediction runs ({predicting}), not to this "
                              f"{spec.name.upper()} run")
     args.repeats, args.judge_steps, args.batch_size = args.repeats or 5, args.judge_steps or 1500, args.batch_size or 128
     return evaluate_judge(args, run_dir, config, device, spec)

@@ -11,7 +11,7 @@ import data
 from experiments.configs import load_preset
 from vdsm.metrics.judge import JUDGES, load_or_train_judge
 
-from .cli import UsageError, add_place_flags, choose_device, cli_main
+from .cli import UsageError, add_place_flags, choose_device, cli_main, flag_name
 
 
 def build_parser():
@@ -34,7 +34,7 @@ def judge(args):
     own = data.FOLDER_OPTIONS.get(args.dataset)
     wrong = [d for d in ("sprites_layers", "lpc_layers", "mug") if d != own and getattr(args, d) is not None]
     if wrong:
-        raise UsageError(f"{', '.join('--' + d.replace('_', '-') for d in wrong)} do not apply to --dataset "
+        raise UsageError(f"{', '.join(map(flag_name, wrong))} do not apply to --dataset "
                          f"{args.dataset}: drop them")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # the sequence length is part of the judge's cache key: default to the one evaluations use
